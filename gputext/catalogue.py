@@ -1,0 +1,108 @@
+"""The metric catalogue: every series gputext can write, as data.
+
+The collectors emit samples by catalogue key, the renderer takes HELP and TYPE from here, `gputext
+metrics` prints this table, README's metric table is generated from it, and the tests check the written
+files against it. Adding a metric means adding a row here first.
+
+Names are written without the device prefix: `prefixed` rows get `--prefix` (default `gpu_`) in front,
+the self-metrics keep their fixed `gputext_` names. Base units throughout: bytes, seconds, joules, watts,
+hertz, celsius; ratios are 0..1; counters end in `_total`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Iterable, Tuple
+
+DEVICE_LABELS = ("gpu", "uuid")
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str  # name without prefix, e.g. "temperature_celsius"
+    type: str  # "gauge" or "counter"
+    unit: str
+    help: str
+    labels: Tuple[str, ...]  # label names beyond gpu/uuid for device metrics; all labels for self-metrics
+    source: str  # the collector that writes it
+    prefixed: bool = True  # False for gputext_* self-metrics
+
+    def name(self, prefix: str) -> str:
+        return prefix + self.key if self.prefixed else self.key
+
+    @property
+    def all_labels(self) -> Tuple[str, ...]:
+        return DEVICE_LABELS + self.labels if self.prefixed else self.labels
+
+
+def _device(key, type_, unit, help_, labels=(), source="nvml"):
+    return Metric(key, type_, unit, help_, tuple(labels), source)
+
+
+def _self(key, type_, unit, help_, labels=()):
+    return Metric(key, type_, unit, help_, tuple(labels), "gputext", prefixed=False)
+
+
+G, C = "gauge", "counter"
+
+METRICS: Tuple[Metric, ...] = (
+    # identity and health
+    _device("info", G, "", "GPU identity; the value is always 1.",
+            ["name", "pci_bus_id", "serial", "vbios_version", "driver_version", "cuda_driver_version"]),
+    _device("up", G, "", "1 when the GPU answered NVML, 0 when it returned an error such as GPU_IS_LOST "
+            "(its other series are then left out)."),
+    # thermal and power
+    _device("temperature_celsius", G, "celsius", "GPU core temperature."),
+    _device("memory_temperature_celsius", G, "celsius", "GPU memory (HBM) temperature, where reported."),
+    _device("power_watts", G, "watts", "Current power draw of the GPU."),
+    _device("power_limit_watts", G, "watts", "Power limit currently enforced on the GPU."),
+    _device("energy_joules_total", C, "joules", "Energy used by the GPU since the driver was loaded."),
+    # memory
+    _device("memory_total_bytes", G, "bytes", "Total GPU memory."),
+    _device("memory_used_bytes", G, "bytes", "GPU memory allocated by processes."),
+    _device("memory_free_bytes", G, "bytes", "GPU memory free for allocation."),
+    _device("memory_reserved_bytes", G, "bytes", "GPU memory reserved by the driver and firmware."),
+    # utilisation, sampled by the driver over its own window
+    _device("utilization_ratio", G, "ratio", "Fraction of the last sample period during which a kernel ran.",
+            []),
+    _device("memory_utilization_ratio", G, "ratio",
+            "Fraction of the last sample period during which device memory was read or written."),
+    _device("encoder_utilization_ratio", G, "ratio", "Video encoder utilisation."),
+    _device("decoder_utilization_ratio", G, "ratio", "Video decoder utilisation."),
+    # clocks
+    _device("clock_hertz", G, "hertz", "Current clock frequency.", ["clock"]),
+    _device("clock_max_hertz", G, "hertz", "Maximum clock frequency.", ["clock"]),
+    _device("clock_event_active", G, "", "1 while the clock-event (throttle) reason holds, else 0.",
+            ["reason"]),
+    _device("clock_event_duration_seconds_total", C, "seconds",
+            "Time clocks were held down by the reason (NVML violation counters).", ["reason"]),
+    _device("fan_speed_ratio", G, "ratio", "Fan speed as a fraction of its maximum.", ["fan"]),
+    # state and settings
+    _device("performance_state", G, "", "Performance state: 0 (P0, maximum) to 15 (P15, minimum)."),
+    _device("persistence_mode", G, "", "1 when persistence mode is enabled."),
+    _device("accounting_mode", G, "", "1 when per-process accounting is enabled."),
+    _device("compute_mode", G, "",
+            "Compute mode: 0 default, 1 exclusive thread (deprecated), 2 prohibited, 3 exclusive process."),
+    _device("mig_mode", G, "", "1 when MIG mode is enabled.", ["state"]),
+    _device("ecc_mode", G, "", "1 when ECC is enabled.", []),
+    # memory errors
+    _device("ecc_errors_total", C, "", "ECC memory errors, only where ECC is enabled. volatile: since the "
+            "driver was loaded; aggregate: over the GPU's life.", ["type", "counter"]),
+    _device("retired_pages_total", C, "", "Memory pages retired (pre-Ampere page retirement).", ["cause"]),
+    _device("remapped_rows_total", C, "", "Memory rows remapped (Ampere and newer).", ["cause"]),
+    _device("remapped_rows_pending", G, "", "1 when a row remapping is pending a GPU reset."),
+    _device("remapped_rows_failed", G, "", "1 when a row remapping has failed."),
+    # gputext about itself
+    _self("gputext_collector_success", G, "", "1 when the collector ran without error, 0 when it failed.",
+          ["collector"]),
+    _self("gputext_collector_duration_seconds", G, "seconds", "Time the collector took in this run.",
+          ["collector"]),
+    _self("gputext_build_info", G, "", "gputext version; the value is always 1.", ["version"]),
+)
+
+BY_KEY: Dict[str, Metric] = {m.key: m for m in METRICS}
+
+
+def metrics_for(sources: Iterable[str]) -> Tuple[Metric, ...]:
+    wanted = set(sources)
+    return tuple(m for m in METRICS if m.source in wanted)

@@ -1,0 +1,26 @@
+"""Collectors: one module per source, registered here by name.
+
+A collector module has `collect(ctx, samples)`. It adds samples as it goes, so what it added before an
+error is still written. It raises NotApplicable when its source does not exist on this node (no DCGM,
+no kubelet): that is not a failure unless the user asked for that collector by name. The framework
+(gputext.run) times every collector and reports its success; modules are imported only when they run.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Dict
+
+# name -> module. Order is the order they run and appear in `--help`.
+REGISTRY: Dict[str, str] = {
+    "nvml": "gputext.collectors.nvml",
+}
+
+
+class NotApplicable(Exception):
+    """The collector's source does not exist on this node."""
+
+
+def load(name: str) -> ModuleType:
+    return importlib.import_module(REGISTRY[name])

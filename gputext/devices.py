@@ -1,0 +1,203 @@
+"""Which GPUs this node has, and what does not change between runs.
+
+A one-shot run every few seconds would spend most of its NVML calls re-reading things that never change
+(name, PCI bus id, serial, VBIOS, maximum clocks, fan count). Those are kept in `inventory.json` in the
+state directory. The cache is trusted only while the boot, the driver version and the device count are
+those it was made with, and only for devices that NVML still finds by UUID; anything else rebuilds it.
+Settings an administrator can change at run time (persistence, accounting, compute and MIG modes) are
+re-read when the cached copy is older than SETTINGS_TTL_SECONDS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import pynvml
+
+from .nvml import DeviceGone, Nvml, text
+from .textfile import write_atomically
+
+CACHE_VERSION = 1
+CACHE_FILE = "inventory.json"
+SETTINGS_TTL_SECONDS = 60.0
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+
+CLOCKS = (("graphics", pynvml.NVML_CLOCK_GRAPHICS), ("sm", pynvml.NVML_CLOCK_SM),
+          ("memory", pynvml.NVML_CLOCK_MEM), ("video", pynvml.NVML_CLOCK_VIDEO))
+
+
+@dataclass
+class System:
+    driver_version: str = ""
+    cuda_driver_version: str = ""
+    device_count: int = 0
+
+
+@dataclass
+class Device:
+    index: int
+    uuid: str = ""
+    handle: Any = None
+    error: str = ""  # why the device did not answer; "" when it did
+    info: Dict[str, Any] = field(default_factory=dict)  # static: see _read_info
+    settings: Dict[str, Any] = field(default_factory=dict)  # see _read_settings
+
+    @property
+    def up(self) -> bool:
+        return self.handle is not None and not self.error
+
+    @property
+    def labels(self) -> Dict[str, str]:
+        return {"gpu": str(self.index), "uuid": self.uuid}
+
+    @property
+    def name(self) -> str:
+        return f"GPU {self.index}"
+
+
+def _cuda_version(raw: Optional[int]) -> str:
+    if not raw:
+        return ""
+    return f"{raw // 1000}.{(raw % 1000) // 10}"  # NVML encodes 12.4 as 12040
+
+
+def read_system(nvml: Nvml) -> System:
+    return System(
+        driver_version=text(nvml.call(pynvml.nvmlSystemGetDriverVersion)),
+        cuda_driver_version=_cuda_version(nvml.call(pynvml.nvmlSystemGetCudaDriverVersion)),
+        device_count=nvml.call(pynvml.nvmlDeviceGetCount) or 0,
+    )
+
+
+def _read_info(nvml: Nvml, dev: Device) -> Dict[str, Any]:
+    h, where = dev.handle, dev.name
+    pci = nvml.call(pynvml.nvmlDeviceGetPciInfo, h, device=where)
+    info: Dict[str, Any] = {
+        "name": text(nvml.call(pynvml.nvmlDeviceGetName, h, device=where)),
+        "pci_bus_id": text(pci.busId) if pci is not None else "",
+        "serial": text(nvml.call(pynvml.nvmlDeviceGetSerial, h, device=where)),
+        "vbios_version": text(nvml.call(pynvml.nvmlDeviceGetVbiosVersion, h, device=where)),
+        "fan_count": nvml.call(pynvml.nvmlDeviceGetNumFans, h, device=where) or 0,
+        "max_clocks_mhz": {},
+    }
+    for clock, clock_type in CLOCKS:
+        mhz = nvml.call(pynvml.nvmlDeviceGetMaxClockInfo, h, clock_type, device=where)
+        if mhz is not None:
+            info["max_clocks_mhz"][clock] = mhz
+    return info
+
+
+def _read_settings(nvml: Nvml, dev: Device) -> Dict[str, Any]:
+    h, where = dev.handle, dev.name
+    mig = nvml.call(pynvml.nvmlDeviceGetMigMode, h, device=where)
+    return {
+        "persistence_mode": nvml.call(pynvml.nvmlDeviceGetPersistenceMode, h, device=where),
+        "accounting_mode": nvml.call(pynvml.nvmlDeviceGetAccountingMode, h, device=where),
+        "compute_mode": nvml.call(pynvml.nvmlDeviceGetComputeMode, h, device=where),
+        "mig_mode": list(mig) if mig is not None else None,  # [current, pending]
+    }
+
+
+def _boot_id() -> str:
+    try:
+        with open(BOOT_ID_PATH) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+class Inventory:
+    """The devices of one run (or of one repeating process), with the cache behind them."""
+
+    def __init__(self, nvml: Nvml, state_dir: Optional[Path]):
+        self.nvml = nvml
+        self.cache_path = state_dir / CACHE_FILE if state_dir else None
+
+    def discover(self, now: float) -> Tuple[System, List[Device]]:
+        system = read_system(self.nvml)
+        key = {"boot_id": _boot_id(), "driver_version": system.driver_version, "count": system.device_count}
+        cached = self._load(key)
+        devices = self._from_cache(cached) if cached else None
+        settings_age = now - cached.get("settings_read_at", 0) if cached else None
+        if devices is None:
+            devices = [self._probe(index) for index in range(system.device_count)]
+            for dev in devices:
+                self._refresh_settings(dev)
+            self._save(key, devices, now)
+        elif settings_age is None or not 0 <= settings_age < SETTINGS_TTL_SECONDS:
+            for dev in devices:
+                self._refresh_settings(dev)
+            self._save(key, devices, now)
+        return system, devices
+
+    def _probe(self, index: int) -> Device:
+        dev = Device(index)
+        try:
+            dev.handle = self.nvml.call(pynvml.nvmlDeviceGetHandleByIndex, index, device=dev.name)
+            if dev.handle is None:
+                dev.error = "no handle"
+                return dev
+            dev.uuid = text(self.nvml.call(pynvml.nvmlDeviceGetUUID, dev.handle, device=dev.name))
+            dev.info = _read_info(self.nvml, dev)
+        except DeviceGone as err:
+            dev.error = str(err)
+        return dev
+
+    def _refresh_settings(self, dev: Device) -> None:
+        if not dev.up:
+            return
+        try:
+            dev.settings = _read_settings(self.nvml, dev)
+        except DeviceGone as err:
+            dev.error = str(err)
+
+    def _from_cache(self, cached: Dict[str, Any]) -> Optional[List[Device]]:
+        devices = []
+        for entry in cached["devices"]:
+            dev = Device(entry["index"], entry["uuid"], info=entry["info"], settings=entry["settings"])
+            try:
+                dev.handle = self.nvml.call(pynvml.nvmlDeviceGetHandleByUUID, dev.uuid, device=dev.name)
+            except DeviceGone as err:
+                dev.error = str(err)  # known device, now lost: report it down under its cached identity
+            else:
+                if dev.handle is None:
+                    return None  # a GPU was swapped or removed: rebuild
+            devices.append(dev)
+        return devices
+
+    def _load(self, key: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        if self.cache_path is None:
+            return None
+        try:
+            with open(self.cache_path) as f:
+                cached = json.load(f)
+            if cached.get("version") != CACHE_VERSION or cached.get("key") != key:
+                return None
+            if [d["index"] for d in cached["devices"]] != list(range(key["count"])):
+                return None
+            return cached
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # no cache, or one we do not understand: read the devices afresh
+
+    def _save(self, key: Dict[str, Any], devices: List[Device], now: float) -> None:
+        # A cache with a device that did not answer would hide it from the next run's probe.
+        if self.cache_path is None or not all(dev.up for dev in devices):
+            return
+        payload = {
+            "version": CACHE_VERSION,
+            "key": key,
+            "settings_read_at": now,
+            "devices": [
+                {"index": dev.index, "uuid": dev.uuid, "info": dev.info, "settings": dev.settings}
+                for dev in devices
+            ],
+        }
+        try:
+            os.makedirs(self.cache_path.parent, mode=0o755, exist_ok=True)
+            write_atomically(self.cache_path, json.dumps(payload).encode())
+        except OSError:
+            pass  # the cache only saves NVML calls; without it every run reads everything

@@ -1,0 +1,122 @@
+"""One collection: run the chosen collectors into one set of samples, then render it."""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from . import __version__
+from .collectors import REGISTRY, NotApplicable, load
+from .exposition import Samples
+
+
+class UsageProblem(Exception):
+    """A mistake in the options; the message says which and what is allowed."""
+
+
+@dataclass
+class Options:
+    collectors: Sequence[str] = ()  # empty: every collector that applies
+    prefix: str = "gpu_"
+    state_dir: Optional[Path] = None
+    debug: bool = False
+
+
+def parse_collectors(text: str) -> Tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise UsageProblem(f"unknown collector {unknown[0]!r}: choose from {', '.join(REGISTRY)}")
+    return names
+
+
+def warn_to_stderr(message: str) -> None:
+    print(f"gputext: {message}", file=sys.stderr)
+
+
+class Context:
+    """What collectors share within a run: options, the NVML session and the device list."""
+
+    def __init__(self, options: Options, warn: Callable[[str], None] = warn_to_stderr):
+        self.options = options
+        self.warn = warn
+        self.now = time.time()
+        self._nvml = None
+        self._nvml_error = None
+        self._devices = None
+
+    @property
+    def nvml(self):
+        """The NVML session, started on first use. Raises NvmlUnavailable (every time) if it cannot."""
+        from .nvml import Nvml
+
+        if self._nvml_error is not None:
+            raise self._nvml_error
+        if self._nvml is None:
+            nvml = Nvml(self.warn)
+            try:
+                nvml.start()
+            except Exception as err:
+                self._nvml_error = err
+                raise
+            self._nvml = nvml
+        return self._nvml
+
+    def devices(self):
+        """(System, [Device]) of this run, discovered once."""
+        if self._devices is None:
+            from .devices import Inventory
+
+            self._devices = Inventory(self.nvml, self.options.state_dir).discover(self.now)
+        return self._devices
+
+    @property
+    def nvml_unavailable(self) -> bool:
+        return self._nvml_error is not None
+
+    def close(self) -> None:
+        if self._nvml is not None:
+            self._nvml.stop()
+
+
+@dataclass
+class Result:
+    samples: Samples
+    nvml_unavailable: bool
+    failed: List[str] = field(default_factory=list)
+
+
+def collect(ctx: Context) -> Result:
+    from .nvml import NvmlUnavailable
+
+    samples = Samples()
+    explicit = bool(ctx.options.collectors)
+    failed = []
+    for name in ctx.options.collectors or tuple(REGISTRY):
+        started = time.perf_counter()
+        try:
+            load(name).collect(ctx, samples)
+            success = 1
+        except NotApplicable as err:
+            if not explicit:
+                continue
+            ctx.warn(f"collector {name}: {err}")
+            success = 0
+        except NvmlUnavailable as err:
+            if name == "nvml" or not ctx.nvml_unavailable:
+                ctx.warn(str(err))
+            success = 0
+        except Exception as err:  # one failing source must not take the others down
+            detail = traceback.format_exc() if ctx.options.debug else f"{type(err).__name__}: {err}"
+            ctx.warn(f"collector {name} failed: {detail}")
+            success = 0
+        if not success:
+            failed.append(name)
+        samples.add("gputext_collector_success", success, {"collector": name})
+        samples.add("gputext_collector_duration_seconds", time.perf_counter() - started, {"collector": name})
+    samples.add("gputext_build_info", 1, {"version": __version__})
+    return Result(samples, ctx.nvml_unavailable, failed)

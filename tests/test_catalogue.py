@@ -1,0 +1,47 @@
+"""The catalogue follows Prometheus naming conventions, and README's metric table is generated from it."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gputext.catalogue import METRICS
+
+ROOT = Path(__file__).resolve().parent.parent
+UNIT_SUFFIX = {"celsius": "_celsius", "watts": "_watts", "joules": "_joules", "bytes": "_bytes",
+               "hertz": "_hertz", "seconds": "_seconds", "ratio": "_ratio"}
+
+
+@pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.key)
+def test_metric_follows_conventions(metric):
+    name = metric.name("gpu_")
+    assert re.fullmatch(r"[a-z_][a-z0-9_]*", name)
+    assert metric.type in ("gauge", "counter")
+    assert name.endswith("_total") == (metric.type == "counter")
+    base = name[: -len("_total")] if metric.type == "counter" else name
+    if metric.unit:
+        assert base.endswith(UNIT_SUFFIX[metric.unit]), f"{name} lacks its unit suffix"
+    assert metric.help and metric.help.endswith(".")
+    assert len(set(metric.all_labels)) == len(metric.all_labels)
+    if metric.prefixed:
+        assert metric.all_labels[:2] == ("gpu", "uuid")
+    else:
+        assert name.startswith("gputext_")
+
+
+def test_names_are_unique():
+    names = [m.name("gpu_") for m in METRICS]
+    assert len(names) == len(set(names))
+
+
+def test_readme_metric_table_is_the_catalogue():
+    generated = subprocess.run([sys.executable, "-m", "gputext", "metrics", "--markdown"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- metrics:start -->\n(.*?)\n<!-- metrics:end -->", readme, re.S)
+    assert block, "README.md lacks the metrics:start/metrics:end markers"
+    assert block.group(1).strip() == generated, (
+        "README's metric table differs from the catalogue: regenerate it with "
+        "`gputext metrics --markdown`")
