@@ -17,6 +17,7 @@ from typing import Optional
 import typer
 
 from . import __version__
+from .collectors import REGISTRY
 
 EXIT_OK, EXIT_NO_NVML, EXIT_NOT_WRITTEN = 0, 1, 2
 DEFAULT_STATE_DIR = "/var/lib/gputext"
@@ -66,7 +67,7 @@ def collect(
                             help="The .prom file to write atomically, or - for standard output."),
     collectors: str = typer.Option("", "--collectors", envvar="GPUTEXT_COLLECTORS", show_envvar=True,
                                    help="Comma-separated collectors to run (default: all that apply). "
-                                        "Known: nvml."),
+                                        "Known: " + ", ".join(REGISTRY) + "."),
     prefix: str = typer.Option("gpu_", "--prefix", envvar="GPUTEXT_PREFIX", show_envvar=True,
                                help="Prefix of the device metric names."),
     state_dir: Optional[str] = typer.Option(None, "--state-dir", envvar="GPUTEXT_STATE_DIR", show_envvar=True,

@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pynvml
 
@@ -116,22 +116,42 @@ class Inventory:
     def __init__(self, nvml: Nvml, state_dir: Optional[Path]):
         self.nvml = nvml
         self.cache_path = state_dir / CACHE_FILE if state_dir else None
+        self._key: Optional[Dict[str, Any]] = None
+        self._devices: List[Device] = []
+        self._settings_read_at = 0.0
+        self._dirty = False
+
+    def static(self, dev: Device, name: str, read: Callable[[], Any]) -> Any:
+        """A static value of `dev` that a collector needs (link count, NVLink peers, ...): read once,
+        then kept in the cache with the rest. Raises DeviceGone like any read."""
+        if name not in dev.info:
+            dev.info[name] = read()
+            self._dirty = True
+        return dev.info[name]
+
+    def save(self) -> None:
+        """Write the cache if this run learned something new."""
+        if self._dirty:
+            self._save(self._key, self._devices, self._settings_read_at)
+            self._dirty = False
 
     def discover(self, now: float) -> Tuple[System, List[Device]]:
         system = read_system(self.nvml)
-        key = {"boot_id": _boot_id(), "driver_version": system.driver_version, "count": system.device_count}
-        cached = self._load(key)
+        self._key = {"boot_id": _boot_id(), "driver_version": system.driver_version,
+                     "count": system.device_count}
+        cached = self._load(self._key)
         devices = self._from_cache(cached) if cached else None
-        settings_age = now - cached.get("settings_read_at", 0) if cached else None
         if devices is None:
             devices = [self._probe(index) for index in range(system.device_count)]
+            settings_stale = True
+        else:
+            self._settings_read_at = cached["settings_read_at"]
+            settings_stale = not 0 <= now - self._settings_read_at < SETTINGS_TTL_SECONDS
+        if settings_stale:
             for dev in devices:
                 self._refresh_settings(dev)
-            self._save(key, devices, now)
-        elif settings_age is None or not 0 <= settings_age < SETTINGS_TTL_SECONDS:
-            for dev in devices:
-                self._refresh_settings(dev)
-            self._save(key, devices, now)
+            self._settings_read_at, self._dirty = now, True
+        self._devices = devices
         return system, devices
 
     def _probe(self, index: int) -> Device:
@@ -183,14 +203,14 @@ class Inventory:
         except (OSError, ValueError, KeyError, TypeError):
             return None  # no cache, or one we do not understand: read the devices afresh
 
-    def _save(self, key: Dict[str, Any], devices: List[Device], now: float) -> None:
+    def _save(self, key: Dict[str, Any], devices: List[Device], settings_read_at: float) -> None:
         # A cache with a device that did not answer would hide it from the next run's probe.
-        if self.cache_path is None or not all(dev.up for dev in devices):
+        if self.cache_path is None or not devices or not all(dev.up for dev in devices):
             return
         payload = {
             "version": CACHE_VERSION,
             "key": key,
-            "settings_read_at": now,
+            "settings_read_at": settings_read_at,
             "devices": [
                 {"index": dev.index, "uuid": dev.uuid, "info": dev.info, "settings": dev.settings}
                 for dev in devices

@@ -9,9 +9,20 @@ rather than from prometheus_client's Counter/Gauge objects: no `_created` series
 from __future__ import annotations
 
 import math
-from typing import Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .catalogue import BY_KEY, METRICS
+
+# NVML_VALUE_NOT_AVAILABLE as the unsigned and signed types carry it. No metric here is ever negative.
+_SENTINELS = frozenset({0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF, -1})
+
+
+def clean(value: Any) -> Optional[float]:
+    """The value as a number fit for the textfile, or None for "not available" markers and non-numbers."""
+    if value is None or value in _SENTINELS:  # compared before float(): 2**64-1 is not exact as a float
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 class Samples:
@@ -19,11 +30,9 @@ class Samples:
         self._series: Dict[str, Dict[Tuple[str, ...], float]] = {}
 
     def add(self, key: str, value, labels: Mapping[str, str]) -> None:
-        """Record one sample. None (a value NVML did not have) is left out."""
+        """Record one sample. None, NaN and NVML's not-available markers are left out."""
+        value = clean(value)
         if value is None:
-            return
-        value = float(value)
-        if not math.isfinite(value):
             return
         metric = BY_KEY[key]
         if set(labels) != set(metric.all_labels):

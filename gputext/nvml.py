@@ -8,11 +8,12 @@ collectors turn into `gpu_up 0` for that device alone.
 
 from __future__ import annotations
 
-import math
 import sys
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import pynvml
+
+from .exposition import clean
 
 # Codes that mean "this value does not exist here": leave it out, say nothing.
 _ABSENT = {
@@ -26,9 +27,6 @@ _ABSENT = {
 # Codes that mean the device as a whole is unusable until someone acts.
 _GONE = {pynvml.NVML_ERROR_GPU_IS_LOST, pynvml.NVML_ERROR_RESET_REQUIRED}
 
-# NVML_VALUE_NOT_AVAILABLE as the unsigned and signed types carry it.
-_SENTINELS = frozenset({0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF, -1})
-
 # nvmlValueType_t -> the member of the c_nvmlValue_t union that holds the value
 _VALUE_MEMBER = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
 
@@ -41,19 +39,6 @@ class NvmlUnavailable(Exception):
 
 class DeviceGone(Exception):
     """The device answered with an error that makes all its values meaningless (GPU_IS_LOST, ...)."""
-
-
-def clean(value: Any) -> Optional[float]:
-    """A number fit for the textfile, or None for NVML's "not available" markers."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return int(value)
-    if value in _SENTINELS:
-        return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _init_advice(err: Exception) -> str:
@@ -97,9 +82,15 @@ class Nvml:
                 pass
 
     def call(self, fn: Callable, *args: Any, device: str = "") -> Any:
-        """fn(*args), or None where the value does not exist. Raises DeviceGone."""
+        """fn(*args), or None where the value does not exist. Raises DeviceGone.
+
+        Numbers come back cleaned of NVML's not-available markers; structs are returned as they are and
+        their members pass through exposition.clean when they become samples."""
         try:
-            return fn(*args)
+            result = fn(*args)
+            if isinstance(result, int) and clean(result) is None:
+                return None
+            return result
         except pynvml.NVMLError as err:
             code = err.value
             if code in _ABSENT:

@@ -47,6 +47,7 @@ class Context:
         self.now = time.time()
         self._nvml = None
         self._nvml_error = None
+        self._inventory = None
         self._devices = None
 
     @property
@@ -71,14 +72,21 @@ class Context:
         if self._devices is None:
             from .devices import Inventory
 
-            self._devices = Inventory(self.nvml, self.options.state_dir).discover(self.now)
+            self._inventory = Inventory(self.nvml, self.options.state_dir)
+            self._devices = self._inventory.discover(self.now)
         return self._devices
+
+    def static(self, dev, name: str, read):
+        """A static value of a device, cached across runs (see Inventory.static)."""
+        return self._inventory.static(dev, name, read)
 
     @property
     def nvml_unavailable(self) -> bool:
         return self._nvml_error is not None
 
     def close(self) -> None:
+        if self._inventory is not None:
+            self._inventory.save()
         if self._nvml is not None:
             self._nvml.stop()
 

@@ -11,7 +11,8 @@ from gputext.catalogue import METRICS
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT_SUFFIX = {"celsius": "_celsius", "watts": "_watts", "joules": "_joules", "bytes": "_bytes",
-               "hertz": "_hertz", "seconds": "_seconds", "ratio": "_ratio"}
+               "hertz": "_hertz", "seconds": "_seconds", "ratio": "_ratio",
+               "bytes_per_second": "_bytes_per_second"}
 
 
 @pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.key)

@@ -15,6 +15,8 @@ from typing import Dict
 # name -> module. Order is the order they run and appear in `--help`.
 REGISTRY: Dict[str, str] = {
     "nvml": "gputext.collectors.nvml",
+    "nvlink": "gputext.collectors.nvlink",
+    "pcie": "gputext.collectors.pcie",
 }
 
 

@@ -12,6 +12,7 @@ from typing import Dict, Optional, Tuple
 import pynvml
 
 from ..devices import CLOCKS, Device
+from ..exposition import clean
 from ..nvml import DeviceGone, Nvml
 
 # NVML field ids (nvml.h NVML_FI_DEV_*)
@@ -177,6 +178,8 @@ def _collect_device(nvml: Nvml, dev: Device, samples) -> None:
 
 
 def _scaled(value, factor: float) -> Optional[float]:
+    """Scale after cleaning: a scaled not-available marker would no longer be recognised."""
+    value = clean(value)
     return None if value is None else value * factor
 
 

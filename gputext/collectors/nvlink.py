@@ -1,0 +1,115 @@
+"""NVLink per-link traffic, state, speed and errors, straight from NVML's cumulative counters.
+
+Unlike `nvidia-smi nvlink -g`, this needs no counter setup (`nvidia-smi nvlink -sc`): fields 138-141
+are always-running KiB counters. Per GPU and run it costs one nvmlDeviceGetFieldValues call for all links.
+The link count and each link's peer (nvmlDeviceGetNvLinkRemotePciInfo, one call per link) are static and
+kept in the inventory cache. A GPU without NVLink writes no NVLink series.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import pynvml
+
+from ..nvml import DeviceGone, text
+
+FI_LINK_COUNT = 91
+FI_SPEED_MBPS = 164
+FI_STATE = 165
+FI_VERSION = 166
+NVML_NVLINK_MAX_LINKS = 36
+STATE_ACTIVE = 1  # NVML_NVLINK_STATE_ACTIVE
+KIB = 1024
+MB = 1e6  # NVML's NVLink "MBps" are decimal megabytes per second
+
+# Traffic counters: metric key -> field ids, the first the device answers wins, with their scale.
+# Blackwell's NVLink5 drops the KiB throughput fields in favour of byte counters (202/204).
+TRAFFIC: Dict[str, Tuple[Tuple[int, float], ...]] = {
+    "nvlink_transmit_bytes_total": ((138, KIB), (202, 1)),
+    "nvlink_receive_bytes_total": ((139, KIB), (204, 1)),
+    "nvlink_raw_transmit_bytes_total": ((140, KIB),),
+    "nvlink_raw_receive_bytes_total": ((141, KIB),),
+}
+# Error counters: type label -> field ids, first answered wins. Blackwell has no replay or CRC counters;
+# its recovery events (215, and 214 for those that failed) replace 162.
+ERRORS: Dict[str, Tuple[int, ...]] = {
+    "replay": (161,),
+    "recovery": (162, 215),
+    "recovery_failed": (214,),
+    "crc": (163,),
+}
+PER_LINK_FIELDS = sorted({FI_SPEED_MBPS, FI_STATE, FI_VERSION}
+                         | {fid for fields in TRAFFIC.values() for fid, _ in fields}
+                         | {fid for fields in ERRORS.values() for fid in fields})
+
+
+def collect(ctx, samples) -> None:
+    _, devices = ctx.devices()
+    for dev in devices:
+        if not dev.up:
+            continue  # the nvml collector reports it down
+        try:
+            _collect_device(ctx, dev, samples)
+        except DeviceGone as err:
+            ctx.warn(f"{dev.name}: NVLink not read: {err}")
+
+
+def _link_state(nvml, dev, link, values):
+    state = values.get((FI_STATE, link))
+    if state is None:  # drivers without field 165
+        state = nvml.call(pynvml.nvmlDeviceGetNvLinkState, dev.handle, link, device=dev.name)
+    return state
+
+
+def _present_links(nvml, dev):
+    """The link indices this GPU has (active or not): those that answer a state."""
+    count = nvml.fields(dev.handle, [(FI_LINK_COUNT, 0)], device=dev.name).get((FI_LINK_COUNT, 0))
+    count = NVML_NVLINK_MAX_LINKS if count is None else int(count)
+    states = nvml.fields(dev.handle, [(FI_STATE, link) for link in range(count)], device=dev.name)
+    return [link for link in range(count) if _link_state(nvml, dev, link, states) is not None]
+
+
+def _collect_device(ctx, dev, samples) -> None:
+    nvml = ctx.nvml
+    links = ctx.static(dev, "nvlink_links", lambda: _present_links(nvml, dev))
+    if not links:
+        return
+    values = nvml.fields(dev.handle, [(fid, link) for link in links for fid in PER_LINK_FIELDS],
+                         device=dev.name)
+    pending = []
+    for link in links:
+        state = _link_state(nvml, dev, link, values)
+        if state is None:
+            continue
+        labels = {**dev.labels, "link": str(link)}
+        up = state == STATE_ACTIVE
+        pending.append(("nvlink_up", 1 if up else 0, labels))
+        if not up:
+            continue
+        remote = ctx.static(dev, f"nvlink_remote_{link}", lambda link=link: _remote_bus_id(nvml, dev, link))
+        version = values.get((FI_VERSION, link))
+        pending.append(("nvlink_info", 1, {**labels, "version": "" if version is None else str(int(version)),
+                                           "remote_pci_bus_id": remote or ""}))
+        speed = values.get((FI_SPEED_MBPS, link))
+        pending.append(("nvlink_speed_bytes_per_second", None if speed is None else speed * MB, labels))
+        for key, candidates in TRAFFIC.items():
+            pending.append((key, _first(values, link, candidates), labels))
+        for error_type, fids in ERRORS.items():
+            pending.append(("nvlink_errors_total", _first(values, link, [(f, 1) for f in fids]),
+                            {**labels, "type": error_type}))
+    for key, value, labels in pending:
+        samples.add(key, value, labels)
+
+
+def _first(values, link, candidates):
+    for fid, scale in candidates:
+        value = values.get((fid, link))
+        if value is not None:
+            return value * scale
+    return None
+
+
+def _remote_bus_id(nvml, dev, link):
+    pci = nvml.call(pynvml.nvmlDeviceGetNvLinkRemotePciInfo, dev.handle, link, device=dev.name)
+    return text(pci.busId) if pci is not None else None

@@ -1,0 +1,103 @@
+"""PCIe traffic, replays, errors and link state.
+
+Traffic comes from the cumulative byte counters (fields 197/198) in the same nvmlDeviceGetFieldValues call
+as the replay and error counters. Only a GPU whose driver lacks those counters falls back to
+nvmlDeviceGetPcieThroughput, which samples for 20 ms per call: those samples run in parallel threads for
+all such GPUs and both directions (ctypes releases the GIL during the call), so a run pays about 20 ms once,
+not 40 ms per GPU as a loop would. Maximum generation and width are static and cached.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Dict, List, Tuple
+
+import pynvml
+
+from ..nvml import DeviceGone
+
+FI_TX_BYTES, FI_RX_BYTES = 197, 198
+FI_REPLAYS, FI_REPLAY_ROLLOVERS = 94, 95
+KB = 1000  # nvmlDeviceGetPcieThroughput reports KB/s ("1KB granularity")
+
+ERROR_FIELDS: Dict[int, str] = {
+    169: "l0_to_recovery",
+    173: "correctable",
+    174: "nak_received",
+    175: "receiver_error",
+    176: "bad_tlp",
+    177: "nak_sent",
+    178: "bad_dllp",
+    179: "non_fatal",
+    180: "fatal",
+    181: "unsupported_request",
+    182: "lcrc",
+}
+FIELDS = [FI_TX_BYTES, FI_RX_BYTES, FI_REPLAYS, FI_REPLAY_ROLLOVERS, *ERROR_FIELDS]
+THROUGHPUT = (("pcie_transmit_bytes_per_second", pynvml.NVML_PCIE_UTIL_TX_BYTES),
+              ("pcie_receive_bytes_per_second", pynvml.NVML_PCIE_UTIL_RX_BYTES))
+
+
+def collect(ctx, samples) -> None:
+    nvml = ctx.nvml
+    _, devices = ctx.devices()
+    to_sample = []
+    for dev in devices:
+        if not dev.up:
+            continue
+        try:
+            if not _collect_device(ctx, dev, samples):
+                to_sample.append(dev)
+        except DeviceGone as err:
+            ctx.warn(f"{dev.name}: PCIe not read: {err}")
+    for dev, key, value in _sample_throughput(nvml, to_sample):
+        samples.add(key, value, dev.labels)
+
+
+def _collect_device(ctx, dev, samples) -> bool:
+    """Add the device's series; False when it has no byte counters and needs the sampled rate."""
+    nvml, h, where = ctx.nvml, dev.handle, dev.name
+    values = {fid: v for (fid, _), v in nvml.fields(h, [(fid, 0) for fid in FIELDS], device=where).items()}
+    replays = values.get(FI_REPLAYS)
+    if replays is None:
+        replays = nvml.call(pynvml.nvmlDeviceGetPcieReplayCounter, h, device=where)
+    maxima = ctx.static(dev, "pcie_max", lambda: [
+        nvml.call(pynvml.nvmlDeviceGetMaxPcieLinkGeneration, h, device=where),
+        nvml.call(pynvml.nvmlDeviceGetMaxPcieLinkWidth, h, device=where)])
+    series: List[Tuple[str, object, Dict[str, str]]] = [
+        ("pcie_transmit_bytes_total", values.get(FI_TX_BYTES), {}),
+        ("pcie_receive_bytes_total", values.get(FI_RX_BYTES), {}),
+        ("pcie_replays_total", replays, {}),
+        ("pcie_replay_rollovers_total", values.get(FI_REPLAY_ROLLOVERS), {}),
+        ("pcie_link_generation", nvml.call(pynvml.nvmlDeviceGetCurrPcieLinkGeneration, h, device=where), {}),
+        ("pcie_link_width", nvml.call(pynvml.nvmlDeviceGetCurrPcieLinkWidth, h, device=where), {}),
+        ("pcie_link_max_generation", maxima[0], {}),
+        ("pcie_link_max_width", maxima[1], {}),
+    ]
+    series += [("pcie_errors_total", values.get(fid), {"type": name}) for fid, name in ERROR_FIELDS.items()]
+    for key, value, extra in series:
+        samples.add(key, value, {**dev.labels, **extra})
+    return FI_TX_BYTES in values and FI_RX_BYTES in values
+
+
+def _sample_throughput(nvml, devices) -> List[Tuple[object, str, float]]:
+    """Sample both directions of every device at once; returns (device, metric key, bytes/s)."""
+    results: List[Tuple[object, str, float]] = []
+    lock = threading.Lock()
+
+    def sample(dev, key, counter):
+        try:
+            kbps = nvml.call(pynvml.nvmlDeviceGetPcieThroughput, dev.handle, counter, device=dev.name)
+        except DeviceGone:
+            return
+        if kbps is not None:
+            with lock:
+                results.append((dev, key, kbps * KB))
+
+    threads = [threading.Thread(target=sample, args=(dev, key, counter))
+               for dev in devices for key, counter in THROUGHPUT]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results

@@ -1,0 +1,84 @@
+"""Fixtures: the fake NVML library, compiled once per session, and a runner of `gputext` against it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import pytest
+
+from fakegpu import build_fake_nvml, default_system, fake_env, read_calls, render_scenario
+
+Series = Dict[Tuple[str, frozenset], float]
+
+
+def parse_exposition(text: str) -> Series:
+    """{(sample name, frozenset(labels)): value} from text exposition, parsed by prometheus_client."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    series: Series = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            assert sample.timestamp is None, f"{sample.name} carries a timestamp"
+            key = (sample.name, frozenset(sample.labels.items()))
+            assert key not in series, f"duplicate series {key}"
+            series[key] = sample.value
+    return series
+
+
+def value(series: Series, name: str, /, **labels: str) -> Optional[float]:
+    """The value of the one series named `name` whose labels include `labels`."""
+    found = [v for (n, ls), v in series.items() if n == name and set(labels.items()) <= ls]
+    assert len(found) <= 1, f"{name}{labels} matches {len(found)} series"
+    return found[0] if found else None
+
+
+def names_for_gpu(series: Series, gpu: str) -> set:
+    return {n for (n, ls) in series if ("gpu", gpu) in ls}
+
+
+@pytest.fixture(scope="session")
+def fake_libdir(tmp_path_factory) -> Path:
+    return build_fake_nvml(tmp_path_factory.mktemp("fake_nvml"))
+
+
+class Node:
+    """A fake GPU node: a scenario file, a state directory, and gputext run against them."""
+
+    def __init__(self, libdir: Path, root: Path):
+        self.libdir = libdir
+        self.root = root
+        self.scenario = root / "scenario.txt"
+        self.state_dir = root / "state"
+        self.calls = root / "calls.txt"
+
+    def write(self, devices: List[dict], system: Optional[dict] = None) -> None:
+        self.scenario.write_text(render_scenario(default_system(**(system or {})), devices))
+
+    def env(self, tick: Optional[int] = None, nvml: bool = True) -> Dict[str, str]:
+        env = fake_env(self.libdir, self.scenario, self.calls, tick)
+        if not nvml:  # a node without the driver: nothing named libnvidia-ml.so.1 on the path
+            env["LD_LIBRARY_PATH"] = ""
+        env.pop("STATE_DIRECTORY", None)
+        return env
+
+    def run(self, *args: str, tick: Optional[int] = None, nvml: bool = True, state: bool = True,
+            **popen) -> subprocess.CompletedProcess:
+        extra = ["--state-dir", str(self.state_dir)] if state and args and args[0] == "collect" else []
+        return subprocess.run([sys.executable, "-m", "gputext", *args, *extra], env=self.env(tick, nvml),
+                              capture_output=True, text=True, timeout=60, **popen)
+
+    def collect(self, *args: str, **kw) -> Tuple[subprocess.CompletedProcess, Series]:
+        """`gputext collect --out -` plus args; returns the process and its parsed output."""
+        proc = self.run("collect", "--out", "-", *args, **kw)
+        return proc, parse_exposition(proc.stdout)
+
+    def call_counts(self) -> dict:
+        return read_calls(self.calls) if self.calls.exists() else {}
+
+
+@pytest.fixture
+def node(fake_libdir, tmp_path) -> Node:
+    return Node(fake_libdir, tmp_path)
