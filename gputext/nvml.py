@@ -8,6 +8,8 @@ collectors turn into `gpu_up 0` for that device alone.
 
 from __future__ import annotations
 
+import ctypes
+import struct
 import sys
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
@@ -27,8 +29,18 @@ _ABSENT = {
 # Codes that mean the device as a whole is unusable until someone acts.
 _GONE = {pynvml.NVML_ERROR_GPU_IS_LOST, pynvml.NVML_ERROR_RESET_REQUIRED}
 
-# nvmlValueType_t -> the member of the c_nvmlValue_t union that holds the value
-_VALUE_MEMBER = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
+# Field values are decoded straight from the returned array's bytes: going through pynvml's struct
+# objects costs four Python-level __getattribute__ calls per entry, thousands per run on an NVLink node.
+# Offsets come from pynvml's own c_nvmlFieldValue_t, so the layout is always the one pynvml passed.
+_FIELD = pynvml.c_nvmlFieldValue_t
+_FIELD_SIZE = ctypes.sizeof(_FIELD)
+_RETURN_AND_TYPE = struct.Struct("=I")
+_RETURN_OFFSET = _FIELD.nvmlReturn.offset
+_TYPE_OFFSET = _FIELD.valueType.offset
+_VALUE_OFFSET = _FIELD.value.offset
+# nvmlValueType_t -> the C type the c_nvmlValue_t union holds (native formats: "L" is C's unsigned long)
+_VALUE_FORMAT = {value_type: struct.Struct("@" + code)
+                 for value_type, code in {0: "d", 1: "I", 2: "L", 3: "Q", 4: "q", 5: "i", 6: "H"}.items()}
 
 FieldKey = Tuple[int, int]  # (field id, scope id)
 
@@ -100,26 +112,34 @@ class Nvml:
             self.warn_once((fn.__name__, code), f"{device}: {fn.__name__} failed: {err}")
             return None
 
-    def fields(self, handle: Any, keys: Iterable[FieldKey], device: str = "") -> Dict[FieldKey, float]:
-        """Read many field values in one nvmlDeviceGetFieldValues call; absent ones are left out."""
+    def fields(self, handle: Any, keys: Iterable[FieldKey], device: str = "",
+               widths: Optional[Dict[FieldKey, int]] = None) -> Dict[FieldKey, float]:
+        """Read many field values in one nvmlDeviceGetFieldValues call; absent ones are left out.
+        If `widths` is given, it receives the bit width of each value's C type (for counters that wrap)."""
         keys = list(keys)
         if not keys:
             return {}
         raw = self.call(pynvml.nvmlDeviceGetFieldValues, handle, keys, device=device)
         if raw is None:
             return {}
+        buffer = bytes(raw)
         values = {}
-        for (field_id, scope_id), entry in zip(keys, raw):
-            if entry.nvmlReturn in _GONE:
-                raise DeviceGone(f"field {field_id}: NVML error {entry.nvmlReturn}")
-            if entry.nvmlReturn != pynvml.NVML_SUCCESS:
+        unpack = _RETURN_AND_TYPE.unpack_from
+        for index, key in enumerate(keys):
+            base = index * _FIELD_SIZE
+            (status,) = unpack(buffer, base + _RETURN_OFFSET)
+            if status != pynvml.NVML_SUCCESS:
+                if status in _GONE:
+                    raise DeviceGone(f"field {key[0]}: NVML error {status}")
                 continue
-            member = _VALUE_MEMBER.get(entry.valueType)
-            if member is None:
+            value_format = _VALUE_FORMAT.get(unpack(buffer, base + _TYPE_OFFSET)[0])
+            if value_format is None:
                 continue
-            value = clean(getattr(entry.value, member))
+            value = clean(value_format.unpack_from(buffer, base + _VALUE_OFFSET)[0])
             if value is not None:
-                values[(field_id, scope_id)] = value
+                values[key] = value
+                if widths is not None:
+                    widths[key] = value_format.size * 8
         return values
 
     def warn_once(self, kind: Any, message: str) -> None:

@@ -2,8 +2,8 @@
 
 Unlike `nvidia-smi nvlink -g`, this needs no counter setup (`nvidia-smi nvlink -sc`): fields 138-141
 are always-running KiB counters. Per GPU and run it costs one nvmlDeviceGetFieldValues call for all links.
-The link count and each link's peer (nvmlDeviceGetNvLinkRemotePciInfo, one call per link) are static and
-kept in the inventory cache. A GPU without NVLink writes no NVLink series.
+The links present, the fields the GPU answers, and each link's version and peer
+(nvmlDeviceGetNvLinkRemotePciInfo, one call per link) are static and kept in the inventory cache. A GPU without NVLink writes no NVLink series.
 """
 
 from __future__ import annotations
@@ -33,15 +33,18 @@ TRAFFIC: Dict[str, Tuple[Tuple[int, float], ...]] = {
 }
 # Error counters: type label -> field ids, first answered wins. Blackwell has no replay or CRC counters;
 # its recovery events (215, and 214 for those that failed) replace 162.
-ERRORS: Dict[str, Tuple[int, ...]] = {
-    "replay": (161,),
-    "recovery": (162, 215),
-    "recovery_failed": (214,),
-    "crc": (163,),
+ERRORS: Dict[str, Tuple[Tuple[int, float], ...]] = {
+    "replay": ((161, 1),),
+    "recovery": ((162, 1), (215, 1)),
+    "recovery_failed": ((214, 1),),
+    "crc": ((163, 1),),
 }
-PER_LINK_FIELDS = sorted({FI_SPEED_MBPS, FI_STATE, FI_VERSION}
+PER_LINK_FIELDS = sorted({FI_SPEED_MBPS, FI_STATE}
                          | {fid for fields in TRAFFIC.values() for fid, _ in fields}
-                         | {fid for fields in ERRORS.values() for fid in fields})
+                         | {fid for fields in ERRORS.values() for fid, _ in fields})
+# Which of PER_LINK_FIELDS a GPU answers depends on its NVLink generation and the driver, so it is learnt
+# on the first run and cached: an H100 then asks for 11 fields per link instead of 15 (Blackwell for
+# others). Fewer requested fields cost less in pynvml and in the driver, which serves each one.
 
 
 def collect(ctx, samples) -> None:
@@ -70,13 +73,19 @@ def _present_links(nvml, dev):
     return [link for link in range(count) if _link_state(nvml, dev, link, states) is not None]
 
 
+def _answered_fields(nvml, dev, links):
+    values = nvml.fields(dev.handle, [(fid, link) for link in links for fid in PER_LINK_FIELDS],
+                         device=dev.name)
+    return sorted({fid for fid, _ in values})
+
+
 def _collect_device(ctx, dev, samples) -> None:
     nvml = ctx.nvml
     links = ctx.static(dev, "nvlink_links", lambda: _present_links(nvml, dev))
     if not links:
         return
-    values = nvml.fields(dev.handle, [(fid, link) for link in links for fid in PER_LINK_FIELDS],
-                         device=dev.name)
+    fields = ctx.static(dev, "nvlink_fields", lambda: _answered_fields(nvml, dev, links))
+    values = nvml.fields(dev.handle, [(fid, link) for link in links for fid in fields], device=dev.name)
     pending = []
     for link in links:
         state = _link_state(nvml, dev, link, values)
@@ -87,16 +96,14 @@ def _collect_device(ctx, dev, samples) -> None:
         pending.append(("nvlink_up", 1 if up else 0, labels))
         if not up:
             continue
-        remote = ctx.static(dev, f"nvlink_remote_{link}", lambda link=link: _remote_bus_id(nvml, dev, link))
-        version = values.get((FI_VERSION, link))
-        pending.append(("nvlink_info", 1, {**labels, "version": "" if version is None else str(int(version)),
-                                           "remote_pci_bus_id": remote or ""}))
+        peer = ctx.static(dev, f"nvlink_peer_{link}", lambda link=link: _read_peer(nvml, dev, link))
+        pending.append(("nvlink_info", 1, {**labels, **peer}))
         speed = values.get((FI_SPEED_MBPS, link))
         pending.append(("nvlink_speed_bytes_per_second", None if speed is None else speed * MB, labels))
         for key, candidates in TRAFFIC.items():
             pending.append((key, _first(values, link, candidates), labels))
-        for error_type, fids in ERRORS.items():
-            pending.append(("nvlink_errors_total", _first(values, link, [(f, 1) for f in fids]),
+        for error_type, candidates in ERRORS.items():
+            pending.append(("nvlink_errors_total", _first(values, link, candidates),
                             {**labels, "type": error_type}))
     for key, value, labels in pending:
         samples.add(key, value, labels)
@@ -110,6 +117,11 @@ def _first(values, link, candidates):
     return None
 
 
-def _remote_bus_id(nvml, dev, link):
+def _read_peer(nvml, dev, link):
+    """The link's NVLink version and the PCI bus id at its other end: static, read once."""
+    version = nvml.fields(dev.handle, [(FI_VERSION, link)], device=dev.name).get((FI_VERSION, link))
+    if version is None:
+        version = nvml.call(pynvml.nvmlDeviceGetNvLinkVersion, dev.handle, link, device=dev.name)
     pci = nvml.call(pynvml.nvmlDeviceGetNvLinkRemotePciInfo, dev.handle, link, device=dev.name)
-    return text(pci.busId) if pci is not None else None
+    return {"version": "" if version is None else str(int(version)),
+            "remote_pci_bus_id": text(pci.busId) if pci is not None else ""}

@@ -1,15 +1,19 @@
 """PCIe traffic, replays, errors and link state.
 
 Traffic comes from the cumulative byte counters (fields 197/198) in the same nvmlDeviceGetFieldValues call
-as the replay and error counters. Only a GPU whose driver lacks those counters falls back to
-nvmlDeviceGetPcieThroughput, which samples for 20 ms per call: those samples run in parallel threads for
-all such GPUs and both directions (ctypes releases the GIL during the call), so a run pays about 20 ms once,
-not 40 ms per GPU as a loop would. Maximum generation and width are static and cached.
+as the replay and error counters. nvml.h warns that they "can be wrapped" without saying at what width, so
+the width is taken from the type NVML returns them in. 64-bit counters are written as counters (2**64
+bytes take centuries at PCIe 5 speed). A 32-bit counter wraps every 4 GiB, that is several times between
+two runs at a few GB/s; Prometheus would read each wrap as a reset and rate() would silently under-count,
+so such a GPU gets the sampled rate instead, as does one whose driver lacks the fields.
+
+The sampled rate is nvmlDeviceGetPcieThroughput, which blocks 20 ms per call: the samples run in parallel
+threads for all such GPUs and both directions (ctypes releases the GIL during the call), so a run pays
+about 20 ms once, not 40 ms per GPU as a loop would. Maximum generation and width are static and cached.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Dict, List, Tuple
 
 import pynvml
@@ -55,9 +59,12 @@ def collect(ctx, samples) -> None:
 
 
 def _collect_device(ctx, dev, samples) -> bool:
-    """Add the device's series; False when it has no byte counters and needs the sampled rate."""
+    """Add the device's series; False when it has no usable byte counters and needs the sampled rate."""
     nvml, h, where = ctx.nvml, dev.handle, dev.name
-    values = {fid: v for (fid, _), v in nvml.fields(h, [(fid, 0) for fid in FIELDS], device=where).items()}
+    widths = {}
+    values = {fid: v for (fid, _), v in nvml.fields(h, [(fid, 0) for fid in FIELDS], device=where,
+                                                     widths=widths).items()}
+    counters = all(widths.get((fid, 0), 0) >= 64 for fid in (FI_TX_BYTES, FI_RX_BYTES))
     replays = values.get(FI_REPLAYS)
     if replays is None:
         replays = nvml.call(pynvml.nvmlDeviceGetPcieReplayCounter, h, device=where)
@@ -65,8 +72,8 @@ def _collect_device(ctx, dev, samples) -> bool:
         nvml.call(pynvml.nvmlDeviceGetMaxPcieLinkGeneration, h, device=where),
         nvml.call(pynvml.nvmlDeviceGetMaxPcieLinkWidth, h, device=where)])
     series: List[Tuple[str, object, Dict[str, str]]] = [
-        ("pcie_transmit_bytes_total", values.get(FI_TX_BYTES), {}),
-        ("pcie_receive_bytes_total", values.get(FI_RX_BYTES), {}),
+        ("pcie_transmit_bytes_total", values.get(FI_TX_BYTES) if counters else None, {}),
+        ("pcie_receive_bytes_total", values.get(FI_RX_BYTES) if counters else None, {}),
         ("pcie_replays_total", replays, {}),
         ("pcie_replay_rollovers_total", values.get(FI_REPLAY_ROLLOVERS), {}),
         ("pcie_link_generation", nvml.call(pynvml.nvmlDeviceGetCurrPcieLinkGeneration, h, device=where), {}),
@@ -77,11 +84,13 @@ def _collect_device(ctx, dev, samples) -> bool:
     series += [("pcie_errors_total", values.get(fid), {"type": name}) for fid, name in ERROR_FIELDS.items()]
     for key, value, extra in series:
         samples.add(key, value, {**dev.labels, **extra})
-    return FI_TX_BYTES in values and FI_RX_BYTES in values
+    return counters
 
 
 def _sample_throughput(nvml, devices) -> List[Tuple[object, str, float]]:
     """Sample both directions of every device at once; returns (device, metric key, bytes/s)."""
+    import threading  # only nodes without the byte counters pay for it
+
     results: List[Tuple[object, str, float]] = []
     lock = threading.Lock()
 

@@ -1,0 +1,184 @@
+"""NVLink per-link and PCIe counters end to end against the fake NVML."""
+
+import pytest
+
+from conftest import names_for_gpu, value
+from fakegpu import H100_NVLINKS, Field, h100
+from realtools import promtool_check
+
+KIB = 1024
+
+
+def hgx_with_link_down(tx_step=1000, rx_step=2000):
+    """8 H100 x 18 links; link 3 of GPU 2 is down; every link's data counters advance by a step per tick."""
+    gpus = []
+    for index in range(8):
+        gpu = h100(index)
+        for link in range(H100_NVLINKS):
+            gpu["fields"][(138, link)] = Field(10_000 * (index + 1) + link, type="ull", step=tx_step)
+            gpu["fields"][(139, link)] = Field(20_000 * (index + 1) + link, type="ull", step=rx_step)
+        gpus.append(gpu)
+    gpus[2]["nvlink_state"][3] = 0
+    gpus[2]["fields"][(165, 3)] = Field(0, type="uint")
+    return gpus
+
+
+def test_per_link_bytes_are_exact_and_only_grow(node):
+    node.write(hgx_with_link_down())
+    assert node.collect(tick=0)[0].returncode == 0  # learns links and fields into the cache
+    runs = []
+    for tick in (5, 6):
+        proc, s = node.collect(tick=tick)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        runs.append(s)
+    first, second = runs
+    for index in range(8):
+        for link in range(H100_NVLINKS):
+            labels = {"gpu": str(index), "link": str(link)}
+            tx = value(first, "gpu_nvlink_transmit_bytes_total", **labels)
+            rx = value(first, "gpu_nvlink_receive_bytes_total", **labels)
+            if (index, link) == (2, 3):
+                assert tx is None and rx is None
+                assert value(first, "gpu_nvlink_up", **labels) == 0
+                assert value(first, "gpu_nvlink_raw_transmit_bytes_total", **labels) is None
+                continue
+            assert value(first, "gpu_nvlink_up", **labels) == 1
+            assert tx == (10_000 * (index + 1) + link + 5 * 1000) * KIB
+            assert rx == (20_000 * (index + 1) + link + 5 * 2000) * KIB
+            assert value(second, "gpu_nvlink_transmit_bytes_total", **labels) == tx + 1000 * KIB
+            assert value(second, "gpu_nvlink_receive_bytes_total", **labels) == rx + 2000 * KIB
+    for (name, labels), v in first.items():
+        if name.endswith("_total"):
+            assert second[(name, labels)] >= v, (name, labels)
+
+
+def test_link_speed_errors_and_peer(node):
+    gpu = h100(0)
+    gpu["fields"][(161, 4)] = 7
+    gpu["fields"][(163, 4)] = 2
+    node.write([gpu])
+    proc, s = node.collect()
+    link4 = {"gpu": "0", "link": "4"}
+    assert value(s, "gpu_nvlink_speed_bytes_per_second", **link4) == 26_562e6
+    assert value(s, "gpu_nvlink_errors_total", **link4, type="replay") == 7
+    assert value(s, "gpu_nvlink_errors_total", **link4, type="crc") == 2
+    assert value(s, "gpu_nvlink_errors_total", **link4, type="recovery") == 0
+    assert value(s, "gpu_nvlink_errors_total", **link4, type="recovery_failed") is None  # NVLink 5 only
+    assert value(s, "gpu_nvlink_info", **link4, version="4", remote_pci_bus_id="00000000:05:00.0") == 1
+    assert value(s, "gpu_nvlink_info", gpu="0", link="17", remote_pci_bus_id="00000000:08:00.0") == 1
+    assert value(s, "gpu_nvlink_raw_transmit_bytes_total", **link4) == (1_100_000 + 4 * 1000) * KIB
+
+
+def test_blackwell_byte_counters_and_recovery_events(node):
+    gpu = h100(0, nvlink_state={0: 1, 1: 1}, nvlink_version={0: 5, 1: 5}, nvlink_remote_pci={})
+    fields = {fid: v for fid, v in gpu["fields"].items() if not isinstance(fid, tuple)}
+    fields[91] = 2
+    for link in (0, 1):
+        fields[(165, link)] = Field(1, type="uint")
+        fields[(202, link)] = 5_000_000 + link  # NVLink5: bytes, not KiB
+        fields[(204, link)] = 6_000_000 + link
+        fields[(214, link)] = 1
+        fields[(215, link)] = 3
+    gpu["fields"] = fields
+    node.write([gpu])
+    proc, s = node.collect()
+    assert proc.returncode == 0, proc.stderr
+    assert value(s, "gpu_nvlink_transmit_bytes_total", gpu="0", link="1") == 5_000_001
+    assert value(s, "gpu_nvlink_receive_bytes_total", gpu="0", link="0") == 6_000_000
+    assert value(s, "gpu_nvlink_errors_total", gpu="0", link="0", type="recovery") == 3
+    assert value(s, "gpu_nvlink_errors_total", gpu="0", link="0", type="recovery_failed") == 1
+    assert value(s, "gpu_nvlink_errors_total", gpu="0", link="0", type="replay") is None
+    assert value(s, "gpu_nvlink_info", gpu="0", link="0", version="5", remote_pci_bus_id="") == 1
+
+
+@pytest.mark.parametrize("link_count_field", [0, None], ids=["count-0", "count-unsupported"])
+def test_gpu_without_nvlink_writes_no_nvlink_series_and_no_error(node, link_count_field):
+    gpu = h100(0, nvlink_state={}, nvlink_version={}, nvlink_remote_pci={}, nvlink_remote_type={})
+    gpu["fields"] = {fid: v for fid, v in gpu["fields"].items() if not isinstance(fid, tuple)}
+    gpu["fields"][91] = link_count_field
+    node.write([gpu])
+    for _ in range(2):  # cold, then warm from the cache
+        proc, s = node.collect()
+        assert proc.returncode == 0 and proc.stderr == ""
+        assert not [n for n in names_for_gpu(s, "0") if n.startswith("gpu_nvlink")]
+        assert value(s, "gputext_collector_success", collector="nvlink") == 1
+    warm = node.call_counts()[0]
+    assert warm.get("nvmlDeviceGetNvLinkState", 0) <= 36  # probed once, when the cache was made
+
+
+def test_nvlink_warm_run_is_one_field_call_per_gpu(node):
+    node.write([h100(0), h100(1)])
+    node.collect("--collectors", "nvlink")
+    node.calls.unlink()
+    node.collect("--collectors", "nvlink")
+    for gpu in (0, 1):
+        counts = node.call_counts()[gpu]
+        assert counts.get("nvmlDeviceGetFieldValues") == 1
+        assert "nvmlDeviceGetNvLinkRemotePciInfo_v2" not in counts  # peers come from the cache
+
+
+def test_pcie_counters_link_and_errors(node):
+    gpu = h100(0, pcie_gen=4, pcie_gen_max=5, pcie_width=8, pcie_width_max=16)
+    gpu["fields"].update({197: 123_456_789_012, 198: 234_567_890_123, 94: Field(17, type="uint"),
+                          95: Field(1, type="uint"), 173: 11, 176: 2})
+    node.write([gpu])
+    proc, s = node.collect("--collectors", "pcie")
+    assert proc.returncode == 0, proc.stderr
+    d = {"gpu": "0"}
+    assert value(s, "gpu_pcie_transmit_bytes_total", **d) == 123_456_789_012
+    assert value(s, "gpu_pcie_receive_bytes_total", **d) == 234_567_890_123
+    assert value(s, "gpu_pcie_replays_total", **d) == 17
+    assert value(s, "gpu_pcie_replay_rollovers_total", **d) == 1
+    assert value(s, "gpu_pcie_errors_total", **d, type="correctable") == 11
+    assert value(s, "gpu_pcie_errors_total", **d, type="bad_tlp") == 2
+    assert value(s, "gpu_pcie_errors_total", **d, type="fatal") == 0
+    assert value(s, "gpu_pcie_link_generation", **d) == 4
+    assert value(s, "gpu_pcie_link_max_generation", **d) == 5
+    assert value(s, "gpu_pcie_link_width", **d) == 8
+    assert value(s, "gpu_pcie_link_max_width", **d) == 16
+    assert value(s, "gpu_pcie_transmit_bytes_per_second", **d) is None
+    assert "nvmlDeviceGetPcieThroughput" not in node.call_counts()[0]  # never the 20 ms sample
+
+
+def test_pcie_sampled_rate_only_where_counters_are_missing(node):
+    old = h100(0, pcie_tx_kbps=1500, pcie_rx_kbps=2500)
+    del old["fields"][197], old["fields"][198]
+    new = h100(1)
+    node.write([old, new])
+    proc, s = node.collect("--collectors", "pcie")
+    assert proc.returncode == 0, proc.stderr
+    assert value(s, "gpu_pcie_transmit_bytes_per_second", gpu="0") == 1_500_000
+    assert value(s, "gpu_pcie_receive_bytes_per_second", gpu="0") == 2_500_000
+    assert value(s, "gpu_pcie_transmit_bytes_total", gpu="0") is None
+    assert value(s, "gpu_pcie_transmit_bytes_per_second", gpu="1") is None
+    counts = node.call_counts()
+    assert counts[0]["nvmlDeviceGetPcieThroughput"] == 2
+    assert "nvmlDeviceGetPcieThroughput" not in counts[1]
+
+
+def test_pcie_32_bit_counters_give_the_sampled_rate_not_a_wrapping_counter(node):
+    gpu = h100(0, pcie_tx_kbps=700, pcie_rx_kbps=900)
+    gpu["fields"].update({197: Field(4_000_000_000, type="uint"), 198: Field(5, type="uint")})
+    node.write([gpu])
+    proc, s = node.collect("--collectors", "pcie")
+    assert value(s, "gpu_pcie_transmit_bytes_total", gpu="0") is None
+    assert value(s, "gpu_pcie_receive_bytes_total", gpu="0") is None
+    assert value(s, "gpu_pcie_transmit_bytes_per_second", gpu="0") == 700_000
+    assert value(s, "gpu_pcie_receive_bytes_per_second", gpu="0") == 900_000
+
+
+def test_lost_gpu_skipped_by_nvlink_and_pcie(node):
+    node.write([h100(0), {**h100(1), "lost": True}])
+    proc, s = node.collect()
+    assert proc.returncode == 0
+    assert names_for_gpu(s, "1") == {"gpu_up"}
+    assert value(s, "gpu_nvlink_up", gpu="0", link="0") == 1
+    for collector in ("nvml", "nvlink", "pcie"):
+        assert value(s, "gputext_collector_success", collector=collector) == 1
+
+
+def test_hgx_file_passes_promtool(node):
+    node.write(hgx_with_link_down())
+    proc = node.run("collect", "--out", "-")
+    lint = promtool_check(proc.stdout.encode())
+    assert lint.returncode == 0 and lint.stdout == b"" and lint.stderr == b"", lint
