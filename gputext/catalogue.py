@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, Tuple
 
 DEVICE_LABELS = ("gpu", "uuid")
+PROCESS_LABELS = ("pid", "process_name", "pod", "namespace", "container")
+POD_LABELS = ("pod", "namespace", "container")
 
 
 @dataclass(frozen=True)
@@ -24,8 +26,14 @@ class Metric:
     unit: str
     help: str
     labels: Tuple[str, ...]  # label names beyond gpu/uuid for device metrics; all labels for self-metrics
-    source: str  # the collector that writes it
+    source: str  # the collector(s) that write it
     prefixed: bool = True  # False for gputext_* self-metrics
+
+    @property
+    def gets_pod_labels(self) -> bool:
+        """Device series gain pod/namespace/container where exactly one container holds the GPU
+        (see gputext.collectors.kubernetes); series that name their own pod do not."""
+        return self.prefixed and not set(POD_LABELS) & set(self.labels)
 
     def name(self, prefix: str) -> str:
         return prefix + self.key if self.prefixed else self.key
@@ -123,12 +131,49 @@ METRICS: Tuple[Metric, ...] = (
     _device("pcie_link_width", G, "", "Current PCIe link width (lanes).", source="pcie"),
     _device("pcie_link_max_width", G, "", "Widest PCIe link the GPU and its slot support (lanes).",
             source="pcie"),
+    # processes: labels gpu, uuid, pid, process_name and, inside Kubernetes, pod/namespace/container
+    _device("process_memory_used_bytes", G, "bytes", "GPU memory used by the process.", PROCESS_LABELS,
+            source="processes"),
+    _device("process_sm_utilization_ratio", G, "ratio",
+            "The process's share of SM time, averaged over the driver's samples since the last run.",
+            PROCESS_LABELS, source="processes"),
+    _device("process_memory_utilization_ratio", G, "ratio",
+            "The process's share of memory-controller time, averaged over the samples since the last run.",
+            PROCESS_LABELS, source="processes"),
+    _device("process_encoder_utilization_ratio", G, "ratio", "The process's share of the video encoder.",
+            PROCESS_LABELS, source="processes"),
+    _device("process_decoder_utilization_ratio", G, "ratio", "The process's share of the video decoder.",
+            PROCESS_LABELS, source="processes"),
+    _device("process_start_time_seconds", G, "seconds", "When the process started on the GPU (Unix time).",
+            PROCESS_LABELS, source="processes"),
+    _device("process_duration_seconds", G, "seconds",
+            "How long an exited process ran on the GPU (driver accounting).", PROCESS_LABELS,
+            source="processes"),
+    _device("process_active", G, "", "1 while the process runs on the GPU, 0 after it exited (kept for "
+            "--retention).", PROCESS_LABELS, source="processes"),
+    _device("process_energy_joules_total", C, "joules",
+            "Energy of the WHOLE GPU while the process ran (what DCGM calls process energy); processes "
+            "sharing a GPU each get the full amount, so these do not add up.",
+            PROCESS_LABELS + ("source",), source="processes, dcgm"),
+    _device("process_attributed_energy_joules_total", C, "joules",
+            "The process's share of the GPU's energy, split by its share of SM utilisation samples in "
+            "each interval; with unattributed_energy these add up to the GPU's energy.", PROCESS_LABELS,
+            source="processes"),
+    _device("unattributed_energy_joules_total", C, "joules",
+            "GPU energy no process was attributed (idle power, intervals without samples).",
+            source="processes"),
+    # Kubernetes
+    _device("allocation_info", G, "", "A container the kubelet gave this GPU (every sharer of a "
+            "time-sliced GPU); the value is always 1.", ["pod", "namespace", "container", "resource"],
+            source="kubernetes"),
     # gputext about itself
     _self("gputext_collector_success", G, "", "1 when the collector ran without error, 0 when it failed.",
           ["collector"]),
     _self("gputext_collector_duration_seconds", G, "seconds", "Time the collector took in this run.",
           ["collector"]),
     _self("gputext_build_info", G, "", "gputext version; the value is always 1.", ["version"]),
+    _self("gputext_processes_dropped", G, "",
+          "Process series left out this run because the GPU had more than --max-processes.", ["gpu"]),
 )
 
 BY_KEY: Dict[str, Metric] = {m.key: m for m in METRICS}

@@ -61,20 +61,44 @@ def fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+def parse_duration(text: str, option: str) -> float:
+    """Seconds from '5s', '250ms', '5m', '1h' or a plain number of seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", text)
+    if not match:
+        fail(f"invalid {option} {text!r}: use a duration such as 5s, 250ms, 5m or 1h", EXIT_NOT_WRITTEN)
+    return float(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[match.group(2)]
+
+
+def _option(default, *names, help, env=None, **kw):
+    """A collect option whose env var is GPUTEXT_<OPTION> (so a systemd EnvironmentFile can set it)."""
+    env = env or "GPUTEXT_" + names[0].lstrip("-").replace("-", "_").upper()
+    return typer.Option(default, *names, envvar=env, show_envvar=True, help=help, **kw)
+
+
 @app.command(help="Collect once and write the metrics file. " + EXIT_CODES_HELP)
 def collect(
-    out: str = typer.Option("-", "--out", "-o", envvar="GPUTEXT_OUT", show_envvar=True,
-                            help="The .prom file to write atomically, or - for standard output."),
-    collectors: str = typer.Option("", "--collectors", envvar="GPUTEXT_COLLECTORS", show_envvar=True,
-                                   help="Comma-separated collectors to run (default: all that apply). "
-                                        "Known: " + ", ".join(REGISTRY) + "."),
-    prefix: str = typer.Option("gpu_", "--prefix", envvar="GPUTEXT_PREFIX", show_envvar=True,
-                               help="Prefix of the device metric names."),
-    state_dir: Optional[str] = typer.Option(None, "--state-dir", envvar="GPUTEXT_STATE_DIR", show_envvar=True,
-                                            help="Where gputext keeps what one run passes to the next "
-                                                 "[default: $STATE_DIRECTORY, else /var/lib/gputext]."),
-    debug: bool = typer.Option(False, "--debug", envvar="GPUTEXT_DEBUG", show_envvar=True,
-                               help="Show tracebacks of failing collectors."),
+    out: str = _option("-", "--out", "-o", help="The .prom file to write atomically, or - for standard output."),
+    collectors: str = _option("", "--collectors", help="Comma-separated collectors to run (default: all that "
+                              "apply). Known: " + ", ".join(REGISTRY) + "."),
+    prefix: str = _option("gpu_", "--prefix", help="Prefix of the device metric names."),
+    state_dir: Optional[str] = _option(None, "--state-dir", help="Where gputext keeps what one run passes to "
+                                       "the next [default: $STATE_DIRECTORY, else /var/lib/gputext]."),
+    host_root: str = _option("/", "--host-root", help="Where the host's / is mounted (for /proc and /var/log "
+                             "when gputext runs in a container), like node_exporter's --path.rootfs."),
+    retention: str = _option("5m", "--retention", help="How long an exited process keeps its series."),
+    max_processes: int = _option(1000, "--max-processes", help="Most process series per GPU; the rest are "
+                                 "counted in gputext_processes_dropped."),
+    dcgm_host: str = _option("localhost:5555", "--dcgm-host", help="The DCGM host engine (nv-hostengine) "
+                             "for per-process energy."),
+    dcgm_bindings: Optional[str] = _option(None, "--dcgm-bindings", help="Directory of DCGM's Python bindings "
+                                           "[default: DCGM 4's, then DCGM 3's install path]."),
+    pod_resources_socket: str = _option("/var/lib/kubelet/pod-resources/kubelet.sock", "--pod-resources-socket",
+                                        help="The kubelet's pod-resources socket."),
+    kubelet_timeout: str = _option("2s", "--kubelet-timeout", help="How long to wait for the kubelet."),
+    gpu_resource_names: str = _option("", "--gpu-resource-names", help="Comma-separated extra resource names "
+                                      "that are GPUs (nvidia.com/gpu and nvidia.com/mig-* always are)."),
+    pod_cache_ttl: str = _option("30s", "--pod-cache-ttl", help="How long the kubelet's answer is reused."),
+    debug: bool = _option(False, "--debug", help="Show tracebacks of failing collectors."),
 ) -> None:
     from .run import Context, Options, UsageProblem, collect as run_collect, parse_collectors
 
@@ -85,18 +109,28 @@ def collect(
     if not _valid_prefix(prefix):
         fail(f"invalid --prefix {prefix!r}: use letters, digits and underscores, not starting with a digit",
              EXIT_NOT_WRITTEN)
+    if max_processes < 0:
+        fail(f"invalid --max-processes {max_processes}: use 0 or more", EXIT_NOT_WRITTEN)
     target = None if out == "-" else Path(out)
     if target is not None:
         _check_target(target)
 
-    options = Options(collectors=chosen, prefix=prefix, state_dir=Path(state_dir or default_state_dir()),
-                      debug=debug)
+    options = Options(
+        collectors=chosen, prefix=prefix, state_dir=Path(state_dir or default_state_dir()), debug=debug,
+        host_root=Path(host_root), retention_seconds=parse_duration(retention, "--retention"),
+        max_processes=max_processes, dcgm_host=dcgm_host,
+        dcgm_bindings=Path(dcgm_bindings) if dcgm_bindings else None,
+        pod_resources_socket=Path(pod_resources_socket),
+        kubelet_timeout_seconds=parse_duration(kubelet_timeout, "--kubelet-timeout"),
+        gpu_resource_names=tuple(n.strip() for n in gpu_resource_names.split(",") if n.strip()),
+        pod_cache_ttl_seconds=parse_duration(pod_cache_ttl, "--pod-cache-ttl"),
+    )
     ctx = Context(options)
     try:
         result = run_collect(ctx)
     finally:
         ctx.close()
-    data = result.samples.render(prefix)
+    data = result.render(prefix)
 
     if target is None:
         sys.stdout.buffer.write(data)
@@ -133,8 +167,7 @@ def _check_target(target: Path) -> None:
 @app.command(help="Print the metric catalogue: every series gputext can write.")
 def metrics(
     markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table (README's metric table)."),
-    prefix: str = typer.Option("gpu_", "--prefix", envvar="GPUTEXT_PREFIX", show_envvar=True,
-                               help="Prefix of the device metric names."),
+    prefix: str = _option("gpu_", "--prefix", help="Prefix of the device metric names."),
 ) -> None:
     from .catalogue import METRICS
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .catalogue import BY_KEY, METRICS
+from .catalogue import BY_KEY, METRICS, POD_LABELS
 
 # NVML_VALUE_NOT_AVAILABLE as the unsigned and signed types carry it. No metric here is ever negative.
 _SENTINELS = frozenset({0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF, -1})
@@ -50,7 +50,9 @@ class Samples:
     def series(self, key: str) -> Dict[Tuple[str, ...], float]:
         return dict(self._series.get(key, {}))
 
-    def render(self, prefix: str) -> bytes:
+    def render(self, prefix: str, pod_labels: Optional[Mapping[str, Mapping[str, str]]] = None) -> bytes:
+        """The text exposition. `pod_labels` maps a GPU UUID to the pod/namespace/container labels its
+        device series gain (where exactly one container holds that GPU)."""
         lines = []
         escaped: Dict[str, str] = {}  # label values repeat on every line of a GPU: escape each once
         for metric in METRICS:
@@ -64,7 +66,11 @@ class Samples:
             if metric.all_labels:  # e.g. 'gpu_up{gpu="%s",uuid="%s"} %s'
                 line += "{" + ",".join(f'{label}="%s"' for label in metric.all_labels) + "}"
             line += " %s"
+            enrich = pod_labels if metric.gets_pod_labels else None
             for label_values, value in series.items():
+                extra = enrich.get(label_values[1]) if enrich else None  # label_values[1] is the uuid
+                if extra:
+                    label_values = label_values + tuple(extra[k] for k in POD_LABELS)
                 values = []
                 for v in label_values:
                     e = escaped.get(v)
@@ -72,10 +78,14 @@ class Samples:
                         e = escaped[v] = _escape_label_value(v)
                     values.append(e)
                 values.append(_format_number(value))
-                lines.append(line % tuple(values))
+                lines.append((line if not extra else _with_pod_labels(line)) % tuple(values))
         lines.append("")
         # A name read from /proc may hold undecodable bytes (surrogates after os.fsdecode): never fail on it.
         return "\n".join(lines).encode("utf-8", "replace")
+
+
+def _with_pod_labels(line: str) -> str:
+    return line.replace("} %s", "".join(f',{label}="%s"' for label in POD_LABELS) + "} %s", 1)
 
 
 def _escape_label_value(value: str) -> str:

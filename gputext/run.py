@@ -7,7 +7,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
 from .collectors import REGISTRY, NotApplicable, load
@@ -20,10 +20,28 @@ class UsageProblem(Exception):
 
 @dataclass
 class Options:
+    """Everything a collection needs from the command line; defaults are the CLI's defaults."""
+
     collectors: Sequence[str] = ()  # empty: every collector that applies
     prefix: str = "gpu_"
     state_dir: Optional[Path] = None
     debug: bool = False
+    host_root: Path = Path("/")  # where the host's /proc and /var/log are (a container mounts them elsewhere)
+    # processes
+    retention_seconds: float = 300.0
+    max_processes: int = 1000
+    # dcgm
+    dcgm_host: str = "localhost:5555"
+    dcgm_bindings: Optional[Path] = None  # None: the DCGM 4 and DCGM 3 install paths
+    # kubernetes
+    pod_resources_socket: Path = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
+    kubelet_timeout_seconds: float = 2.0
+    gpu_resource_names: Sequence[str] = ()  # beyond nvidia.com/gpu and nvidia.com/mig-*
+    pod_cache_ttl_seconds: float = 30.0
+
+    def host_path(self, path: str) -> Path:
+        """A host path such as /proc/1/cgroup, under --host-root."""
+        return self.host_root / path.lstrip("/")
 
 
 def parse_collectors(text: str) -> Tuple[str, ...]:
@@ -42,9 +60,14 @@ class Context:
     """What collectors share within a run: options, the NVML session and the device list."""
 
     def __init__(self, options: Options, warn: Callable[[str], None] = warn_to_stderr):
+        from .state import State
+
         self.options = options
         self.warn = warn
         self.now = time.time()
+        self.state = State(options.state_dir, warn)  # taken (locked) only when a collector asks for it
+        # GPU UUID -> pod/namespace/container for its device series; set by the kubernetes collector
+        self.pod_labels: Dict[str, Dict[str, str]] = {}
         self._nvml = None
         self._nvml_error = None
         self._inventory = None
@@ -87,6 +110,7 @@ class Context:
     def close(self) -> None:
         if self._inventory is not None:
             self._inventory.save()
+        self.state.close()
         if self._nvml is not None:
             self._nvml.stop()
 
@@ -96,6 +120,10 @@ class Result:
     samples: Samples
     nvml_unavailable: bool
     failed: List[str] = field(default_factory=list)
+    pod_labels: Dict[str, Dict[str, str]] = field(default_factory=dict)
+
+    def render(self, prefix: str) -> bytes:
+        return self.samples.render(prefix, self.pod_labels)
 
 
 def collect(ctx: Context) -> Result:
@@ -127,4 +155,4 @@ def collect(ctx: Context) -> Result:
         samples.add("gputext_collector_success", success, {"collector": name})
         samples.add("gputext_collector_duration_seconds", time.perf_counter() - started, {"collector": name})
     samples.add("gputext_build_info", 1, {"version": __version__})
-    return Result(samples, ctx.nvml_unavailable, failed)
+    return Result(samples, ctx.nvml_unavailable, failed, ctx.pod_labels)
