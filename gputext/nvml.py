@@ -20,7 +20,6 @@ from .exposition import clean
 # Codes that mean "this value does not exist here": leave it out, say nothing.
 _ABSENT = {
     pynvml.NVML_ERROR_NOT_SUPPORTED,
-    pynvml.NVML_ERROR_NOT_FOUND,
     pynvml.NVML_ERROR_FUNCTION_NOT_FOUND,  # the installed driver predates the function
     pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH,  # ... or the struct version
     pynvml.NVML_ERROR_NO_DATA,
@@ -93,8 +92,11 @@ class Nvml:
             except pynvml.NVMLError:
                 pass
 
-    def call(self, fn: Callable, *args: Any, device: str = "") -> Any:
+    def call(self, fn: Callable, *args: Any, device: str = "", not_found: Any = None) -> Any:
         """fn(*args), or None where the value does not exist. Raises DeviceGone.
+
+        For queries that list things (samples, records), NVML answers NOT_FOUND when there are none:
+        `not_found` is returned then (say, []) so that "none" stays apart from "cannot be asked".
 
         Numbers come back cleaned of NVML's not-available markers; structs are returned as they are and
         their members pass through exposition.clean when they become samples."""
@@ -105,6 +107,10 @@ class Nvml:
             return result
         except pynvml.NVMLError as err:
             code = err.value
+            # NOT_FOUND: nothing of the kind (no samples, no such link); pynvml raises NVMLError(0)
+            # when a sizing call finds nothing to size
+            if code in (pynvml.NVML_ERROR_NOT_FOUND, pynvml.NVML_SUCCESS):
+                return not_found
             if code in _ABSENT:
                 return None
             if code in _GONE:

@@ -68,6 +68,8 @@ class Context:
         self.state = State(options.state_dir, warn)  # taken (locked) only when a collector asks for it
         # GPU UUID -> pod/namespace/container for its device series; set by the kubernetes collector
         self.pod_labels: Dict[str, Dict[str, str]] = {}
+        # the process series of this run (collectors.processes.Process); set by the processes collector
+        self.processes: Optional[list] = None
         self._nvml = None
         self._nvml_error = None
         self._inventory = None

@@ -25,7 +25,7 @@ def test_values_match_the_scenario(node):
                           142: 3, 143: 1, 144: (0, "uint"), 145: (0, "uint"),
                           74: 2500000000, 270: 1000000000})
     node.write([gpu], system={"driver_version": "580.159.04", "cuda_driver_version": 13000})
-    proc, s = node.collect()
+    proc, s = node.collect("--collectors", "nvml")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     d = {"gpu": "0", "uuid": UUID0}
@@ -82,7 +82,7 @@ def test_unsupported_values_are_left_out(node):
         gpu["fields"].pop(fid, None)
     gpu["errors"] = {"nvmlDeviceGetUtilizationRates": 3}
     node.write([gpu])
-    proc, s = node.collect()
+    proc, s = node.collect("--collectors", "nvml")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     present = names_for_gpu(s, "0")

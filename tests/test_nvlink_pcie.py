@@ -25,10 +25,10 @@ def hgx_with_link_down(tx_step=1000, rx_step=2000):
 
 def test_per_link_bytes_are_exact_and_only_grow(node):
     node.write(hgx_with_link_down())
-    assert node.collect(tick=0)[0].returncode == 0  # learns links and fields into the cache
+    assert node.collect("--collectors", "nvlink", tick=0)[0].returncode == 0  # learns links and fields
     runs = []
     for tick in (5, 6):
-        proc, s = node.collect(tick=tick)
+        proc, s = node.collect("--collectors", "nvlink", tick=tick)
         assert proc.returncode == 0 and proc.stderr == "", proc.stderr
         runs.append(s)
     first, second = runs
@@ -98,7 +98,7 @@ def test_gpu_without_nvlink_writes_no_nvlink_series_and_no_error(node, link_coun
     gpu["fields"][91] = link_count_field
     node.write([gpu])
     for _ in range(2):  # cold, then warm from the cache
-        proc, s = node.collect()
+        proc, s = node.collect("--collectors", "nvml,nvlink")
         assert proc.returncode == 0 and proc.stderr == ""
         assert not [n for n in names_for_gpu(s, "0") if n.startswith("gpu_nvlink")]
         assert value(s, "gputext_collector_success", collector="nvlink") == 1

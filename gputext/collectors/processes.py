@@ -1,0 +1,266 @@
+"""Per-process GPU use: memory, utilisation, lifetime, energy (see gputext.energy) and pod.
+
+Per GPU and run: the running compute and graphics processes, the process-utilisation samples NVML took
+since the last run (the last-seen timestamp is kept in the state), the device energy counter, and, with
+accounting mode on, the accounting records of processes that are new since the last run (exact start and
+end times, and processes that started and exited between two runs). Exited processes keep their series,
+with gpu_process_active 0, for --retention. Where the state is unavailable, only what needs no memory of
+the last run is written: running processes' memory, utilisation and start time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import pynvml
+
+from .. import energy
+from ..nvml import DeviceGone
+from ..pods import PodResolver
+from ..state import StateUnavailable
+
+FI_TOTAL_ENERGY = 83  # mJ
+US = 1e-6  # accounting times are in microseconds
+UTILIZATION_KEYS = ("process_sm_utilization_ratio", "process_memory_utilization_ratio",
+                    "process_encoder_utilization_ratio", "process_decoder_utilization_ratio")
+
+
+@dataclass
+class Process:
+    """A process series of this run: what the dcgm collector and `gputext show` build on."""
+    gpu: int
+    uuid: str
+    pid: int
+    labels: Dict[str, str]  # gpu, uuid, pid, process_name, pod, namespace, container
+
+
+def processes_of_run(ctx) -> List[Process]:
+    """The processes of this run: those the processes collector wrote, or else the running ones."""
+    if ctx.processes is None:
+        scan = _Scan(ctx)
+        for dev in ctx.devices()[1]:
+            if dev.up:
+                try:
+                    for pid in scan.running_memory(dev):
+                        scan.series(dev, {"pid": pid, **scan.describe(pid)})
+                except DeviceGone:
+                    pass
+        ctx.processes = scan.found
+    return ctx.processes
+
+
+def collect(ctx, samples) -> None:
+    scan = _Scan(ctx)
+    try:
+        section = ctx.state.section("processes")
+    except StateUnavailable:
+        section = None  # this run keeps nothing: a throwaway dict per GPU stands in
+    accounting_off = []
+    for dev in ctx.devices()[1]:
+        if not dev.up:
+            continue
+        if dev.settings.get("accounting_mode") != 1:
+            accounting_off.append(str(dev.index))
+        state = section.setdefault(dev.uuid, {}) if section is not None else {}
+        try:
+            scan.device(dev, state, section is not None, samples)
+        except DeviceGone as err:
+            ctx.warn(f"{dev.name}: processes not read: {err}")
+    ctx.processes = scan.found
+    if accounting_off:
+        ctx.warn(f"accounting mode is off on GPU {', '.join(accounting_off)}: processes that start and exit "
+                 "between two runs are missed and start times are first-seen times; enable it with "
+                 "'nvidia-smi -am 1' (as root)")
+
+
+class _Scan:
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.nvml = ctx.nvml
+        self.pods = PodResolver(ctx.options.host_root)
+        self.found: List[Process] = []
+        self._psutil = None
+
+    def running_memory(self, dev) -> Dict[int, Optional[int]]:
+        """{pid: GPU memory in bytes, or None where the driver does not say} of compute and graphics
+        processes. A process in both lists is one process with one amount of memory."""
+        found: Dict[int, Optional[int]] = {}
+        for fn in (pynvml.nvmlDeviceGetComputeRunningProcesses, pynvml.nvmlDeviceGetGraphicsRunningProcesses):
+            for info in self.nvml.call(fn, dev.handle, device=dev.name) or ():
+                if info.usedGpuMemory is not None:
+                    found[info.pid] = max(found.get(info.pid) or 0, info.usedGpuMemory)
+                else:
+                    found.setdefault(info.pid, None)
+        return found
+
+    def describe(self, pid: int) -> Dict[str, Any]:
+        """Name, creation time (host clock) and pod labels of a process; empty where it is gone."""
+        if self._psutil is None:
+            import psutil  # only runs with processes pay for it
+
+            # In a container the host's processes are under --host-root (or /proc itself with hostPID).
+            psutil.PROCFS_PATH = str(self.ctx.options.host_path("/proc"))
+            self._psutil = psutil
+        record: Dict[str, Any] = {"name": "", "created": None}
+        try:
+            process = self._psutil.Process(pid)
+            # psutil keeps undecodable bytes of a name as surrogates; a label value must be UTF-8
+            record["name"] = process.name().encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            record["created"] = process.create_time()
+        except (self._psutil.Error, OSError):
+            pass
+        record.update(self.pods.for_pid(pid).labels())
+        return record
+
+    def series(self, dev, record: Dict[str, Any]) -> Process:
+        labels = {**dev.labels, "pid": str(record["pid"]), "process_name": record["name"],
+                  "pod": record["pod"], "namespace": record["namespace"], "container": record["container"]}
+        process = Process(dev.index, dev.uuid, record["pid"], labels)
+        self.found.append(process)
+        return process
+
+    def _accounting_times(self, dev, pid: int) -> Optional[tuple]:
+        """(start, end) in Unix seconds from the driver's accounting record; end is None while it runs."""
+        stats = self.nvml.call(pynvml.nvmlDeviceGetAccountingStats, dev.handle, pid, device=dev.name)
+        if stats is None or not stats.startTime:
+            return None
+        start = stats.startTime * US
+        return start, (None if stats.isRunning else start + stats.time / 1000)
+
+    def device(self, dev, state: Dict[str, Any], keep: bool, samples) -> None:
+        now = self.ctx.now
+        running = self.running_memory(dev)
+        utilization = self.nvml.call(pynvml.nvmlDeviceGetProcessUtilization, dev.handle,
+                                     int(state.get("last_sample_us", 0)), device=dev.name, not_found=[])
+        if utilization:
+            state["last_sample_us"] = max(s.timeStamp for s in utilization)
+        previous_run = state["energy"][0] if "energy" in state else None
+        accounting = dev.settings.get("accounting_mode") == 1
+        records: Dict[str, Dict[str, Any]] = state.setdefault("records", {})
+        active = {r["pid"]: r for r in records.values() if r["active"]}
+
+        for pid in set(running) - set(active):  # new on the GPU
+            described = self.describe(pid)
+            times = self._accounting_times(dev, pid) if accounting else None
+            # Without accounting: the process came onto the GPU after the last run (or is older than
+            # gputext's first run), and not before it was created.
+            start = times[0] if times else max((t for t in (described["created"], previous_run) if t is not None),
+                                               default=None)
+            record = {"pid": pid, "start": start, "end": None, "active": 1, **described}
+            records[_key(pid, start if start is not None else now)] = active[pid] = record
+        for pid, record in active.items():  # gone since the last run
+            if pid not in running:
+                times = self._accounting_times(dev, pid) if accounting else None
+                # else it ended between the last run and now: the middle is within half an interval
+                record["end"] = times[1] if times and times[1] else ((previous_run or now) + now) / 2
+                record["active"] = 0
+        if accounting and keep:
+            self._exited_between_runs(dev, state, records, active, running)
+
+        self._energy(dev, state, records, utilization, keep)
+        retention = self.ctx.options.retention_seconds
+        for key in [k for k, r in records.items() if not r["active"] and now - r["end"] > retention]:
+            del records[key]
+        self._write(dev, state, records, running, utilization, samples)
+
+    def _exited_between_runs(self, dev, state, records, active, running) -> None:
+        """Processes the driver accounted since the last run that are neither running nor known.
+
+        Only PIDs new to the accounting buffer are asked about (the buffer holds thousands); on the first
+        run the buffer's history is only noted: it predates what gputext can know energy for."""
+        pids = self.nvml.call(pynvml.nvmlDeviceGetAccountingPids, dev.handle, device=dev.name, not_found=[])
+        if pids is None:
+            return
+        first_run = "accounting_pids" not in state
+        already = set(state.get("accounting_pids", ()))
+        state["accounting_pids"] = pids
+        if first_run:
+            return
+        for pid in pids:
+            if pid in already or pid in running or pid in active:
+                continue
+            times = self._accounting_times(dev, pid)
+            if times and times[1]:
+                records[_key(pid, times[0])] = {"pid": pid, "start": times[0], "end": times[1], "active": 0,
+                                                **self.describe(pid)}
+
+    def _energy(self, dev, state, records, utilization, keep: bool) -> None:
+        """Window energies and attribution from this run's energy sample (needs the state)."""
+        if not keep:
+            return
+        mj = self.nvml.fields(dev.handle, [(FI_TOTAL_ENERGY, 0)], device=dev.name).get((FI_TOTAL_ENERGY, 0))
+        if mj is None:
+            mj = self.nvml.call(pynvml.nvmlDeviceGetTotalEnergyConsumption, dev.handle, device=dev.name)
+        if mj is None:
+            return
+        now = self.ctx.now
+        current = (now, mj / 1000)
+        previous = tuple(state["energy"]) if "energy" in state else None
+        if previous is not None and current[1] < previous[1]:
+            self.ctx.warn(f"{dev.name}: the energy counter went back (driver reloaded?): energies restart")
+            previous = None
+            for record in records.values():
+                record.pop("e_start", None)
+                record.pop("e_end", None)
+        for record in records.values():
+            if "e_start" not in record:
+                record["e_start"] = energy.interpolate(previous, current, record["start"] or now)
+            if record["end"] is not None and "e_end" not in record:
+                record["e_end"] = energy.interpolate(previous, current, record["end"])
+        if previous is not None:
+            shares = energy.sm_shares((s.pid, s.timeStamp, s.smUtil) for s in utilization or ())
+            given, rest = energy.split(current[1] - previous[1], shares)
+            # a PID's samples belong to its running record, or to the one that ended in this interval
+            owner = {r["pid"]: r for r in records.values() if not r["active"] and r["end"] > previous[0]}
+            owner.update({r["pid"]: r for r in records.values() if r["active"]})
+            for pid, joules in given.items():
+                record = owner.get(pid)
+                if record is None:  # started and exited within the interval, seen only in the samples
+                    record = records[_key(pid, previous[0])] = {
+                        "pid": pid, "start": previous[0], "end": now, "active": 0,
+                        "e_start": previous[1], "e_end": current[1], **self.describe(pid)}
+                record["attributed"] = record.get("attributed", 0.0) + joules
+            state["unattributed"] = state.get("unattributed", 0.0) + rest
+        state["energy"] = list(current)
+
+    def _write(self, dev, state, records, running, utilization, samples) -> None:
+        averages = _averages(utilization or ())
+        ordered = sorted(records.values(), key=lambda r: (not r["active"], -(r["end"] or 0), r["pid"]))
+        limit = self.ctx.options.max_processes
+        samples.add("gputext_processes_dropped", max(0, len(ordered) - limit), {"gpu": str(dev.index)})
+        energy_now = state["energy"][1] if "energy" in state else None
+        for record in ordered[:limit]:
+            labels = self.series(dev, record).labels
+            if record["active"]:
+                samples.add("process_memory_used_bytes", running.get(record["pid"]), labels)
+                if utilization is not None:  # None: this GPU cannot sample processes (MIG)
+                    for key, percent in zip(UTILIZATION_KEYS, averages.get(record["pid"], (0, 0, 0, 0))):
+                        samples.add(key, percent / 100, labels)
+            elif record["start"] is not None:
+                samples.add("process_duration_seconds", record["end"] - record["start"], labels)
+            samples.add("process_start_time_seconds", record["start"], labels)
+            samples.add("process_active", record["active"], labels)
+            if "e_start" in record and energy_now is not None:
+                window = record.get("e_end", energy_now) - record["e_start"]
+                samples.add("process_energy_joules_total", window, {**labels, "source": "nvml"})
+                samples.add("process_attributed_energy_joules_total", record.get("attributed", 0.0), labels)
+        if energy_now is not None:
+            samples.add("unattributed_energy_joules_total", state.get("unattributed", 0.0), dev.labels)
+
+
+def _key(pid: int, start: float) -> str:
+    return f"{pid}@{start:.6f}"
+
+
+def _averages(utilization) -> Dict[int, tuple]:
+    """{pid: (sm, memory, encoder, decoder) percent averaged over the process's samples}."""
+    sums: Dict[int, List[float]] = {}
+    for s in utilization:
+        acc = sums.setdefault(s.pid, [0.0, 0.0, 0.0, 0.0, 0])
+        acc[0] += s.smUtil
+        acc[1] += s.memUtil
+        acc[2] += s.encUtil
+        acc[3] += s.decUtil
+        acc[4] += 1
+    return {pid: tuple(v / acc[4] for v in acc[:4]) for pid, acc in sums.items()}
