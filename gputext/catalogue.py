@@ -164,7 +164,8 @@ METRICS: Tuple[Metric, ...] = (
             source="processes"),
     # Kubernetes
     _device("allocation_info", G, "", "A container the kubelet gave this GPU (every sharer of a "
-            "time-sliced GPU); the value is always 1.", ["pod", "namespace", "container", "resource"],
+            "time-sliced GPU) or a MIG device of it (gpu_instance and mig_device, else empty); the value "
+            "is always 1.", ["pod", "namespace", "container", "resource", "gpu_instance", "mig_device"],
             source="kubernetes"),
     # gputext about itself
     _self("gputext_collector_success", G, "", "1 when the collector ran without error, 0 when it failed.",

@@ -2,14 +2,32 @@
 
 The kubelet's pod-resources API names pods but not their processes; a process's pod comes from its
 cgroup path (/proc/<pid>/cgroup: the pod UID and container ID) and the kubelet's log layout, which links
-those IDs to names. All host paths go through Options.host_path (--host-root).
+those IDs to names. All host paths go through --host-root (Options.host_path).
+
+The cgroup path names the pod and container the same way under cgroup v1 (one line per hierarchy) and v2
+(one `0::` line), in the forms of both cgroup drivers and the common runtimes:
+
+  systemd   /kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid_with_underscores>.slice/
+            cri-containerd-<id>.scope   (CRI-O: crio-<id>.scope, Docker: docker-<id>.scope)
+  cgroupfs  /kubepods/burstable/pod<uid>/<id>   (CRI-O: crio-<id>)
+
+Static pods have a UID of 32 hex digits without dashes. The names come from
+/var/log/pods/<namespace>_<pod>_<uid>/<container>/ and
+/var/log/containers/<pod>_<namespace>_<container>-<container id>.log; names of pods, namespaces and
+containers cannot hold an underscore, so both split without ambiguity.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional, Tuple
+
+_POD_UID = re.compile(r"(?:^|-)pod([0-9a-f]{8}[-_]?[0-9a-f]{4}[-_]?[0-9a-f]{4}[-_]?[0-9a-f]{4}[-_]?[0-9a-f]{12})"
+                      r"(?:\.slice)?$")
+_CONTAINER_ID = re.compile(r"(?:(?:cri-containerd|containerd|crio|docker)-)?([0-9a-f]{64})(?:\.scope)?")
 
 
 @dataclass(frozen=True)
@@ -25,12 +43,75 @@ class PodRef:
 NOT_IN_A_POD = PodRef()
 
 
+def pod_ids(cgroup: str) -> Tuple[Optional[str], Optional[str]]:
+    """(pod UID, container ID) from the text of /proc/<pid>/cgroup; None where it names none."""
+    for line in cgroup.splitlines():
+        path = line.split(":", 2)[-1]
+        segments = path.split("/")
+        for i, segment in enumerate(segments):
+            match = _POD_UID.search(segment)
+            if match:
+                uid = match.group(1).replace("_", "-")
+                child = segments[i + 1] if i + 1 < len(segments) else ""
+                container = _CONTAINER_ID.fullmatch(child)
+                return uid, container.group(1) if container else None
+    return None, None
+
+
 class PodResolver:
     """Resolves PIDs to pods; one per run, so the log directories are listed at most once."""
 
     def __init__(self, host_root: Path):
-        self.host_root = host_root
+        self.host_root = Path(host_root)
+        self._pods: Optional[Dict[str, str]] = None  # pod UID -> its /var/log/pods directory name
+        self._containers: Optional[Dict[str, Tuple[str, str, str]]] = None  # id -> (pod, namespace, name)
 
     def for_pid(self, pid: int) -> PodRef:
         """The pod of a host PID, or NOT_IN_A_POD (a process outside Kubernetes keeps its series)."""
-        return NOT_IN_A_POD
+        try:
+            cgroup = (self.host_root / "proc" / str(pid) / "cgroup").read_text(errors="replace")
+        except OSError:
+            return NOT_IN_A_POD  # gone, or not ours to read
+        uid, container_id = pod_ids(cgroup)
+        if uid is None:
+            return NOT_IN_A_POD
+        named = self._container_names().get(container_id) if container_id else None
+        if named:
+            return PodRef(*named)
+        directory = self._pod_directories().get(uid)
+        if directory is None:
+            return NOT_IN_A_POD  # a pod the kubelet has no logs of (or /var/log is not mounted)
+        namespace, pod, _ = directory.split("_")
+        return PodRef(pod, namespace, self._only_container(directory))
+
+    def _pod_directories(self) -> Dict[str, str]:
+        if self._pods is None:
+            self._pods = {}
+            for name in _list(self.host_root / "var/log/pods"):
+                parts = name.split("_")
+                if len(parts) == 3:
+                    self._pods[parts[2]] = name
+        return self._pods
+
+    def _container_names(self) -> Dict[str, Tuple[str, str, str]]:
+        if self._containers is None:
+            self._containers = {}
+            for name in _list(self.host_root / "var/log/containers"):
+                head, _, container_id = name[:-len(".log")].rpartition("-")
+                parts = head.split("_")
+                if name.endswith(".log") and len(parts) == 3 and len(container_id) == 64:
+                    pod, namespace, container = parts
+                    self._containers[container_id] = (pod, namespace, container)
+        return self._containers
+
+    def _only_container(self, directory: str) -> str:
+        """The container of a pod whose container ID has no log link: known only if the pod has one."""
+        containers = _list(self.host_root / "var/log/pods" / directory)
+        return containers[0] if len(containers) == 1 else ""
+
+
+def _list(directory: Path) -> list:
+    try:
+        return os.listdir(directory)
+    except OSError:
+        return []

@@ -36,6 +36,7 @@ class State:
         self._lock_timeout = lock_timeout
         self._lock = None
         self._sections: Optional[Dict[str, Any]] = None
+        self._read: Optional[bytes] = None  # the file as loaded: close() does not rewrite it unchanged
         self._error: Optional[StateUnavailable] = None
 
     def section(self, name: str) -> Dict[str, Any]:
@@ -77,7 +78,8 @@ class State:
     def _load(self) -> Dict[str, Any]:
         try:
             with open(self.path, "rb") as f:
-                document = json.loads(f.read())
+                read = f.read()
+            document = json.loads(read)
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as err:
@@ -85,6 +87,7 @@ class State:
         if not isinstance(document, dict) or document.get("version") != STATE_VERSION \
                 or not isinstance(document.get("sections"), dict):
             return self._move_aside(f"not a gputext state file of version {STATE_VERSION}")
+        self._read = read
         return document["sections"]
 
     def _move_aside(self, why: str) -> Dict[str, Any]:
@@ -103,11 +106,12 @@ class State:
             payload = json.dumps({"version": STATE_VERSION, "sections": self._sections},
                                  separators=(",", ":")).encode()
             try:
-                write_atomically(self.path, payload, mode=0o600)
+                if payload != self._read:  # a run that changed nothing (a cached kubelet answer) skips the fsync
+                    write_atomically(self.path, payload, mode=0o600)
             except OSError as err:
                 self._warn(f"cannot write state file {self.path}: {err.strerror or err}")
         self._release()
-        self._sections = self._error = None
+        self._sections = self._error = self._read = None
 
     def _release(self) -> None:
         if self._lock is not None:
