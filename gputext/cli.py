@@ -99,24 +99,70 @@ def collect(
                                       "that are GPUs (nvidia.com/gpu and nvidia.com/mig-* always are)."),
     pod_cache_ttl: str = _option("30s", "--pod-cache-ttl", help="How long the kubelet's answer is reused."),
     debug: bool = _option(False, "--debug", help="Show tracebacks of failing collectors."),
+    interval: Optional[str] = _option(None, "--interval", help="Repeat every INTERVAL (e.g. 5s) in one process "
+                                      "until stopped (SIGTERM/SIGINT), --count or --duration."),
+    count: int = _option(0, "--count", help="With --interval: stop after this many files (0: no limit)."),
+    duration: Optional[str] = _option(None, "--duration", help="With --interval: stop after this long (e.g. 55s "
+                                      "for cron)."),
+    lock_timeout: Optional[str] = _option(None, "--lock-timeout", help="How long to wait for another gputext "
+                                          "run writing the same file before leaving it to that run (exit 2) "
+                                          "[default: 80% of --interval, else 4s]."),
 ) -> None:
-    from .run import Context, Options, UsageProblem, collect as run_collect, parse_collectors
+    from .run import Context
+    from .runner import Output, OutputLocked, cycle, repeat
+
+    if not _valid_prefix(prefix):
+        fail(f"invalid --prefix {prefix!r}: use letters, digits and underscores, not starting with a digit",
+             EXIT_NOT_WRITTEN)
+    target = None if out == "-" else Path(out)
+    if target is not None:
+        _check_target(target)
+
+    options = run_options(
+        collectors=collectors, prefix=prefix, state_dir=Path(state_dir or default_state_dir()), debug=debug,
+        host_root=host_root, retention=retention, max_processes=max_processes, dcgm_host=dcgm_host,
+        dcgm_bindings=dcgm_bindings, pod_resources_socket=pod_resources_socket, kubelet_timeout=kubelet_timeout,
+        gpu_resource_names=gpu_resource_names, pod_cache_ttl=pod_cache_ttl)
+    every = parse_duration(interval, "--interval") if interval else 0.0
+    if interval and every <= 0:
+        fail("invalid --interval: use a duration above 0, such as 5s", EXIT_NOT_WRITTEN)
+    if (count or duration) and not every:
+        fail("--count and --duration go with --interval", EXIT_NOT_WRITTEN)
+    if count < 0:
+        fail(f"invalid --count {count}: use 0 or more", EXIT_NOT_WRITTEN)
+    wait = parse_duration(lock_timeout, "--lock-timeout") if lock_timeout else (0.8 * every if every else 4.0)
+    output = Output(target, wait)
+    ctx = Context(options)
+    try:
+        if every:
+            code = repeat(ctx, output, every, count, parse_duration(duration, "--duration") if duration else 0.0)
+        else:
+            code = EXIT_NO_NVML if cycle(ctx, output).nvml_unavailable else EXIT_OK
+    except OutputLocked as err:
+        fail(str(err), EXIT_NOT_WRITTEN)
+    except OSError as err:
+        fail(f"cannot write {target}: {err.strerror or err}; the previous file is unchanged", EXIT_NOT_WRITTEN)
+    finally:
+        ctx.close()
+    raise typer.Exit(code)
+
+
+def run_options(*, collectors: str, state_dir: Optional[Path], host_root: str, retention: str,
+                max_processes: int, dcgm_host: str, dcgm_bindings: Optional[str], pod_resources_socket: str,
+                kubelet_timeout: str, gpu_resource_names: str, pod_cache_ttl: str, debug: bool,
+                prefix: str = "gpu_"):
+    """gputext.run.Options from the values of collect's options (shared by collect, show and doctor); a
+    bad value ends the command (exit 2)."""
+    from .run import Options, UsageProblem, parse_collectors
 
     try:
         chosen = parse_collectors(collectors)
     except UsageProblem as err:
         fail(str(err), EXIT_NOT_WRITTEN)
-    if not _valid_prefix(prefix):
-        fail(f"invalid --prefix {prefix!r}: use letters, digits and underscores, not starting with a digit",
-             EXIT_NOT_WRITTEN)
     if max_processes < 0:
         fail(f"invalid --max-processes {max_processes}: use 0 or more", EXIT_NOT_WRITTEN)
-    target = None if out == "-" else Path(out)
-    if target is not None:
-        _check_target(target)
-
-    options = Options(
-        collectors=chosen, prefix=prefix, state_dir=Path(state_dir or default_state_dir()), debug=debug,
+    return Options(
+        collectors=chosen, prefix=prefix, state_dir=state_dir, debug=debug,
         host_root=Path(host_root), retention_seconds=parse_duration(retention, "--retention"),
         max_processes=max_processes, dcgm_host=dcgm_host,
         dcgm_bindings=Path(dcgm_bindings) if dcgm_bindings else None,
@@ -125,26 +171,6 @@ def collect(
         gpu_resource_names=tuple(n.strip() for n in gpu_resource_names.split(",") if n.strip()),
         pod_cache_ttl_seconds=parse_duration(pod_cache_ttl, "--pod-cache-ttl"),
     )
-    ctx = Context(options)
-    try:
-        result = run_collect(ctx)
-    finally:
-        ctx.close()
-    data = result.render(prefix)
-
-    if target is None:
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
-    else:
-        from .textfile import write_atomically
-
-        try:
-            write_atomically(target, data)
-        except OSError as err:
-            fail(f"cannot write {target}: {err.strerror or err}; the previous file is unchanged",
-                 EXIT_NOT_WRITTEN)
-    if result.nvml_unavailable:
-        raise typer.Exit(EXIT_NO_NVML)
 
 
 def _valid_prefix(prefix: str) -> bool:
@@ -181,6 +207,63 @@ def metrics(
     for m in METRICS:
         typer.echo(f"{m.name(prefix)}  {m.type}  unit={m.unit or '-'}  labels={','.join(m.all_labels)}  "
                    f"collector={m.source}\n    {m.help}")
+
+
+def _collect_option(name: str):
+    """collect's option `name` (flags, GPUTEXT_ variable, default, help) for a command that must read what
+    collect reads."""
+    import inspect
+
+    return inspect.signature(collect).parameters[name].default
+
+
+def _with_run_options(command):
+    """Give a command collect's options that gputext.run.Options is made of (the parameters of
+    run_options, same flags, GPUTEXT_ variables, defaults and help); they arrive in its **run_values."""
+    import inspect
+
+    names = [n for n in inspect.signature(run_options).parameters if n not in ("state_dir", "prefix")]
+    own = [p for p in inspect.signature(command).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    command.__signature__ = inspect.Signature(own + [inspect.signature(collect).parameters[n] for n in names])
+    command.__annotations__ = {**command.__annotations__, **{n: collect.__annotations__[n] for n in names}}
+    return command
+
+
+@app.command(help="Print this node's GPUs for a person at a terminal: temperature, power, memory, "
+             "utilisation, NVLink and PCIe rates, and processes with their pods. Takes collect's options "
+             "and GPUTEXT_* variables; writes no file and no state. Exit code 1 when NVML cannot be read.")
+@_with_run_options
+def show(
+    sample: str = typer.Option("1s", "--sample", help="Time between the two collections that NVLink and PCIe "
+                               "rates are measured over (0: one collection, no rates)."),
+    **run_values,
+) -> None:
+    from .show import run as show_gpus
+
+    seconds = parse_duration(sample, "--sample")
+    text, nvml_read = show_gpus(run_options(state_dir=None, **run_values), seconds, sys.stdout)
+    typer.echo(text, nl=False)
+    if not nvml_read:
+        raise typer.Exit(EXIT_NO_NVML)
+
+
+@app.command(help="Check that this node is ready, one line per prerequisite with the fix: NVML and the "
+             "driver, persistence and accounting modes, DCGM, the kubelet socket, the output directory and "
+             "node_exporter reading it, the state directory. Takes collect's options and GPUTEXT_* "
+             "variables, so it checks what the timer uses; without --out it checks the file the systemd units "
+             "write by default. Exit code 0 when everything enabled is ready, 1 otherwise.")
+@_with_run_options
+def doctor(
+    out: str = _collect_option("out"),
+    state_dir: Optional[str] = _collect_option("state_dir"),
+    **run_values,
+) -> None:
+    from .doctor import diagnose, passed, report
+
+    options = run_options(state_dir=Path(state_dir or default_state_dir()), **run_values)
+    checks = diagnose(options, None if out == "-" else Path(out))
+    typer.echo(report(checks), nl=False)
+    raise typer.Exit(0 if passed(checks) else 1)
 
 
 def main() -> None:

@@ -137,22 +137,22 @@ class Inventory:
 
     def discover(self, now: float) -> Tuple[System, List[Device]]:
         system = read_system(self.nvml)
-        self._key = {"boot_id": _boot_id(), "driver_version": system.driver_version,
-                     "count": system.device_count}
-        cached = self._load(self._key)
-        devices = self._from_cache(cached) if cached else None
-        if devices is None:
-            devices = [self._probe(index) for index in range(system.device_count)]
-            settings_stale = True
-        else:
-            self._settings_read_at = cached["settings_read_at"]
-            settings_stale = not 0 <= now - self._settings_read_at < SETTINGS_TTL_SECONDS
-        if settings_stale:
-            for dev in devices:
+        key = {"boot_id": _boot_id(), "driver_version": system.driver_version, "count": system.device_count}
+        # In the repeating mode, with the same NVML session and the same GPUs, last cycle's handles hold.
+        if not (self._devices and key == self._key and all(dev.up for dev in self._devices)):
+            self._key = key
+            cached = self._load(key)
+            self._devices = self._from_cache(cached) if cached else None
+            if self._devices is None:
+                self._devices = [self._probe(index) for index in range(system.device_count)]
+                self._settings_read_at = float("-inf")
+            else:
+                self._settings_read_at = cached["settings_read_at"]
+        if not 0 <= now - self._settings_read_at < SETTINGS_TTL_SECONDS:
+            for dev in self._devices:
                 self._refresh_settings(dev)
             self._settings_read_at, self._dirty = now, True
-        self._devices = devices
-        return system, devices
+        return system, self._devices
 
     def _probe(self, index: int) -> Device:
         dev = Device(index)

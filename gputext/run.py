@@ -64,16 +64,30 @@ class Context:
 
         self.options = options
         self.warn = warn
-        self.now = time.time()
+        self._said: set = set()
         self.state = State(options.state_dir, warn)  # taken (locked) only when a collector asks for it
+        self._nvml = None
+        self._nvml_error = None
+        self._inventory = None
+        self.new_cycle()
+
+    def new_cycle(self) -> None:
+        """Start a collection. The repeating mode calls it once per cycle: NVML and the device inventory
+        stay, what belongs to one collection starts afresh."""
+        self.now = time.time()
         # GPU UUID -> pod/namespace/container for its device series; set by the kubernetes collector
         self.pod_labels: Dict[str, Dict[str, str]] = {}
         # the process series of this run (collectors.processes.Process); set by the processes collector
         self.processes: Optional[list] = None
-        self._nvml = None
-        self._nvml_error = None
-        self._inventory = None
         self._devices = None
+        self._nvml_error = None  # a driver that was missing may have come up since: try again
+
+    def note_once(self, message: str) -> None:
+        """Warn about a lasting condition once per process: once per run, and once (not every cycle)
+        for the repeating mode."""
+        if message not in self._said:
+            self._said.add(message)
+            self.warn(message)
 
     @property
     def nvml(self):
@@ -97,7 +111,8 @@ class Context:
         if self._devices is None:
             from .devices import Inventory
 
-            self._inventory = Inventory(self.nvml, self.options.state_dir)
+            if self._inventory is None:
+                self._inventory = Inventory(self.nvml, self.options.state_dir)
             self._devices = self._inventory.discover(self.now)
         return self._devices
 
@@ -109,12 +124,17 @@ class Context:
     def nvml_unavailable(self) -> bool:
         return self._nvml_error is not None
 
-    def close(self) -> None:
+    def end_cycle(self) -> None:
+        """Keep what this collection learnt (inventory cache, state) and release the state lock."""
         if self._inventory is not None:
             self._inventory.save()
         self.state.close()
+
+    def close(self) -> None:
+        self.end_cycle()
         if self._nvml is not None:
             self._nvml.stop()
+            self._nvml = None
 
 
 @dataclass

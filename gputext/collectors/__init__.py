@@ -17,6 +17,9 @@ REGISTRY: Dict[str, str] = {
     "nvml": "gputext.collectors.nvml",
     "nvlink": "gputext.collectors.nvlink",
     "pcie": "gputext.collectors.pcie",
+    "processes": "gputext.collectors.processes",
+    "dcgm": "gputext.collectors.dcgm",
+    "kubernetes": "gputext.collectors.kubernetes",
 }
 
 

@@ -69,7 +69,7 @@ def collect(ctx, samples) -> None:
             ctx.warn(f"{dev.name}: processes not read: {err}")
     ctx.processes = scan.found
     if accounting_off:
-        ctx.warn(f"accounting mode is off on GPU {', '.join(accounting_off)}: processes that start and exit "
+        ctx.note_once(f"accounting mode is off on GPU {', '.join(accounting_off)}: processes that start and exit "
                  "between two runs are missed and start times are first-seen times; enable it with "
                  "'nvidia-smi -am 1' (as root)")
 

@@ -1,0 +1,401 @@
+"""`gputext doctor`: is this node ready for gputext? One line per prerequisite, with the fix.
+
+It takes collect's options and GPUTEXT_* variables, so it checks what a run with the same environment
+(the timer's, with /etc/default/gputext loaded) would use. Each check gives one line:
+
+    ok    nvml: /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.580.159.04 loaded, driver 580.159.04, 8 GPUs
+    FAIL  output: /x does not exist; fix: mkdir -p /x
+    warn  persistence: ...   (works, but worse than it should; does not fail the check)
+    info  dcgm: ...          (an optional source that is absent or not enabled)
+
+A collector is "enabled" when --collectors names it, or when --collectors is empty (all that apply).
+An optional source that is missing (no DCGM, no kubelet) is info, unless --collectors names it; one that
+is present but unusable (a kubelet socket gputext may not open) fails, since the default run would fail
+on it. NVML is read through gputext.run's Context, the same path as collect, without state.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import socket
+import stat
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import FrozenSet, List, Optional, Sequence
+
+from .run import Context, Options
+
+OK, FAIL, WARN, INFO = "ok", "FAIL", "warn", "info"
+
+# What systemd/gputext.service writes unless /etc/default/gputext says otherwise (its Environment= line;
+# tests/test_systemd.py checks that the two agree).
+UNITS_OUT = Path("/var/lib/node_exporter/textfile_collector/gpu.prom")
+NODE_EXPORTER_PROGRAMS = ("node_exporter", "prometheus-node-exporter", "node-exporter")
+NODE_EXPORTER_USERS = ("prometheus", "node_exporter", "node-exporter")  # Debian's first
+# Debian and Ubuntu build prometheus-node-exporter with this default; upstream's default reads no directory.
+DEBIAN_TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+TEXTFILE_FLAG = "--collector.textfile.directory"
+DCGM_PORT = 5555  # nv-hostengine's default, also where --dcgm-host names no port
+CONNECT_TIMEOUT_SECONDS = 1.0
+STALE_SECONDS = 60.0
+
+
+@dataclass
+class Check:
+    status: str
+    name: str
+    message: str
+
+    def line(self) -> str:
+        return f"{self.status:<6}{self.name}: {self.message}"
+
+
+def diagnose(options: Options, out: Optional[Path]) -> List[Check]:
+    """Every check, in the order a person would fix them. `out` None: the units' default file."""
+    checks: List[Check] = []
+    if os.geteuid() != 0:
+        checks.append(Check(INFO, "user", f"running as uid {os.geteuid()}, the units run as root: files, "
+                            "sockets and processes may look different to them; run doctor as root"))
+    checks += check_nvml(options)
+    checks += [check_dcgm(options), check_kubelet(options)]
+    target = out or UNITS_OUT
+    exporters = node_exporters(options)
+    checks.append(check_output(target, out is None, reader(exporters, target.parent)))
+    checks.append(check_node_exporter(exporters, target.parent))
+    checks.append(check_state(options.state_dir))
+    return checks
+
+
+def enabled(options: Options, collector: str) -> bool:
+    return not options.collectors or collector in options.collectors
+
+
+def named(options: Options, collector: str) -> bool:
+    return collector in options.collectors
+
+
+# --- NVML ----------------------------------------------------------------------------------------------
+
+def check_nvml(options: Options) -> List[Check]:
+    from .nvml import NvmlUnavailable
+
+    warnings: List[str] = []
+    ctx = Context(replace(options, state_dir=None), warnings.append)  # no state: doctor changes nothing
+    try:
+        system, devices = ctx.devices()
+    except NvmlUnavailable as err:
+        return [Check(FAIL, "nvml", str(err))]
+    finally:
+        ctx.close()
+    loaded = f"{_loaded_library()} loaded, driver {system.driver_version or '?'}"
+    if devices:
+        checks = [Check(OK, "nvml", f"{loaded}, {len(devices)} GPU{'s' if len(devices) != 1 else ''}")]
+    else:
+        checks = [Check(FAIL, "nvml", f"{loaded}, but it finds no GPU; fix: check 'nvidia-smi' and that "
+                        "/dev/nvidia0.. exist")]
+    checks += [Check(INFO, "nvml", warning) for warning in dict.fromkeys(warnings)]
+    checks += [Check(FAIL, f"gpu {dev.index}", f"not answering ({dev.error}); fix: check 'nvidia-smi' and "
+                     "'dmesg'; a lost GPU needs a reset or a reboot") for dev in devices if not dev.up]
+    up = [dev for dev in devices if dev.up]
+    checks.append(_mode_check(
+        up, "persistence_mode", "persistence", WARN,
+        "every run initialises the GPUs again (1-3 s per GPU) and the energy counters restart whenever the "
+        "driver unloads; fix: systemctl enable --now nvidia-persistenced (or nvidia-smi -pm 1)"))
+    checks.append(_mode_check(
+        up, "accounting_mode", "accounting", WARN if enabled(options, "processes") else INFO,
+        "processes that start and exit between two runs are missed and start times are first-seen times; "
+        "fix: nvidia-smi -am 1 (as root; MIG keeps it off)"))
+    return [check for check in checks if check is not None]
+
+
+def _mode_check(devices: Sequence, setting: str, name: str, off_status: str, off_means: str) -> Optional[Check]:
+    values = {dev.index: dev.settings.get(setting) for dev in devices}
+    off = [str(index) for index, value in values.items() if value == 0]
+    if off:
+        return Check(off_status, name, f"off on GPU {', '.join(off)}: {off_means}")
+    if any(value == 1 for value in values.values()):
+        return Check(OK, name, "on" + (f" for all {len(values)} GPUs" if len(values) > 1 else ""))
+    return None  # not supported (or no GPU): nothing to say
+
+
+def _loaded_library() -> str:
+    """Where libnvidia-ml.so.1 was loaded from (a person with two drivers installed wants to know)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split(None, 5)[-1].strip()
+                if "libnvidia-ml.so" in os.path.basename(path):
+                    return path
+    except OSError:
+        pass
+    return "libnvidia-ml.so.1"
+
+
+# --- optional sources ----------------------------------------------------------------------------------
+
+def check_dcgm(options: Options) -> Check:
+    if not enabled(options, "dcgm"):
+        return Check(INFO, "dcgm", "not enabled (--collectors)")
+    missing = FAIL if named(options, "dcgm") else INFO
+    why_not = ("" if named(options, "dcgm") else
+               "per-process energy comes from NVML alone; ")
+    host, port = host_port(options.dcgm_host, DCGM_PORT)
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_SECONDS).close()
+    except OSError as err:
+        return Check(missing, "dcgm", f"no DCGM host engine answers on {options.dcgm_host} "
+                     f"({err.strerror or err}); {why_not}fix: install DCGM and start nv-hostengine "
+                     "(systemctl enable --now nvidia-dcgm), or set GPUTEXT_DCGM_HOST")
+    from .collectors.dcgm import DEFAULT_BINDINGS
+
+    candidates = (options.dcgm_bindings,) if options.dcgm_bindings else DEFAULT_BINDINGS
+    found = next((d for d in candidates if (d / "pydcgm.py").is_file()), None)
+    if found is None:
+        return Check(missing, "dcgm", f"nv-hostengine answers on {options.dcgm_host}, but no pydcgm.py in "
+                     f"{' or '.join(map(str, candidates))}; {why_not}fix: install DCGM's Python bindings "
+                     "(package datacenter-gpu-manager-4), or set GPUTEXT_DCGM_BINDINGS")
+    return Check(OK, "dcgm", f"nv-hostengine answers on {options.dcgm_host}; bindings in {found}")
+
+
+def host_port(text: str, default_port: int):
+    """("localhost", 5555) from "localhost:5555", "localhost" or "[::1]:5555"."""
+    host, colon, port = text.rpartition(":")
+    if not colon or "]" in port or (host.count(":") and not host.startswith("[")):  # no port, or bare IPv6
+        return text.strip("[]"), default_port
+    return host.strip("[]"), int(port) if port.isdigit() else default_port
+
+
+def check_kubelet(options: Options) -> Check:
+    if not enabled(options, "kubernetes"):
+        return Check(INFO, "kubelet", "not enabled (--collectors)")
+    path = options.pod_resources_socket
+    if not path.exists():
+        if named(options, "kubernetes"):
+            return Check(FAIL, "kubelet", f"no pod-resources socket at {path}; fix: run on a Kubernetes node "
+                         "(kubelet 1.20 or newer), or set GPUTEXT_POD_RESOURCES_SOCKET")
+        return Check(INFO, "kubelet", f"no pod-resources socket at {path}: not a Kubernetes node, so no pod "
+                     "names")
+    if not stat.S_ISSOCK(path.stat().st_mode):
+        return Check(FAIL, "kubelet", f"{path} is not a socket; fix: set GPUTEXT_POD_RESOURCES_SOCKET to the "
+                     "kubelet's pod-resources socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(CONNECT_TIMEOUT_SECONDS)
+        try:
+            sock.connect(str(path))
+        except OSError as err:
+            return Check(FAIL, "kubelet", f"cannot connect to {path}: {err.strerror or err}; fix: run gputext "
+                         "as root (the units do), and check that the kubelet runs")
+    return Check(OK, "kubelet", f"{path} accepts connections")
+
+
+# --- the file and who reads it -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Reader:
+    """The user node_exporter runs as."""
+
+    name: str
+    uid: int
+    gids: FrozenSet[int]
+
+    def may(self, st: os.stat_result, bits: int) -> bool:
+        """Whether the mode bits allow `bits` (4 read, 1 search) to this user (ACLs are not looked at)."""
+        if self.uid == 0:
+            return True
+        shift = 6 if st.st_uid == self.uid else 3 if st.st_gid in self.gids else 0
+        return (st.st_mode >> shift) & bits == bits
+
+
+@dataclass
+class Exporter:
+    """A running node_exporter, as /proc shows it."""
+
+    pid: int
+    program: str
+    directories: List[str]  # the textfile directories it reads; empty: none
+    known: bool  # False: no flag, and a default we cannot know
+    reader: Optional[Reader]
+    contained: bool = False  # in another mount namespace (a container): its paths are not ours
+
+    def reads(self, directory: Path) -> bool:
+        return any(_same_dir(Path(d), directory) for d in self.directories)
+
+
+def node_exporters(options: Options) -> List[Exporter]:
+    """The node_exporter processes visible in /proc (under --host-root)."""
+    proc = options.host_path("/proc")
+    found = []
+    try:
+        pids = sorted(int(p) for p in os.listdir(proc) if p.isdigit())
+    except OSError:
+        return []
+    ours = _mount_namespace(Path("/proc/self"))
+    for pid in pids:
+        try:
+            argv = (proc / str(pid) / "cmdline").read_bytes().decode("utf-8", "replace").split("\0")
+        except OSError:
+            continue  # gone
+        program = os.path.basename(argv[0])
+        if program in NODE_EXPORTER_PROGRAMS:
+            exporter = _exporter(pid, program, argv[1:], proc / str(pid) / "status")
+            theirs = _mount_namespace(proc / str(pid))
+            exporter.contained = None not in (ours, theirs) and ours != theirs
+            found.append(exporter)
+    return found
+
+
+def _mount_namespace(process: Path) -> Optional[str]:
+    """`mnt:[4026531841]`, or None where it cannot be read (another user's process without privilege)."""
+    try:
+        return os.readlink(process / "ns" / "mnt")
+    except OSError:
+        return None
+
+
+def _exporter(pid: int, program: str, args: List[str], status: Path) -> Exporter:
+    directories = [arg.split("=", 1)[1] for arg in args if arg.startswith(TEXTFILE_FLAG + "=")]
+    directories += [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == TEXTFILE_FLAG]
+    disabled = "--no-collector.textfile" in args or (
+        "--collector.disable-defaults" in args and "--collector.textfile" not in args)
+    known = True
+    if disabled:
+        directories = []
+    elif not directories:
+        if program == "prometheus-node-exporter":
+            directories = [DEBIAN_TEXTFILE_DIR]
+        else:
+            known = False
+    return Exporter(pid, program, [d for d in directories if d], known, _process_reader(status))
+
+
+def _process_reader(status: Path) -> Optional[Reader]:
+    try:
+        fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        uid = int(fields["Uid"].split()[1])  # effective
+        gids = {int(fields["Gid"].split()[1])} | {int(g) for g in fields.get("Groups", "").split()}
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = f"uid {uid}"
+    return Reader(name, uid, frozenset(gids))
+
+
+def _user_reader() -> Optional[Reader]:
+    """The node_exporter user by its usual names, where no process shows who it is."""
+    for name in NODE_EXPORTER_USERS:
+        try:
+            user = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        groups = {g.gr_gid for g in grp.getgrall() if name in g.gr_mem} | {user.pw_gid}
+        return Reader(name, user.pw_uid, frozenset(groups))
+    return None
+
+
+def reader(exporters: Sequence[Exporter], directory: Path) -> Optional[Reader]:
+    """Who must be able to read the file: the node_exporter reading that directory, else any visible
+    one, else the usual user."""
+    ranked = sorted(exporters, key=lambda e: not e.reads(directory))
+    return next((e.reader for e in ranked if e.reader), None) or _user_reader()
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_output(path: Path, units_default: bool, who: Optional[Reader]) -> Check:
+    where = " (the units' default; GPUTEXT_OUT or --out names another)" if units_default else ""
+    directory = path.parent
+    if not path.name.endswith(".prom"):
+        return Check(FAIL, "output", f"{path}: node_exporter reads only *.prom files; fix: name it gpu.prom")
+    if not directory.is_dir():
+        return Check(FAIL, "output", f"{directory} does not exist{where}; fix: mkdir -p {directory}, or set "
+                     "GPUTEXT_OUT to a file in the directory node_exporter reads")
+    if not os.access(directory, os.W_OK):
+        return Check(FAIL, "output", f"{directory} is not writable by uid {os.geteuid()}; fix: run gputext as "
+                     f"root (the units do), or give it a directory it may write")
+    if who is None:
+        return Check(INFO, "output", f"{path}: {directory} is writable{where}; no node_exporter user "
+                     f"({', '.join(NODE_EXPORTER_USERS)}) found, so who reads it is not checked")
+    for parent in reversed([directory, *directory.parents]):
+        st = parent.stat()
+        bits = 5 if parent == directory else 1  # list the directory itself, pass through its parents
+        if not who.may(st, bits):
+            return Check(FAIL, "output", f"{who.name} (node_exporter) cannot {'list' if bits == 5 else 'enter'} "
+                         f"{parent} ({_mode(st)}); fix: chmod o+{'rx' if bits == 5 else 'x'} {parent}")
+    if path.exists():
+        st = path.stat()
+        if not who.may(st, 4):
+            return Check(FAIL, "output", f"{who.name} (node_exporter) cannot read {path} ({_mode(st)}); fix: "
+                         f"chmod 0644 {path} (gputext writes 0644: did another program write it?)")
+        age = time.time() - st.st_mtime
+        if age > STALE_SECONDS:
+            return Check(WARN, "output", f"{path} was last written {age:.0f} s ago{where}; fix: is the timer "
+                         "running? systemctl status gputext.timer; journalctl -u gputext.service")
+        written = f"written {age:.0f} s ago"
+    else:
+        written = "not written yet"
+    return Check(OK, "output", f"{path}: {directory} writable, readable by {who.name}; {written}{where}")
+
+
+def _mode(st: os.stat_result) -> str:
+    """`mode 0750, owner root:prometheus`"""
+    def name(lookup, ident):
+        try:
+            return lookup(ident)[0]
+        except KeyError:
+            return str(ident)
+
+    owner = f"{name(pwd.getpwuid, st.st_uid)}:{name(grp.getgrgid, st.st_gid)}"
+    return f"mode {stat.S_IMODE(st.st_mode):04o}, owner {owner}"
+
+
+def check_node_exporter(exporters: Sequence[Exporter], directory: Path) -> Check:
+    if not exporters:
+        return Check(INFO, "node_exporter", f"no node_exporter process visible here; make sure the one that "
+                     f"serves this node runs with {TEXTFILE_FLAG}={directory}")
+    for exporter in exporters:
+        if exporter.reads(directory):
+            return Check(OK, "node_exporter", f"{exporter.program} (pid {exporter.pid}) reads {directory}")
+    exporter = exporters[0]
+    if not exporter.known:
+        return Check(WARN, "node_exporter", f"{exporter.program} (pid {exporter.pid}) runs without "
+                     f"{TEXTFILE_FLAG}: upstream's default reads no textfiles; fix: add "
+                     f"{TEXTFILE_FLAG}={directory} to its command line")
+    if not exporter.directories:
+        return Check(FAIL, "node_exporter", f"{exporter.program} (pid {exporter.pid}) has its textfile "
+                     f"collector disabled; fix: run it with --collector.textfile {TEXTFILE_FLAG}={directory}")
+    reads = ", ".join(exporter.directories)
+    if exporter.contained:
+        return Check(WARN, "node_exporter", f"{exporter.program} (pid {exporter.pid}) runs in a container and "
+                     f"reads {reads} there; check that this is where {directory} is mounted into it")
+    return Check(FAIL, "node_exporter", f"{exporter.program} (pid {exporter.pid}) reads {reads}, not "
+                 f"{directory}; fix: set GPUTEXT_OUT={exporter.directories[0].rstrip('/')}/gpu.prom in "
+                 "/etc/default/gputext (and add that directory to the units' ReadWritePaths=)")
+
+
+def check_state(directory: Optional[Path]) -> Check:
+    if directory is None:
+        return Check(INFO, "state", "no state directory")
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    if not existing.is_dir():
+        return Check(FAIL, "state", f"{existing} is not a directory; fix: set GPUTEXT_STATE_DIR to a directory")
+    if not os.access(existing, os.W_OK):
+        return Check(FAIL, "state", f"{existing} is not writable by uid {os.geteuid()}: runs keep no state (no "
+                     "process energy, more NVML calls); fix: run as root (the units do), or set GPUTEXT_STATE_DIR")
+    if existing != directory:
+        return Check(OK, "state", f"{directory} will be created by the first run")
+    return Check(OK, "state", f"{directory} is writable")
+
+
+def report(checks: Sequence[Check]) -> str:
+    return "".join(check.line() + "\n" for check in checks)
+
+
+def passed(checks: Sequence[Check]) -> bool:
+    return all(check.status != FAIL for check in checks)

@@ -1,0 +1,109 @@
+"""Collect and write, once or every interval, without two gputext runs ever writing one file at once.
+
+A run that writes a file holds `.<name>.lock` beside it (filelock; node_exporter ignores the name) while
+it collects and writes, so a timer, a cron job and a person can overlap safely: whoever comes second waits
+up to --lock-timeout, then leaves the file to the holder and exits 2. `--out -` takes no lock.
+
+The repeating mode keeps one NVML session and the device inventory for its whole life, holds the output
+lock only during each cycle (a person can slip a run in between), and stops on SIGTERM or SIGINT between
+writes, never in the middle of one (a write holds those signals back, see gputext.textfile).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+from .run import Context, collect
+from .textfile import write_atomically
+
+
+class OutputLocked(Exception):
+    """Another gputext run holds the output file's lock."""
+
+
+class Output:
+    """Standard output, or a file written atomically under its lock."""
+
+    def __init__(self, target: Optional[Path], lock_timeout: float):
+        self.target = target
+        self.lock_timeout = lock_timeout
+        self._lock = None
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        if self.target is None:
+            yield
+            return
+        if self._lock is None:
+            from filelock import FileLock
+
+            self._lock = FileLock(str(self.target.parent / f".{self.target.name}.lock"))
+        from filelock import Timeout
+
+        try:
+            self._lock.acquire(timeout=self.lock_timeout)
+        except Timeout:
+            raise OutputLocked(f"another gputext run is writing {self.target} (it held the lock for more than "
+                               f"{self.lock_timeout:g}s); the file is left to it") from None
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def write(self, data: bytes) -> None:
+        """Raises OSError where the file cannot be written; the previous file then stays as it was."""
+        if self.target is None:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+        else:
+            write_atomically(self.target, data)
+
+
+def cycle(ctx: Context, output: Output):
+    """One collection, written; returns its Result. Raises OutputLocked or OSError (not written)."""
+    with output.held():
+        try:
+            result = collect(ctx)
+        finally:
+            ctx.end_cycle()
+        output.write(result.render(ctx.options.prefix))
+    return result
+
+
+def repeat(ctx: Context, output: Output, interval: float, count: int = 0, duration: float = 0.0) -> int:
+    """Collect every `interval` seconds until count cycles, duration or a signal; returns an exit code:
+    0 when the last cycle wrote, 1 when it wrote without NVML, 2 when it could not write."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    started = time.monotonic()
+    next_tick = started
+    cycles, code = 0, 0
+    try:
+        while not stop.is_set():
+            try:
+                result = cycle(ctx, output)
+                code = 1 if result.nvml_unavailable else 0
+            except OutputLocked:
+                raise
+            except OSError as err:
+                ctx.warn(f"cannot write {output.target}: {err.strerror or err}; the previous file is unchanged")
+                code = 2
+            except Exception as err:  # noqa: BLE001 - one bad cycle must not end a long-running collector
+                ctx.warn(f"cycle failed: {type(err).__name__}: {err}")
+                code = 2
+            cycles += 1
+            next_tick = max(next_tick + interval, time.monotonic())  # missed ticks are skipped, not bunched
+            if (count and cycles >= count) or (duration and next_tick - started > duration):
+                break
+            stop.wait(next_tick - time.monotonic())
+            ctx.new_cycle()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code

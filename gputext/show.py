@@ -1,0 +1,349 @@
+"""`gputext show`: this node's GPUs as tables, for a person at a terminal.
+
+It runs the collectors of `gputext collect` (gputext.run) twice, --sample apart, in one NVML session, and
+reads their samples: gauges from the second run; NVLink and PCIe rates from the byte counters' increase
+over the time between the two runs (where a GPU has no PCIe byte counters, the driver's own sampled rate).
+It keeps no state, so a run by hand never disturbs the timer's, and it gathers the collectors' warnings
+to print them below the tables instead of on stderr. Tables fit 100 columns; colour only on a terminal
+and never where NO_COLOR is set (https://no-color.org).
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .catalogue import BY_KEY
+from .exposition import Samples
+from .run import Context, Options, collect
+from .state import State
+
+WIDTH = 100
+GIB = 1 << 30
+ELLIPSIS = "…"
+
+
+@dataclass
+class Sampled:
+    """Two collections and the seconds between their starts (0 when only one was taken)."""
+
+    first: Samples
+    last: Samples
+    seconds: float
+    failed: List[str] = field(default_factory=list)
+    nvml_unavailable: bool = False
+
+
+def sample(options: Options, seconds: float, warn: Callable[[str], None]) -> Sampled:
+    """Collect, wait `seconds`, collect again (once only if `seconds` is 0); NVML is initialised once."""
+    ctx = Context(options, warn)
+    ctx.state = State(None, lambda message: None)  # no state, on purpose: nothing to warn about
+    try:
+        started = time.monotonic()
+        first = collect(ctx)
+        if seconds <= 0 or first.nvml_unavailable:
+            return Sampled(first.samples, first.samples, 0.0, first.failed, first.nvml_unavailable)
+        time.sleep(max(0.0, seconds - (time.monotonic() - started)))
+        again = time.monotonic()
+        ctx.end_cycle()
+        ctx.new_cycle()  # as the repeating mode does: the same NVML session, this run's time
+        last = collect(ctx)
+        return Sampled(first.samples, last.samples, again - started, last.failed, last.nvml_unavailable)
+    finally:
+        ctx.close()
+
+
+# --- reading the samples -------------------------------------------------------------------------------
+
+def labelled(samples: Samples, key: str) -> List[Tuple[Dict[str, str], float]]:
+    """(labels by name, value) of each series of a metric."""
+    names = BY_KEY[key].all_labels
+    return [(dict(zip(names, values)), value) for values, value in samples.series(key).items()]
+
+
+def per_gpu(samples: Samples, key: str) -> Dict[str, float]:
+    """{gpu index: value} of a device metric without labels of its own."""
+    return {labels["gpu"]: value for labels, value in labelled(samples, key)}
+
+
+def per_gpu_sum(samples: Samples, key: str) -> Dict[str, float]:
+    """{gpu index: sum over the metric's other labels} (NVLink bytes over all links)."""
+    sums: Dict[str, float] = {}
+    for labels, value in labelled(samples, key):
+        sums[labels["gpu"]] = sums.get(labels["gpu"], 0.0) + value
+    return sums
+
+
+def rate(first: Samples, last: Samples, key: str, seconds: float) -> Dict[str, float]:
+    """{gpu: increase per second} of a counter summed per GPU; a GPU whose counter went back (driver
+    reload, link reset) or that appears in one run only has no rate."""
+    if seconds <= 0:
+        return {}
+    before, after = per_gpu_sum(first, key), per_gpu_sum(last, key)
+    return {gpu: (after[gpu] - before[gpu]) / seconds
+            for gpu in after if gpu in before and after[gpu] >= before[gpu]}
+
+
+@dataclass
+class Row:
+    gpu: str
+    name: str = ""
+    up: bool = True
+    temperature: Optional[float] = None
+    power: Optional[float] = None
+    power_limit: Optional[float] = None
+    memory_used: Optional[float] = None
+    memory_total: Optional[float] = None
+    utilization: Optional[float] = None
+    memory_utilization: Optional[float] = None
+    links_up: Optional[int] = None
+    links: Optional[int] = None
+    nvlink_tx: Optional[float] = None
+    nvlink_rx: Optional[float] = None
+    pcie_tx: Optional[float] = None
+    pcie_rx: Optional[float] = None
+
+
+def gpu_rows(s: Sampled) -> List[Row]:
+    last = s.last
+    names = {labels["gpu"]: labels["name"] for labels, _ in labelled(last, "info")}
+    links_up: Dict[str, int] = {}
+    links: Dict[str, int] = {}
+    for labels, value in labelled(last, "nvlink_up"):
+        links[labels["gpu"]] = links.get(labels["gpu"], 0) + 1
+        links_up[labels["gpu"]] = links_up.get(labels["gpu"], 0) + int(value == 1)
+    columns = {
+        "temperature": per_gpu(last, "temperature_celsius"),
+        "power": per_gpu(last, "power_watts"),
+        "power_limit": per_gpu(last, "power_limit_watts"),
+        "memory_used": per_gpu(last, "memory_used_bytes"),
+        "memory_total": per_gpu(last, "memory_total_bytes"),
+        "utilization": per_gpu(last, "utilization_ratio"),
+        "memory_utilization": per_gpu(last, "memory_utilization_ratio"),
+        "nvlink_tx": rate(s.first, last, "nvlink_transmit_bytes_total", s.seconds),
+        "nvlink_rx": rate(s.first, last, "nvlink_receive_bytes_total", s.seconds),
+        # the counters where the GPU has them, else the driver's 20 ms sample (never both for one GPU)
+        "pcie_tx": {**per_gpu(last, "pcie_transmit_bytes_per_second"),
+                    **rate(s.first, last, "pcie_transmit_bytes_total", s.seconds)},
+        "pcie_rx": {**per_gpu(last, "pcie_receive_bytes_per_second"),
+                    **rate(s.first, last, "pcie_receive_bytes_total", s.seconds)},
+    }
+    rows = []
+    for gpu, up in sorted(per_gpu(last, "up").items(), key=lambda item: int(item[0])):
+        row = Row(gpu, name=names.get(gpu, ""), up=up == 1, links_up=links_up.get(gpu), links=links.get(gpu))
+        for attribute, values in columns.items():
+            setattr(row, attribute, values.get(gpu))
+        rows.append(row)
+    return rows
+
+
+@dataclass
+class ProcessRow:
+    gpu: str
+    pid: str
+    name: str
+    memory: Optional[float]
+    sm: Optional[float]
+    pod: str
+    namespace: str
+
+
+def process_rows(samples: Samples) -> Optional[List[ProcessRow]]:
+    """The running processes, or None where the processes collector did not run (no section then)."""
+    if samples.series("gputext_collector_success").get(("processes",)) != 1:
+        return None
+    # the process_* series share their label sets: label values join them
+    memory = samples.series("process_memory_used_bytes")
+    sm = samples.series("process_sm_utilization_ratio")
+    running = {values for values, active in samples.series("process_active").items() if active} | set(memory)
+    names = BY_KEY["process_active"].all_labels
+    rows = []
+    for values in running:
+        labels = dict(zip(names, values))
+        rows.append(ProcessRow(labels["gpu"], labels["pid"], labels["process_name"], memory.get(values),
+                               sm.get(values), labels["pod"], labels["namespace"]))
+    return sorted(rows, key=lambda row: (int(row.gpu), int(row.pid)))
+
+
+# --- formatting ----------------------------------------------------------------------------------------
+
+def _number(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _percent(ratio: Optional[float]) -> str:
+    return "-" if ratio is None else f"{ratio * 100:.0f}%"
+
+
+def bytes_per_second(value: Optional[float]) -> str:
+    """Decimal units, as link speeds are quoted: 1.23 GB/s."""
+    if value is None:
+        return "-"
+    for unit, size in (("TB/s", 1e12), ("GB/s", 1e9), ("MB/s", 1e6), ("kB/s", 1e3)):
+        if value >= size:
+            return f"{value / size:.{2 if value < 10 * size else 1}f} {unit}"
+    return f"{value:.0f} B/s"
+
+
+def _gib(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value / GIB:.1f}"
+
+
+def _pair(a: str, b: str) -> str:
+    return "-" if a == b == "-" else f"{a} / {b}"
+
+
+class Style:
+    """ANSI colour where wanted; a plain Style paints nothing."""
+
+    def __init__(self, colour: bool):
+        self.colour = colour
+
+    def paint(self, text: str, code: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if self.colour and text else text
+
+    def bold(self, text: str) -> str:
+        return self.paint(text, "1")
+
+    def warn(self, text: str) -> str:
+        return self.paint(text, "33")
+
+    def bad(self, text: str) -> str:
+        return self.paint(text, "31")
+
+
+def wants_colour(stream) -> bool:
+    """Colour on a terminal, unless NO_COLOR is set to anything but the empty string."""
+    return not os.environ.get("NO_COLOR") and hasattr(stream, "isatty") and stream.isatty()
+
+
+@dataclass
+class Column:
+    title: str
+    right: bool = False  # numbers align right
+    shrinks: bool = False  # text that may be cut (with …) to fit the width
+
+
+def table(columns: Sequence[Column], rows: Iterable[Sequence[str]], style: Style,
+          paint: Callable[[int, int, str], str] = lambda row, column, text: text) -> List[str]:
+    """Lines of an aligned table no wider than WIDTH; `paint(row, column, padded text)` colours a cell."""
+    rows = [list(row) for row in rows]
+    widths = [max([len(c.title)] + [len(row[i]) for row in rows]) for i, c in enumerate(columns)]
+    excess = sum(widths) + 2 * (len(columns) - 1) - WIDTH
+    for i in sorted((i for i, c in enumerate(columns) if c.shrinks), key=lambda i: -widths[i]):
+        if excess <= 0:
+            break
+        cut = min(excess, widths[i] - max(len(columns[i].title), 8))
+        if cut > 0:
+            widths[i] -= cut
+            excess -= cut
+
+    def line(cells: Sequence[str], row: int) -> str:
+        out = []
+        for i, (column, cell) in enumerate(zip(columns, cells)):
+            if len(cell) > widths[i]:
+                cell = cell[: widths[i] - 1] + ELLIPSIS
+            padded = cell.rjust(widths[i]) if column.right else cell.ljust(widths[i])
+            out.append(paint(row, i, padded) if row >= 0 else padded)
+        return "  ".join(out).rstrip()
+
+    header = line([c.title for c in columns], -1)
+    return [style.bold(header)] + [line(row, n) for n, row in enumerate(rows)]
+
+
+HOT_CELSIUS, WARM_CELSIUS = 85, 75
+
+
+def render(s: Sampled, warnings: Sequence[str], style: Style) -> str:
+    rows = gpu_rows(s)
+    out: List[str] = []
+    if s.nvml_unavailable:
+        out.append(style.bad("NVML cannot be read on this node (see below)."))
+    elif not rows:
+        out.append("No GPUs found.")
+    else:
+        out.append(_summary(s.last, rows))
+        out += _device_table(rows, style)
+        out.append("")
+        out += _traffic_table(rows, s.seconds, style)
+    processes = process_rows(s.last)
+    if processes is not None:
+        out.append("")
+        out += _process_table(processes, style) if processes else ["No processes on the GPUs."]
+    notes = list(warnings) + [f"collector {name} failed" for name in s.failed if not s.nvml_unavailable]
+    if notes:
+        out.append("")
+        for note in notes:
+            out += [style.warn(line) for line in textwrap.wrap(note, WIDTH, initial_indent="! ",
+                                                                 subsequent_indent="  ")]
+    return "\n".join(out) + "\n"
+
+
+def _summary(samples: Samples, rows: List[Row]) -> str:
+    """`driver 580.159.04, CUDA 13.0, 8 GPUs` (the info series carry the versions)."""
+    info = next(iter(labelled(samples, "info")), None)
+    parts = [f"driver {info[0]['driver_version']}", f"CUDA {info[0]['cuda_driver_version']}"] if info else []
+    return ", ".join(parts + [f"{len(rows)} GPU{'s' if len(rows) != 1 else ''}"])
+
+
+def _device_table(rows: List[Row], style: Style) -> List[str]:
+    columns = [Column("GPU", right=True), Column("NAME", shrinks=True), Column("TEMP", right=True),
+               Column("POWER W", right=True), Column("MEMORY GiB", right=True), Column("UTIL", right=True),
+               Column("MEM UTIL", right=True)]
+    cells = []
+    for row in rows:
+        if not row.up:
+            cells.append([row.gpu, "not answering", "", "", "", "", ""])
+            continue
+        cells.append([row.gpu, row.name, "-" if row.temperature is None else f"{row.temperature:.0f} °C",
+                      _pair(_number(row.power), _number(row.power_limit)),
+                      _pair(_gib(row.memory_used), _gib(row.memory_total)),
+                      _percent(row.utilization), _percent(row.memory_utilization)])
+
+    def paint(n: int, column: int, text: str) -> str:
+        row = rows[n]
+        if not row.up and column == 1:
+            return style.bad(text)
+        if column == 2 and row.temperature is not None:
+            if row.temperature >= HOT_CELSIUS:
+                return style.bad(text)
+            if row.temperature >= WARM_CELSIUS:
+                return style.warn(text)
+        return text
+
+    return table(columns, cells, style, paint)
+
+
+def _traffic_table(rows: List[Row], seconds: float, style: Style) -> List[str]:
+    columns = [Column("GPU", right=True), Column("NVLINK UP", right=True), Column("NVLINK TX", right=True),
+               Column("NVLINK RX", right=True), Column("PCIE TX", right=True), Column("PCIE RX", right=True)]
+    cells = [[row.gpu, "-" if row.links is None else f"{row.links_up}/{row.links}",
+              bytes_per_second(row.nvlink_tx), bytes_per_second(row.nvlink_rx),
+              bytes_per_second(row.pcie_tx), bytes_per_second(row.pcie_rx)] for row in rows if row.up]
+    over = f"over {seconds:.1f} s" if seconds > 0 else "rates need --sample above 0"
+    return [style.bold(f"Traffic ({over})")] + table(columns, cells, style)
+
+
+def _process_table(rows: List[ProcessRow], style: Style) -> List[str]:
+    columns = [Column("GPU", right=True), Column("PID", right=True), Column("PROCESS", shrinks=True),
+               Column("MEMORY GiB", right=True), Column("SM", right=True), Column("POD", shrinks=True),
+               Column("NAMESPACE", shrinks=True)]
+    cells = [[row.gpu, row.pid, row.name or "?", _gib(row.memory), _percent(row.sm), row.pod or "-",
+              row.namespace or "-"] for row in rows]
+    return [style.bold("Processes")] + table(columns, cells, style)
+
+
+def unique(items: Iterable[str]) -> List[str]:
+    """Items in their first order, each once (both runs warn about the same things)."""
+    return list(dict.fromkeys(items))
+
+
+def run(options: Options, seconds: float, stream) -> Tuple[str, bool]:
+    """The text for `stream`, and whether NVML could be read."""
+    warnings: List[str] = []
+    sampled = sample(options, seconds, warnings.append)
+    text = render(sampled, unique(warnings), Style(wants_colour(stream)))
+    return text, not sampled.nvml_unavailable

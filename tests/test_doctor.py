@@ -1,0 +1,246 @@
+"""`gputext doctor` against the fake GPU: one line per check, exit 0 when everything enabled is ready and 1
+with a concrete failure; and its pieces (who may read, what node_exporter reads) on their own."""
+
+import os
+import re
+import socket
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from fakegpu import h100
+from fakehost import fake_host, node_exporter
+from gputext import doctor
+from gputext.doctor import FAIL, OK, Reader
+
+LINE = re.compile(r"^(ok|FAIL|warn|info) {1,4}[\w ]+: \S.*$")
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory under /tmp whose ancestors others may enter (pytest's tmp_path is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="gputext-doctor-"))
+    path.chmod(0o755)
+    yield path
+    for child in path.iterdir():
+        child.unlink()
+    path.rmdir()
+
+
+def run_doctor(node, tmp_path, *args, out=None, processes=(), nvml=True):
+    host = fake_host(tmp_path / "host", *processes)
+    extra = ["--out", str(out)] if out else []
+    proc = node.run("doctor", "--host-root", str(host), "--state-dir", str(tmp_path / "state"), *extra, *args,
+                    nvml=nvml)
+    lines = proc.stdout.splitlines()
+    assert all(LINE.match(line) for line in lines), proc.stdout
+    return proc, {line.split()[1].rstrip(":"): line for line in lines}
+
+
+def test_ready_node_passes(node, tmp_path, shared_dir):
+    node.write([h100(0), h100(1)], system={"driver_version": "580.159.04"})
+    out = shared_dir / "gpu.prom"
+    out.write_text("gpu_up 1\n")
+    out.chmod(0o644)
+    proc, by_name = run_doctor(node, tmp_path, out=out, processes=[node_exporter(shared_dir)])
+    assert proc.returncode == 0, proc.stdout
+    assert re.match(r"ok    nvml: \S+libnvidia-ml\.so\.1 loaded, driver 580\.159\.04, 2 GPUs$", by_name["nvml"])
+    assert by_name["persistence"] == "ok    persistence: on for all 2 GPUs"
+    assert by_name["accounting"].startswith("warn  accounting: off on GPU 0, 1: ")
+    assert by_name["output"].startswith(f"ok    output: {out}: {shared_dir} writable, readable by ")
+    assert by_name["node_exporter"] == f"ok    node_exporter: node_exporter (pid 100) reads {shared_dir}"
+    assert by_name["dcgm"].startswith("info  dcgm: no DCGM host engine answers on localhost:5555")
+    assert by_name["kubelet"].startswith("info  kubelet: no pod-resources socket at ")
+    assert by_name["state"] == f"ok    state: {tmp_path / 'state'} will be created by the first run"
+    assert not (tmp_path / "state").exists()  # doctor changes nothing
+
+
+def test_no_nvml_fails(node, tmp_path, shared_dir):
+    node.write([h100(0)])
+    proc, by_name = run_doctor(node, tmp_path, out=shared_dir / "gpu.prom", nvml=False)
+    assert proc.returncode == 1
+    assert by_name["nvml"].startswith("FAIL  nvml: NVML library libnvidia-ml.so.1 not found: install the NVIDIA "
+                                      "driver")
+    assert "persistence" not in by_name
+
+
+def test_missing_output_directory_fails(node, tmp_path):
+    node.write([h100(0)])
+    proc, by_name = run_doctor(node, tmp_path, out=tmp_path / "nowhere" / "gpu.prom")
+    assert proc.returncode == 1
+    assert by_name["output"] == (f"FAIL  output: {tmp_path / 'nowhere'} does not exist; fix: mkdir -p "
+                                 f"{tmp_path / 'nowhere'}, or set GPUTEXT_OUT to a file in the directory "
+                                 "node_exporter reads")
+
+
+def test_default_out_is_the_units_file(node, tmp_path):
+    """Without --out or GPUTEXT_OUT doctor checks what the units write, and says so."""
+    node.write([h100(0)])
+    _, by_name = run_doctor(node, tmp_path)
+    assert str(doctor.UNITS_OUT.parent) in by_name["output"]
+    assert "(the units' default; GPUTEXT_OUT or --out names another)" in by_name["output"]
+
+
+def test_directory_unreadable_by_node_exporter_fails(node, tmp_path, shared_dir):
+    node.write([h100(0)])
+    shared_dir.chmod(0o700)
+    proc, by_name = run_doctor(node, tmp_path, out=shared_dir / "gpu.prom", processes=[node_exporter(shared_dir)])
+    assert proc.returncode == 1
+    assert by_name["output"].startswith(f"FAIL  output: {by_name['output'].split()[2]} (node_exporter) cannot "
+                                        f"list {shared_dir} (mode 0700, owner ")
+    assert by_name["output"].endswith(f"fix: chmod o+rx {shared_dir}")
+
+
+def test_file_unreadable_by_node_exporter_fails(node, tmp_path, shared_dir):
+    node.write([h100(0)])
+    out = shared_dir / "gpu.prom"
+    out.write_text("")
+    out.chmod(0o600)
+    proc, by_name = run_doctor(node, tmp_path, out=out, processes=[node_exporter(shared_dir)])
+    assert proc.returncode == 1
+    assert f"(node_exporter) cannot read {out} (mode 0600, " in by_name["output"]
+
+
+def test_node_exporter_reading_another_directory_fails(node, tmp_path, shared_dir):
+    node.write([h100(0)])
+    proc, by_name = run_doctor(node, tmp_path, out=shared_dir / "gpu.prom",
+                               processes=[node_exporter("/var/lib/elsewhere", uid=os.getuid())])
+    assert proc.returncode == 1
+    assert by_name["node_exporter"] == (
+        f"FAIL  node_exporter: node_exporter (pid 100) reads /var/lib/elsewhere, not {shared_dir}; fix: set "
+        "GPUTEXT_OUT=/var/lib/elsewhere/gpu.prom in /etc/default/gputext (and add that directory to the "
+        "units' ReadWritePaths=)")
+
+
+def test_lost_gpu_fails(node, tmp_path, shared_dir):
+    node.write([h100(0), h100(1, lost=True)])
+    proc, by_name = run_doctor(node, tmp_path, out=shared_dir / "gpu.prom")
+    assert proc.returncode == 1
+    assert by_name["gpu"].startswith("FAIL  gpu 1: not answering (")
+
+
+def test_persistence_off_warns_without_failing(node, tmp_path, shared_dir):
+    node.write([h100(0), h100(1, persistence_mode=0)])
+    proc, by_name = run_doctor(node, tmp_path, out=shared_dir / "gpu.prom", processes=[node_exporter(shared_dir)])
+    assert proc.returncode == 0, proc.stdout
+    assert by_name["persistence"].startswith("warn  persistence: off on GPU 1: ")
+    assert "nvidia-persistenced" in by_name["persistence"]
+
+
+def test_named_collectors_must_be_ready(node, tmp_path, shared_dir):
+    """Missing DCGM and kubelet are fine by default, and failures once --collectors names them."""
+    node.write([h100(0)])
+    free_port = _free_port()
+    proc, by_name = run_doctor(node, tmp_path, "--collectors", "nvml,dcgm,kubernetes",
+                               "--dcgm-host", f"127.0.0.1:{free_port}",
+                               "--pod-resources-socket", str(tmp_path / "kubelet.sock"),
+                               out=shared_dir / "gpu.prom", processes=[node_exporter(shared_dir)])
+    assert proc.returncode == 1
+    assert by_name["dcgm"].startswith(f"FAIL  dcgm: no DCGM host engine answers on 127.0.0.1:{free_port} (")
+    assert by_name["kubelet"] == (f"FAIL  kubelet: no pod-resources socket at {tmp_path / 'kubelet.sock'}; fix: "
+                                  "run on a Kubernetes node (kubelet 1.20 or newer), or set "
+                                  "GPUTEXT_POD_RESOURCES_SOCKET")
+    assert by_name["accounting"].startswith("info  accounting: ")  # the processes collector is not enabled
+
+
+def test_reachable_dcgm_and_kubelet_are_ok(node, tmp_path, shared_dir):
+    node.write([h100(0)])
+    bindings = tmp_path / "bindings"
+    bindings.mkdir()
+    (bindings / "pydcgm.py").write_text("")
+    with socket.socket() as engine, socket.socket(socket.AF_UNIX) as kubelet:
+        engine.bind(("127.0.0.1", 0))
+        engine.listen()
+        kubelet.bind(str(tmp_path / "kubelet.sock"))
+        kubelet.listen()
+        port = engine.getsockname()[1]
+        proc, by_name = run_doctor(node, tmp_path, "--collectors", "nvml,dcgm,kubernetes",
+                                   "--dcgm-host", f"127.0.0.1:{port}", "--dcgm-bindings", str(bindings),
+                                   "--pod-resources-socket", str(tmp_path / "kubelet.sock"),
+                                   out=shared_dir / "gpu.prom", processes=[node_exporter(shared_dir)])
+    assert proc.returncode == 0, proc.stdout
+    assert by_name["dcgm"] == f"ok    dcgm: nv-hostengine answers on 127.0.0.1:{port}; bindings in {bindings}"
+    assert by_name["kubelet"] == f"ok    kubelet: {tmp_path / 'kubelet.sock'} accepts connections"
+
+
+def test_dcgm_without_bindings(node, tmp_path, shared_dir):
+    node.write([h100(0)])
+    with socket.socket() as engine:
+        engine.bind(("127.0.0.1", 0))
+        engine.listen()
+        port = engine.getsockname()[1]
+        _, by_name = run_doctor(node, tmp_path, "--dcgm-host", f"127.0.0.1:{port}",
+                                "--dcgm-bindings", str(tmp_path / "none"), out=shared_dir / "gpu.prom")
+    assert by_name["dcgm"].startswith(f"info  dcgm: nv-hostengine answers on 127.0.0.1:{port}, but no pydcgm.py "
+                                      f"in {tmp_path / 'none'}; ")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- the pieces ----------------------------------------------------------------------------------------
+
+def _stat(mode: int, uid: int = 0, gid: int = 0) -> os.stat_result:
+    return os.stat_result((stat.S_IFDIR | mode, 0, 0, 1, uid, gid, 0, 0, 0, 0))
+
+
+def test_reader_mode_bits():
+    prometheus = Reader("prometheus", 102, frozenset({105}))
+    assert prometheus.may(_stat(0o755), 5)
+    assert not prometheus.may(_stat(0o750), 5)
+    assert prometheus.may(_stat(0o750, gid=105), 5)
+    assert prometheus.may(_stat(0o700, uid=102), 5)
+    assert not prometheus.may(_stat(0o070, uid=102, gid=105), 4)  # the owner bits decide for the owner
+    assert prometheus.may(_stat(0o711), 1) and not prometheus.may(_stat(0o711), 4)
+    assert Reader("root", 0, frozenset()).may(_stat(0o000), 5)
+
+
+@pytest.mark.parametrize("argv, reads, known", [
+    (["/usr/bin/prometheus-node-exporter"], [doctor.DEBIAN_TEXTFILE_DIR], True),
+    (["node_exporter", "--collector.textfile.directory", "/a"], ["/a"], True),
+    (["node_exporter", "--collector.textfile.directory=/a", "--collector.textfile.directory=/b"], ["/a", "/b"],
+     True),
+    (["node_exporter"], [], False),
+    (["node_exporter", "--collector.disable-defaults", "--collector.cpu", "--collector.textfile.directory=/a"],
+     [], True),
+    (["node_exporter", "--no-collector.textfile", "--collector.textfile.directory=/a"], [], True),
+])
+def test_what_node_exporter_reads(tmp_path, argv, reads, known):
+    host = fake_host(tmp_path, node_exporter(None, 0, *argv))
+    (found,) = doctor.node_exporters(doctor.Options(host_root=host))
+    assert (found.directories, found.known) == (reads, known)
+
+
+def test_node_exporter_without_textfile_flag_warns(tmp_path):
+    (exporter,) = doctor.node_exporters(doctor.Options(host_root=fake_host(tmp_path, node_exporter(None))))
+    check = doctor.check_node_exporter([exporter], Path("/x"))
+    assert check.status == "warn"
+    assert "add --collector.textfile.directory=/x" in check.message
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("localhost:5555", ("localhost", 5555)), ("localhost", ("localhost", 5555)),
+    ("10.0.0.1:5556", ("10.0.0.1", 5556)),
+    ("[::1]:5555", ("::1", 5555)), ("::1", ("::1", 5555)),
+])
+def test_host_port(text, expected):
+    assert doctor.host_port(text, 5555) == expected
+
+
+def test_report_and_exit_status():
+    checks = [doctor.Check(OK, "nvml", "fine"), doctor.Check(FAIL, "output", "/x is missing; fix: mkdir /x")]
+    assert doctor.report(checks) == "ok    nvml: fine\nFAIL  output: /x is missing; fix: mkdir /x\n"
+    assert not doctor.passed(checks) and doctor.passed(checks[:1])
+
+
+def test_node_exporter_in_a_container_warns():
+    """Its paths are its container's: a directory that differs from ours is not known to be wrong."""
+    exporter = doctor.Exporter(7, "node_exporter", ["/host/textfile"], True, None, contained=True)
+    check = doctor.check_node_exporter([exporter], Path("/var/lib/node_exporter/textfile_collector"))
+    assert check.status == "warn"
+    assert "runs in a container and reads /host/textfile there" in check.message

@@ -1,0 +1,209 @@
+"""The systemd units: `systemd-analyze verify` accepts them, `systemd-analyze security` rates them no worse
+than README says, and they agree with each other, with doctor and with the cron file."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gputext import doctor
+from realtools import require_tool
+
+ROOT = Path(__file__).resolve().parent.parent
+SYSTEMD = ROOT / "systemd"
+UNITS = ("gputext.service", "gputext.timer", "gputext-repeat.service")
+SERVICES = ("gputext.service", "gputext-repeat.service")
+INSTALLED = "/usr/local/bin/gputext"  # where README installs the command and every unit runs it
+# systemd-analyze's threshold is in tenths: fail above 1.8, the exposure both services have now.
+EXPOSURE_THRESHOLD = 18
+SANDBOX_MARKER = "# --- sandbox"
+
+
+def directives(unit: str) -> list:
+    """(key, value) of every directive in a unit file, in order."""
+    pairs = []
+    for line in (SYSTEMD / unit).read_text().splitlines():
+        if line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            pairs.append((key, value))
+    return pairs
+
+
+def values(unit: str, key: str) -> list:
+    return [value for k, value in directives(unit) if k == key]
+
+
+def gputext_script() -> str:
+    """The gputext console script of the environment running the tests."""
+    found = shutil.which("gputext", path=str(Path(sys.executable).parent)) or shutil.which("gputext")
+    assert found, "the gputext console script is not installed (pip install -e .)"
+    return found
+
+
+def local_units(tmp_path: Path) -> list:
+    """The units, copied with ExecStart= pointing at this environment's gputext: verify checks that the
+    command exists, and /usr/local/bin/gputext need not exist where the tests run."""
+    paths = []
+    for unit in UNITS:
+        path = tmp_path / unit
+        path.write_text((SYSTEMD / unit).read_text().replace(f"ExecStart={INSTALLED} ",
+                                                               f"ExecStart={gputext_script()} "))
+        paths.append(str(path))
+    return paths
+
+
+def verify(paths: list) -> subprocess.CompletedProcess:
+    analyze = require_tool("systemd-analyze")
+    return subprocess.run([analyze, "verify", "--man=no", *paths], capture_output=True, text=True, timeout=60)
+
+
+def test_units_verify(tmp_path):
+    proc = verify(local_units(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+
+
+def test_verify_catches_a_broken_unit(tmp_path):
+    """The check above is worth something: a typo in a directive, or a missing command, fails it."""
+    paths = local_units(tmp_path)
+    service = Path(paths[0])
+    service.write_text(service.read_text().replace("ProtectHome=yes", "ProtectHome=yess"))
+    assert verify(paths).stderr != ""
+    service.write_text((SYSTEMD / UNITS[0]).read_text())  # ExecStart=/usr/local/bin/gputext, not here
+    if not Path(INSTALLED).exists():
+        assert verify(paths).returncode != 0
+
+
+@pytest.mark.parametrize("unit", SERVICES)
+def test_exposure_score(unit):
+    analyze = require_tool("systemd-analyze")
+    proc = subprocess.run([analyze, "security", "--offline=yes", f"--threshold={EXPOSURE_THRESHOLD}",
+                           str(SYSTEMD / unit)], capture_output=True, text=True, timeout=60)
+    score = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", proc.stdout)
+    assert score, proc.stdout + proc.stderr
+    print(f"{unit}: exposure {score.group(1)} {score.group(2)}")
+    assert proc.returncode == 0, f"{unit} exposure {score.group(1)} is above {EXPOSURE_THRESHOLD / 10}"
+    readme = (ROOT / "README.md").read_text()
+    assert f"exposure level of {EXPOSURE_THRESHOLD / 10} (OK)" in readme, "README states another score"
+
+
+def test_both_services_have_the_same_sandbox():
+    timer_run, repeating = ((SYSTEMD / unit).read_text() for unit in SERVICES)
+    sandbox = timer_run[timer_run.index(SANDBOX_MARKER):]
+    assert repeating.endswith(sandbox)
+    assert values("gputext.service", "ReadWritePaths") == [
+        "-/var/lib/node_exporter/textfile_collector -/var/lib/prometheus/node-exporter"]
+
+
+def test_units_and_doctor_agree():
+    for service in SERVICES:
+        assert values(service, "Environment") == [f"GPUTEXT_OUT={doctor.UNITS_OUT}"]
+        assert values(service, "EnvironmentFile") == ["-/etc/default/gputext"]
+        (command,) = values(service, "ExecStart")
+        assert command.split()[:2] == [INSTALLED, "collect"]
+    assert str(doctor.UNITS_OUT.parent) in values("gputext.service", "ReadWritePaths")[0]
+    assert values("gputext-repeat.service", "ExecStart") == [f"{INSTALLED} collect --interval 5s"]
+    assert values("gputext.service", "UnsetEnvironment") == ["GPUTEXT_INTERVAL GPUTEXT_COUNT GPUTEXT_DURATION"]
+
+
+def test_timer_fires_every_5_seconds():
+    analyze = require_tool("systemd-analyze")
+    (calendar,) = values("gputext.timer", "OnCalendar")
+    proc = subprocess.run([analyze, "calendar", "--iterations=3", calendar], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    seconds = [int(s) for s in re.findall(r"(?:Next elapse|Iter\. #\d): .* \d\d:\d\d:(\d\d) ", proc.stdout)]
+    assert len(seconds) == 3 and {(b - a) % 60 for a, b in zip(seconds, seconds[1:])} == {5}
+
+
+def test_the_sample_environment_file_sets_only_collect_options(tmp_path):
+    """Every variable in systemd/gputext.default (commented out) is an option of collect."""
+    from typer.main import get_command
+
+    from gputext.cli import app
+
+    known = {p.envvar for p in get_command(app).commands["collect"].params}
+    named = re.findall(r"^#(GPUTEXT_\w+)=", (SYSTEMD / "gputext.default").read_text(), re.M)
+    assert named and set(named) <= known
+
+
+def unit_syscalls(analyze: str, names: str) -> set:
+    """The system calls a SystemCallFilter= value names, its @groups expanded."""
+    found = set()
+    for name in names.lstrip("~").split():
+        if not name.startswith("@"):
+            found.add(name)
+            continue
+        listing = subprocess.run([analyze, "syscall-filter", name], capture_output=True, text=True, timeout=30,
+                                 check=True).stdout
+        for line in listing.splitlines()[1:]:  # the first line is the group's own name
+            entry = line.strip()
+            if entry and not entry.startswith("#"):
+                found |= unit_syscalls(analyze, entry)
+    return found
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory) -> Path:
+    """tests/sandbox/sandbox.c built with gputext.service's system call filter."""
+    analyze = require_tool("systemd-analyze")
+    compiler = require_tool("cc", "gcc")
+    allow, *deny = values("gputext.service", "SystemCallFilter")
+    assert not allow.startswith("~") and all(d.startswith("~") for d in deny)
+    assert values("gputext.service", "SystemCallErrorNumber") == ["EPERM"]
+    assert values("gputext.service", "MemoryDenyWriteExecute") == ["yes"]
+    allowed = unit_syscalls(analyze, allow) - set().union(*(unit_syscalls(analyze, d) for d in deny))
+    build = tmp_path_factory.mktemp("sandbox")
+    (build / "allowed.h").write_text("".join(f"#ifdef __NR_{name}\n__NR_{name},\n#endif\n"
+                                             for name in sorted(allowed)))
+    binary = build / "sandbox"
+    subprocess.run([compiler, "-O2", "-Wall", f"-I{build}", "-o", str(binary),
+                    str(Path(__file__).parent / "sandbox" / "sandbox.c")], check=True, capture_output=True)
+    return binary
+
+
+def test_gputext_runs_under_the_units_system_call_filter(sandbox, node, tmp_path):
+    """Every command, a repeating collect included, works with only the system calls the unit allows and
+    no writable executable memory (against the fake NVML: the real one adds ioctl(), which is allowed)."""
+    from fakegpu import h100
+    from fakehost import fake_host, node_exporter
+
+    node.write([h100(0), h100(1)])
+    out = tmp_path / "gpu.prom"
+    state = ["--state-dir", str(tmp_path / "state")]
+    host = fake_host(tmp_path / "host", node_exporter(tmp_path, uid=os.getuid()))
+    for args in (["collect", "--out", str(out), *state], ["collect", "--out", str(out), *state],
+                 ["collect", "--out", str(out), "--interval", "0.2s", "--count", "2", *state],
+                 ["show", "--sample", "0.1"], ["doctor", "--out", str(out), *state, "--host-root", str(host)]):
+        proc = subprocess.run([str(sandbox), sys.executable, "-m", "gputext", *args], env=node.env(),
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, f"{args}: {proc.stdout}{proc.stderr}"
+        assert "not permitted" not in proc.stdout + proc.stderr
+    assert "gpu_up{" in out.read_text()
+
+
+def test_the_sandbox_denies_what_the_filter_leaves_out(sandbox):
+    proc = subprocess.run([str(sandbox), sys.executable, "-c", "import os; os.sched_setaffinity(0, {0})"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0 and "PermissionError" in proc.stderr  # sched_setaffinity is in @resources
+
+
+def test_pod_names_from_the_kubelet_under_the_filter(sandbox, node, tmp_path):
+    """gRPC to the kubelet's socket (C-core threads, epoll, AF_UNIX) within the filter."""
+    from fakegpu import h100, h100_uuid
+    from fakekubelet import kubelet_socket, pod, serve
+
+    node.write([h100(0)])
+    out = tmp_path / "gpu.prom"
+    trainer = pod("train-0", "ml", {"main": {"nvidia.com/gpu": [h100_uuid(0)]}})
+    with kubelet_socket() as socket, serve(socket, [trainer]):
+        proc = subprocess.run([str(sandbox), sys.executable, "-m", "gputext", "collect", "--out", str(out),
+                               "--collectors", "nvml,kubernetes", "--pod-resources-socket", str(socket),
+                               "--state-dir", str(tmp_path / "state")],
+                              env=node.env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert 'pod="train-0",namespace="ml",container="main"' in out.read_text()
