@@ -14,34 +14,13 @@ NVLink and PCIe add at most 10% to an nvml-only run on 8 GPUs x 18 links.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-from fakegpu import H100_NVLINKS, build_fake_nvml, default_system, fake_env, h100, read_calls, render_scenario  # noqa: E402
-
-
-def timed(cmd, env) -> tuple:
-    """(wall seconds, cpu seconds, exit code) of one process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return wall, usage.ru_utime + usage.ru_stime, proc.returncode
-
-
-def gputext_command() -> list:
-    script = Path(sys.executable).parent / "gputext"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "gputext"]
+from common import FLOOR, alternate, bench_env, fake_gpus, gputext_command, timed, write_scenario
+from fakegpu import H100_NVLINKS, h100, read_calls
 
 
 def calls_per_device(cmd, env, calls_path: Path) -> dict:
@@ -58,17 +37,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=21)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="gputext-bench-"))
-    libdir = build_fake_nvml(work / "lib")
-    scenario = work / "scenario.txt"
-    scenario.write_text(render_scenario(default_system(), [h100(i) for i in range(args.gpus)]))
-    no_counters = work / "scenario-no-pcie-counters.txt"  # GPUs whose driver lacks fields 197/198
-    gpus = [h100(i) for i in range(args.gpus)]
+    work, libdir, scenario, env = fake_gpus("gputext-bench-", args.gpus)
+    gpus = [h100(i) for i in range(args.gpus)]  # GPUs whose driver lacks fields 197/198
     for gpu in gpus:
         del gpu["fields"][197], gpu["fields"][198]
-    no_counters.write_text(render_scenario(default_system(), gpus))
+    no_counters = write_scenario(work / "scenario-no-pcie-counters.txt", gpus)
     calls = work / "calls.txt"
-    env = fake_env(libdir, scenario)
     out = work / "textfile" / "gpu.prom"
     out.parent.mkdir()
 
@@ -77,32 +51,24 @@ def main() -> None:
                                     "--collectors", collectors]
 
     variants = {
-        "floor": [sys.executable, "-c", "import pynvml, prometheus_client"],
+        "floor": FLOOR,
         "nvml": collect("nvml"),
         "nvml,nvlink,pcie": collect("nvml,nvlink,pcie"),
         "  same, PCIe sampled": collect("nvml,nvlink,pcie"),
     }
     envs = {name: env for name in variants}
-    envs["  same, PCIe sampled"] = fake_env(libdir, no_counters)
+    envs["  same, PCIe sampled"] = bench_env(libdir, no_counters)
     # calls: a cold run (no inventory cache) fills the cache, the warm one uses it
     call_counts = {}
     for name in ("nvml", "nvml,nvlink,pcie"):
         shutil.rmtree(work / "state", ignore_errors=True)
-        call_env = fake_env(libdir, scenario, calls)
+        call_env = bench_env(libdir, scenario, calls)
         call_counts[name] = (calls_per_device(variants[name], call_env, calls),
                              calls_per_device(variants[name], call_env, calls))
 
     for name, cmd in variants.items():  # warm the page cache, .pyc files and inventory caches
         timed(cmd, envs[name])
-    wall = {name: [] for name in variants}
-    cpu = {name: [] for name in variants}
-    for _ in range(args.runs):
-        for name, cmd in variants.items():
-            w, c, code = timed(cmd, envs[name])
-            if code != 0:
-                sys.exit(f"{' '.join(cmd)} exited {code}")
-            wall[name].append(w)
-            cpu[name].append(c)
+    wall, cpu = alternate(variants, args.runs, envs)
 
     med = statistics.median
     print(f"gputext collect, {args.gpus} fake GPUs x {H100_NVLINKS} NVLink links, {args.runs} rounds of "

@@ -15,17 +15,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-import tempfile
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
-
-from bench_collect import gputext_command, timed  # noqa: E402
-from fakegpu import build_fake_nvml, default_system, fake_env, h100, h100_uuid, render_scenario  # noqa: E402
-from fakekubelet import kubelet_socket, pod, serve  # noqa: E402
+from common import FLOOR, alternate, fake_gpus, gputext_command, timed
+from fakegpu import h100_uuid
+from fakekubelet import kubelet_socket, pod, serve
 
 
 def main() -> None:
@@ -34,14 +27,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=21)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="gputext-bench-k8s-"))
-    libdir = build_fake_nvml(work / "lib")
-    scenario = work / "scenario.txt"
-    scenario.write_text(render_scenario(default_system(), [h100(i) for i in range(args.gpus)]))
-    env = fake_env(libdir, scenario)
-    # An installed gputext has its .pyc files; without them each run compiles every module it imports
-    # (about 2 ms for the kubernetes collector alone), which would be measured instead.
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    work, _, _, env = fake_gpus("gputext-bench-k8s-", args.gpus)
     pods = [pod(f"train-{i}", "ml", {"trainer": {"nvidia.com/gpu": [h100_uuid(i)]}}) for i in range(1, args.gpus)]
     pods += [pod(f"share-{i}", "ml", {"worker": {"nvidia.com/gpu": [f"{h100_uuid(0)}::{i}"]}}) for i in range(2)]
 
@@ -52,7 +38,7 @@ def main() -> None:
                                         "--pod-resources-socket", str(socket), *extra]
 
         variants = {
-            "floor": [sys.executable, "-c", "import pynvml, prometheus_client"],
+            "floor": FLOOR,
             "nvml": collect("nvml", "state-nvml"),
             "nvml,kubernetes (cached)": collect("nvml,kubernetes", "state-cached", "--pod-cache-ttl", "24h"),
             "nvml,kubernetes (asks)": collect("nvml,kubernetes", "state-asks", "--pod-cache-ttl", "0"),
@@ -64,13 +50,7 @@ def main() -> None:
         for cmd in variants.values():  # page cache, .pyc files, inventory caches, the kubelet cache
             timed(cmd, env)
         calls_before = kubelet.calls
-        wall = {name: [] for name in variants}
-        for _ in range(args.runs):
-            for name, cmd in variants.items():
-                w, _, code = timed(cmd, env)
-                if code != 0:
-                    sys.exit(f"{' '.join(cmd)} exited {code}")
-                wall[name].append(w)
+        wall, _ = alternate(variants, args.runs, {name: env for name in variants})
         calls = kubelet.calls - calls_before
 
     med = statistics.median

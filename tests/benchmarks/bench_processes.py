@@ -13,22 +13,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-import tempfile
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
-
-from bench_collect import gputext_command, timed  # noqa: E402
-from fakegpu import build_fake_nvml, default_system, fake_env, h100, render_scenario  # noqa: E402
+from common import FLOOR, alternate, bench_env, fake_gpus, gputext_command, timed, write_scenario
+from fakegpu import h100
 
 GPUS = 8
 
 
-def scenario(total: int, first_pid: int = 100_000) -> str:
-    """`total` processes spread over the GPUs, each with a utilisation sample."""
+def devices(total: int, first_pid: int = 100_000) -> list:
+    """The GPUs with `total` processes spread over them, each with a utilisation sample."""
     gpus = []
     for index in range(GPUS):
         pids = range(first_pid + index, first_pid + total, GPUS)
@@ -36,41 +29,29 @@ def scenario(total: int, first_pid: int = 100_000) -> str:
                          process_samples=[{"pid": p, "timestamp": 1_000 + p, "sm": 1, "mem": 1, "enc": 0, "dec": 0}
                                           for p in pids],
                          accounting=[], accounting_mode=0))
-    return render_scenario(default_system(), gpus)
+    return gpus
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="gputext-bench-processes-"))
-    libdir = build_fake_nvml(work / "lib")
-    floor = [sys.executable, "-c", "import pynvml, prometheus_client"]
-    cases = {}
-    for total in (10, 1000):
-        path = work / f"scenario-{total}.txt"
-        path.write_text(scenario(total))
-        state = work / f"state-{total}"
-        cmd = gputext_command() + ["collect", "--out", str(work / f"out-{total}.prom"), "--state-dir", str(state),
-                                   "--collectors", "processes"]
-        env = fake_env(libdir, path)
+    work, libdir, _, base_env = fake_gpus("gputext-bench-processes-", devices=devices(10))
+    envs = {10: base_env, 1000: bench_env(libdir, write_scenario(work / "scenario-1000.txt", devices(1000)))}
+    variants = {"floor": FLOOR}
+    states = {}
+    for total, env in envs.items():
+        state = states[total] = work / f"state-{total}"
+        cmd = variants[total] = gputext_command() + ["collect", "--out", str(work / f"out-{total}.prom"),
+                                                     "--state-dir", str(state), "--collectors", "processes"]
         for _ in range(3):
             timed(cmd, env)  # warm: records, names, energy samples
-        cases[total] = (cmd, env, state)
-    walls = {"floor": [], 10: [], 1000: []}
-    base_env = cases[10][1]
-    for _ in range(args.runs):
-        walls["floor"].append(timed(floor, base_env)[0])
-        for total, (cmd, env, _) in cases.items():
-            wall, _, code = timed(cmd, env)
-            if code != 0:
-                sys.exit(f"gputext exited {code}")
-            walls[total].append(wall)
+    walls, _ = alternate(variants, args.runs, {"floor": base_env, **envs})
     med = {k: statistics.median(v) for k, v in walls.items()}
     print(f"processes collector, {GPUS} fake GPUs, {args.runs} rounds, warm state")
     print(f"{'case':16}{'wall ms':>10}{'/floor':>9}{'state bytes':>14}")
     print(f"{'floor':16}{med['floor'] * 1e3:10.1f}{1:9.2f}")
-    for total, (_, _, state) in cases.items():
+    for total, state in states.items():
         size = (state / "state.json").stat().st_size
         print(f"{f'{total} processes':16}{med[total] * 1e3:10.1f}{med[total] / med['floor']:9.2f}{size:14}")
     per_process = (med[1000] - med[10]) / 990

@@ -15,17 +15,9 @@ import argparse
 import os
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
-
-from bench_collect import gputext_command, timed  # noqa: E402
-from fakegpu import build_fake_nvml, default_system, fake_env, h100, render_scenario  # noqa: E402
+from common import fake_gpus, gputext_command, timed
 
 
 def rss_kib(pid: int) -> int:
@@ -41,11 +33,7 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=10_000)
     parser.add_argument("--shots", type=int, default=15)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="gputext-bench-repeat-"))
-    libdir = build_fake_nvml(work / "lib")
-    scenario = work / "scenario.txt"
-    scenario.write_text(render_scenario(default_system(), [h100(i) for i in range(8)]))
-    env = fake_env(libdir, scenario)
+    work, _, _, env = fake_gpus("gputext-bench-repeat-", 8)
     out = work / "gpu.prom"
     base = gputext_command() + ["collect", "--out", str(out), "--state-dir", str(work / "state")]
     timed(base, env)
@@ -76,7 +64,8 @@ def main() -> None:
     print(f"{'one-shot run':24}{shot_wall * 1e3:10.1f}{shot_cpu * 1e3:10.1f}")
     print(f"{'repeating, per cycle':24}{cycle_wall * 1e3:10.2f}{cycle_cpu * 1e3:10.2f}")
     print(f"cycle / one-shot: wall {cycle_wall / shot_wall:.3f}, cpu {cycle_cpu / shot_cpu:.3f} (target <= 0.1)")
-    quarters = [readings[min(len(readings) - 1, int(len(readings) * q))] for q in (0.02, 0.25, 0.5, 0.75, 1.0)]
+    settled = [r for r in readings if r[0] >= 2.0] or readings  # after start-up and the first cycles
+    quarters = [settled[min(len(settled) - 1, int(len(settled) * q))] for q in (0, 0.25, 0.5, 0.75, 1.0)]
     print("resident set: " + ", ".join(f"{kib} KiB at {t:.0f} s" for t, kib in quarters)
           + f" (growth after the first readings: {quarters[-1][1] - quarters[0][1]:+d} KiB)")
 
