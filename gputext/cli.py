@@ -18,8 +18,7 @@ import typer
 
 from . import __version__
 from .collectors import REGISTRY
-
-EXIT_OK, EXIT_NO_NVML, EXIT_NOT_WRITTEN = 0, 1, 2
+from .runner import EXIT_NO_NVML, EXIT_NOT_WRITTEN
 DEFAULT_STATE_DIR = "/var/lib/gputext"
 
 EXIT_CODES_HELP = (
@@ -109,7 +108,7 @@ def collect(
                                           "[default: 80% of --interval, else 4s]."),
 ) -> None:
     from .run import Context
-    from .runner import Output, OutputLocked, cycle, repeat
+    from .runner import Output, OutputLocked, not_written, once, repeat
 
     if not _valid_prefix(prefix):
         fail(f"invalid --prefix {prefix!r}: use letters, digits and underscores, not starting with a digit",
@@ -137,11 +136,11 @@ def collect(
         if every:
             code = repeat(ctx, output, every, count, parse_duration(duration, "--duration") if duration else 0.0)
         else:
-            code = EXIT_NO_NVML if cycle(ctx, output).nvml_unavailable else EXIT_OK
+            code = once(ctx, output)
     except OutputLocked as err:
         fail(str(err), EXIT_NOT_WRITTEN)
     except OSError as err:
-        fail(f"cannot write {target}: {err.strerror or err}; the previous file is unchanged", EXIT_NOT_WRITTEN)
+        fail(not_written(output, err), EXIT_NOT_WRITTEN)
     finally:
         ctx.close()
     raise typer.Exit(code)

@@ -65,9 +65,9 @@ class Context:
         self.options = options
         self.warn = warn
         self._said: set = set()
-        self.state = State(options.state_dir, warn)  # taken (locked) only when a collector asks for it
+        # taken (locked) only when a collector asks for it; "no state" is a lasting condition, said once
+        self.state = State(options.state_dir, warn, note=self.note_once)
         self._nvml = None
-        self._nvml_error = None
         self._inventory = None
         self.new_cycle()
 

@@ -22,6 +22,9 @@ from typing import Iterator, Optional
 from .run import Context, collect
 from .textfile import write_atomically
 
+# the exit codes of `gputext collect` (README, --help): file written; written without NVML; not written
+EXIT_OK, EXIT_NO_NVML, EXIT_NOT_WRITTEN = 0, 1, 2
+
 
 class OutputLocked(Exception):
     """Another gputext run holds the output file's lock."""
@@ -65,38 +68,41 @@ class Output:
             write_atomically(self.target, data)
 
 
-def cycle(ctx: Context, output: Output):
-    """One collection, written; returns its Result. Raises OutputLocked or OSError (not written)."""
+def not_written(output: Output, err: OSError) -> str:
+    return f"cannot write {output.target}: {err.strerror or err}; the previous file is unchanged"
+
+
+def once(ctx: Context, output: Output) -> int:
+    """One collection, written; its exit code. Raises OutputLocked or OSError (not written)."""
     with output.held():
         try:
             result = collect(ctx)
         finally:
             ctx.end_cycle()
         output.write(result.render(ctx.options.prefix))
-    return result
+    return EXIT_NO_NVML if result.nvml_unavailable else EXIT_OK
 
 
 def repeat(ctx: Context, output: Output, interval: float, count: int = 0, duration: float = 0.0) -> int:
-    """Collect every `interval` seconds until count cycles, duration or a signal; returns an exit code:
-    0 when the last cycle wrote, 1 when it wrote without NVML, 2 when it could not write."""
+    """Collect every `interval` seconds until count cycles, duration or a signal; returns the exit code
+    of the last cycle."""
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     started = time.monotonic()
     next_tick = started
-    cycles, code = 0, 0
+    cycles, code = 0, EXIT_OK
     try:
         while not stop.is_set():
             try:
-                result = cycle(ctx, output)
-                code = 1 if result.nvml_unavailable else 0
+                code = once(ctx, output)
             except OutputLocked:
                 raise
             except OSError as err:
-                ctx.warn(f"cannot write {output.target}: {err.strerror or err}; the previous file is unchanged")
-                code = 2
+                ctx.warn(not_written(output, err))
+                code = EXIT_NOT_WRITTEN
             except Exception as err:  # noqa: BLE001 - one bad cycle must not end a long-running collector
                 ctx.warn(f"cycle failed: {type(err).__name__}: {err}")
-                code = 2
+                code = EXIT_NOT_WRITTEN
             cycles += 1
             next_tick = max(next_tick + interval, time.monotonic())  # missed ticks are skipped, not bunched
             if (count and cycles >= count) or (duration and next_tick - started > duration):

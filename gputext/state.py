@@ -29,10 +29,13 @@ class StateUnavailable(Exception):
 
 class State:
     def __init__(self, directory: Optional[Path], warn: Callable[[str], None],
-                 lock_timeout: float = LOCK_TIMEOUT_SECONDS):
+                 lock_timeout: float = LOCK_TIMEOUT_SECONDS, note: Optional[Callable[[str], None]] = None):
+        """`warn` is told of events (a file moved aside, a failed write); `note` of the lasting
+        condition "no state", which the repeating mode meets every cycle (default: `warn`)."""
         self.directory = directory
         self.path = directory / STATE_FILE if directory else None
         self._warn = warn
+        self._note = note or warn
         self._lock_timeout = lock_timeout
         self._lock = None
         self._sections: Optional[Dict[str, Any]] = None
@@ -53,7 +56,7 @@ class State:
             self._sections = self._lock_and_load()
         except StateUnavailable as err:
             self._error = err
-            self._warn(f"no state this run, metrics that need it are left out: {err}")
+            self._note(f"no state this run, metrics that need it are left out: {err}")
             raise
 
     def _lock_and_load(self) -> Dict[str, Any]:

@@ -149,3 +149,13 @@ def test_a_lasting_condition_is_said_once_not_every_cycle(node):
     proc = node.run("collect", "--out", "-", "--interval", "50ms", "--count", "3")
     assert proc.returncode == 0
     assert proc.stderr.count("accounting mode is off") == 1
+
+
+def test_no_state_is_said_once_not_every_cycle(node, tmp_path):
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("x")
+    node.write([h100(0)])
+    proc = node.run("collect", "--out", "-", "--collectors", "processes", "--state-dir", str(blocked / "state"),
+                    "--interval", "50ms", "--count", "3", state=False)
+    assert proc.returncode == 0
+    assert proc.stderr.count("no state this run") == 1
