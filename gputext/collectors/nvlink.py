@@ -3,7 +3,8 @@
 Unlike `nvidia-smi nvlink -g`, this needs no counter setup (`nvidia-smi nvlink -sc`): fields 138-141
 are always-running KiB counters. Per GPU and run it costs one nvmlDeviceGetFieldValues call for all links.
 The links present, the fields the GPU answers, and each link's version and peer
-(nvmlDeviceGetNvLinkRemotePciInfo, one call per link) are static and kept in the inventory cache. A GPU without NVLink writes no NVLink series.
+(nvmlDeviceGetNvLinkRemotePciInfo, one call per link) are static and kept in the inventory cache.
+A GPU without NVLink writes no NVLink series.
 """
 
 from __future__ import annotations
