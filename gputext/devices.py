@@ -19,12 +19,12 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import pynvml
 
 from .nvml import DeviceGone, Nvml, text
+from .state import boot_id
 from .textfile import write_atomically
 
 CACHE_VERSION = 1
 CACHE_FILE = "inventory.json"
 SETTINGS_TTL_SECONDS = 60.0
-BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 
 CLOCKS = (("graphics", pynvml.NVML_CLOCK_GRAPHICS), ("sm", pynvml.NVML_CLOCK_SM),
           ("memory", pynvml.NVML_CLOCK_MEM), ("video", pynvml.NVML_CLOCK_VIDEO))
@@ -102,14 +102,6 @@ def _read_settings(nvml: Nvml, dev: Device) -> Dict[str, Any]:
     }
 
 
-def _boot_id() -> str:
-    try:
-        with open(BOOT_ID_PATH) as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
 class Inventory:
     """The devices of one run (or of one repeating process), with the cache behind them."""
 
@@ -137,7 +129,7 @@ class Inventory:
 
     def discover(self, now: float) -> Tuple[System, List[Device]]:
         system = read_system(self.nvml)
-        key = {"boot_id": _boot_id(), "driver_version": system.driver_version, "count": system.device_count}
+        key = {"boot_id": boot_id(), "driver_version": system.driver_version, "count": system.device_count}
         # In the repeating mode, with the same NVML session and the same GPUs, last cycle's handles hold.
         if not (self._devices and key == self._key and all(dev.up for dev in self._devices)):
             self._key = key

@@ -53,18 +53,21 @@ class Check:
         return f"{self.status:<6}{self.name}: {self.message}"
 
 
-def diagnose(options: Options, out: Optional[Path]) -> List[Check]:
-    """Every check, in the order a person would fix them. `out` None: the units' default file."""
-    checks: List[Check] = []
+def diagnose(options: Options, out: Optional[str], problems: Sequence[str] = ()) -> List[Check]:
+    """Every check, in the order a person would fix them. `out` None: the units' default file;
+    `problems`: the option values that collect would refuse (each fails a check)."""
+    checks: List[Check] = [Check(FAIL, "options", f"{problem}; fix: correct it in /etc/default/gputext or on "
+                                 "the command line (collect refuses to run with it)") for problem in problems]
     if os.geteuid() != 0:
         checks.append(Check(INFO, "user", f"running as uid {os.geteuid()}, the units run as root: files, "
                             "sockets and processes may look different to them; run doctor as root"))
     checks += check_nvml(options)
     checks += [check_dcgm(options), check_kubelet(options)]
-    target = out or UNITS_OUT
+    named = out or str(UNITS_OUT)
+    target = _replaced_file(named)
     exporters = node_exporters(options)
-    checks.append(check_output(target, out is None, reader(exporters, target.parent)))
-    checks.append(check_node_exporter(exporters, target.parent))
+    checks.append(check_output(named, out is None, reader(exporters, target.parent)))
+    checks.append(check_node_exporter(exporters, target.parent, debian_defaults(options)))
     checks.append(check_state(options.state_dir))
     return checks
 
@@ -188,6 +191,11 @@ def check_kubelet(options: Options) -> Check:
         except OSError as err:
             return Check(FAIL, "kubelet", f"cannot connect to {path}: {err.strerror or err}; fix: run gputext "
                          "as root (the units do), and check that the kubelet runs")
+    from .collectors.kubernetes import grpc_missing
+
+    missing = grpc_missing()
+    if missing:
+        return Check(FAIL, "kubelet", f"{path} accepts connections, but {missing}")
     return Check(OK, "kubelet", f"{path} accepts connections")
 
 
@@ -255,7 +263,7 @@ def _mount_namespace(process: Path) -> Optional[str]:
         return None
 
 
-def _exporter(pid: int, program: str, args: List[str], status: Path) -> Exporter:
+def _exporter(pid: int, program: str, args: List[str], status: Optional[Path]) -> Exporter:
     directories = [arg.split("=", 1)[1] for arg in args if arg.startswith(TEXTFILE_FLAG + "=")]
     directories += [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == TEXTFILE_FLAG]
     disabled = "--no-collector.textfile" in args or (
@@ -268,7 +276,8 @@ def _exporter(pid: int, program: str, args: List[str], status: Path) -> Exporter
             directories = [DEBIAN_TEXTFILE_DIR]
         else:
             known = False
-    return Exporter(pid, program, [d for d in directories if d], known, _process_reader(status))
+    return Exporter(pid, program, [d for d in directories if d], known,
+                    _process_reader(status) if status else None)
 
 
 def _process_reader(status: Path) -> Optional[Reader]:
@@ -308,9 +317,32 @@ def _same_dir(a: Path, b: Path) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def check_output(path: Path, units_default: bool, who: Optional[Reader]) -> Check:
+def _replaced_file(named: str) -> Path:
+    """The file a collect with --out `named` replaces (a symbolic link followed), else `named` itself."""
+    from .textfile import OutputRefused, resolve_output
+
+    try:
+        destination = resolve_output(named)
+    except OutputRefused:
+        return Path(named)
+    return destination.path if destination.kind == "file" else Path(named)
+
+
+def check_output(named: str, units_default: bool, who: Optional[Reader]) -> Check:
+    from .textfile import OutputRefused, resolve_output
+
     where = " (the units' default; GPUTEXT_OUT or --out names another)" if units_default else ""
+    path = Path(named)
     directory = path.parent
+    if directory.is_dir():
+        try:
+            destination = resolve_output(named)
+        except OutputRefused as err:
+            return Check(FAIL, "output", f"{err}{where}")
+        if destination.kind != "file":
+            return Check(INFO, "output", f"{named} is written straight through, not replaced; node_exporter "
+                         "reads only *.prom files in its directory")
+        path, directory = destination.path, destination.path.parent
     if not path.name.endswith(".prom"):
         return Check(FAIL, "output", f"{path}: node_exporter reads only *.prom files; fix: name it gpu.prom")
     if not directory.is_dir():
@@ -355,8 +387,45 @@ def _mode(st: os.stat_result) -> str:
     return f"mode {stat.S_IMODE(st.st_mode):04o}, owner {owner}"
 
 
-def check_node_exporter(exporters: Sequence[Exporter], directory: Path) -> Check:
+DEBIAN_DEFAULTS = "/etc/default/prometheus-node-exporter"  # Debian's and Ubuntu's ARGS="..." for the unit
+
+
+def debian_defaults(options: Options) -> Optional[Exporter]:
+    """What Debian's packaged node_exporter reads by its /etc/default file (under --host-root), whether or
+    not it runs now; None where the package is not installed."""
+    import shlex
+
+    try:
+        text = options.host_path(DEBIAN_DEFAULTS).read_text()
+    except OSError:
+        return None
+    args: List[str] = []
+    for line in text.splitlines():
+        if line.strip().startswith("ARGS="):
+            try:
+                args = shlex.split(line.strip()[len("ARGS="):])
+                args = shlex.split(args[0]) if len(args) == 1 else args  # ARGS="--a --b": one quoted word
+            except ValueError:
+                args = []
+    return _exporter(0, "prometheus-node-exporter", args, None)
+
+
+def _write_there(directory: str) -> str:
+    out = f"{directory.rstrip('/')}/gpu.prom"
+    return (f"fix: write there: --out {out} (GPUTEXT_OUT={out} in /etc/default/gputext; a directory other "
+            "than the two the units know also goes into their ReadWritePaths=)")
+
+
+def check_node_exporter(exporters: Sequence[Exporter], directory: Path,
+                        debian: Optional[Exporter] = None) -> Check:
     if not exporters:
+        if debian is not None and debian.directories:
+            if debian.reads(directory):
+                return Check(OK, "node_exporter", f"prometheus-node-exporter is not running now; by {DEBIAN_DEFAULTS} "
+                             f"it reads {directory}")
+            return Check(FAIL, "node_exporter", f"prometheus-node-exporter is not running now; by {DEBIAN_DEFAULTS} "
+                         f"it reads {', '.join(debian.directories)}, not {directory}; "
+                         + _write_there(debian.directories[0]))
         return Check(INFO, "node_exporter", f"no node_exporter process visible here; make sure the one that "
                      f"serves this node runs with {TEXTFILE_FLAG}={directory}")
     for exporter in exporters:
@@ -375,8 +444,7 @@ def check_node_exporter(exporters: Sequence[Exporter], directory: Path) -> Check
         return Check(WARN, "node_exporter", f"{exporter.program} (pid {exporter.pid}) runs in a container and "
                      f"reads {reads} there; check that this is where {directory} is mounted into it")
     return Check(FAIL, "node_exporter", f"{exporter.program} (pid {exporter.pid}) reads {reads}, not "
-                 f"{directory}; fix: set GPUTEXT_OUT={exporter.directories[0].rstrip('/')}/gpu.prom in "
-                 "/etc/default/gputext (and add that directory to the units' ReadWritePaths=)")
+                 f"{directory}; " + _write_there(exporter.directories[0]))
 
 
 def check_state(directory: Optional[Path]) -> Check:

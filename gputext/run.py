@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
-from .collectors import REGISTRY, NotApplicable, load
+from .collectors import REGISTRY, LastingFailure, NotApplicable, load
 from .exposition import Samples
 
 
@@ -82,12 +82,32 @@ class Context:
         self._devices = None
         self._nvml_error = None  # a driver that was missing may have come up since: try again
 
-    def note_once(self, message: str) -> None:
-        """Warn about a lasting condition once per process: once per run, and once (not every cycle)
-        for the repeating mode."""
-        if message not in self._said:
-            self._said.add(message)
-            self.warn(message)
+    def note_once(self, message: str, per_boot: bool = True) -> None:
+        """Warn about a lasting condition (accounting off, a package missing) once, not every run: once
+        per process, and, with `per_boot`, once per boot across runs, remembered in the state (a timer
+        run every 5 s would otherwise put 17,000 copies a day into the journal). `gputext doctor` shows
+        these conditions whenever asked."""
+        if message in self._said:
+            return
+        self._said.add(message)
+        if per_boot and self._said_this_boot(message):
+            return
+        self.warn(message)
+
+    def _said_this_boot(self, message: str) -> bool:
+        from .state import StateUnavailable, boot_id
+
+        try:
+            said = self.state.section("said")
+        except StateUnavailable:
+            return False  # without state each run says it
+        boot = boot_id()
+        for old in [text for text, when in said.items() if when != boot]:
+            del said[old]  # conditions said in an earlier boot are said again
+        if said.get(message) == boot:
+            return True
+        said[message] = boot
+        return False
 
     @property
     def nvml(self):
@@ -164,9 +184,11 @@ def collect(ctx: Context) -> Result:
                 continue
             ctx.warn(f"collector {name}: {err}")
             success = 0
+        except LastingFailure as err:
+            ctx.note_once(f"collector {name}: {err}")
+            success = 0
         except NvmlUnavailable as err:
-            if name == "nvml" or not ctx.nvml_unavailable:
-                ctx.warn(str(err))
+            ctx.note_once(str(err), per_boot=False)  # a run that exits 1 always says why
             success = 0
         except Exception as err:  # one failing source must not take the others down
             detail = traceback.format_exc() if ctx.options.debug else f"{type(err).__name__}: {err}"

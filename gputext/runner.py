@@ -1,6 +1,6 @@
 """Collect and write, once or every interval, without two gputext runs ever writing one file at once.
 
-A run that writes a file holds `.<name>.lock` beside it (filelock; node_exporter ignores the name) while
+A run that writes a file holds `.<name>.lock` beside it (gputext.locks; node_exporter ignores the name) while
 it collects and writes, so a timer, a cron job and a person can overlap safely: whoever comes second waits
 up to --lock-timeout, then leaves the file to the holder and exits 2. `--out -` takes no lock.
 
@@ -12,15 +12,15 @@ writes, never in the middle of one (a write holds those signals back, see gputex
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
+from .locks import FileLock, LockTimeout, LockUnavailable
 from .run import Context, collect
-from .textfile import write_atomically
+from .textfile import Destination, write_atomically, write_through
 
 # the exit codes of `gputext collect` (README, --help): file written; written without NVML; not written
 EXIT_OK, EXIT_NO_NVML, EXIT_NOT_WRITTEN = 0, 1, 2
@@ -31,28 +31,31 @@ class OutputLocked(Exception):
 
 
 class Output:
-    """Standard output, or a file written atomically under its lock."""
+    """Where collections go: a file replaced atomically under its lock, or a descriptor, FIFO or character
+    device written straight through (no lock: nothing is replaced)."""
 
-    def __init__(self, target: Optional[Path], lock_timeout: float):
-        self.target = target
+    def __init__(self, destination: Destination, lock_timeout: float):
+        self.destination = destination
         self.lock_timeout = lock_timeout
         self._lock = None
 
+    @property
+    def target(self) -> Optional[Path]:
+        """The file replaced by each write; None where writes go straight through."""
+        return self.destination.path if self.destination.kind == "file" else None
+
     @contextmanager
     def held(self) -> Iterator[None]:
-        if self.target is None:
+        target = self.target
+        if target is None:
             yield
             return
         if self._lock is None:
-            from filelock import FileLock
-
-            self._lock = FileLock(str(self.target.parent / f".{self.target.name}.lock"))
-        from filelock import Timeout
-
+            self._lock = FileLock(target.parent / f".{target.name}.lock")
         try:
-            self._lock.acquire(timeout=self.lock_timeout)
-        except Timeout:
-            raise OutputLocked(f"another gputext run is writing {self.target} (it held the lock for more than "
+            self._lock.acquire(self.lock_timeout)
+        except LockTimeout:
+            raise OutputLocked(f"another gputext run is writing {target} (it held the lock for more than "
                                f"{self.lock_timeout:g}s); the file is left to it") from None
         try:
             yield
@@ -62,14 +65,17 @@ class Output:
     def write(self, data: bytes) -> None:
         """Raises OSError where the file cannot be written; the previous file then stays as it was."""
         if self.target is None:
-            sys.stdout.buffer.write(data)
-            sys.stdout.flush()
+            write_through(self.destination, data)
         else:
             write_atomically(self.target, data)
 
 
 def not_written(output: Output, err: OSError) -> str:
-    return f"cannot write {output.target}: {err.strerror or err}; the previous file is unchanged"
+    if isinstance(err, LockUnavailable):
+        return f"{err.strerror}; {output.destination.named} is not written (the previous file is unchanged)"
+    if output.target is None:
+        return f"cannot write {output.destination.named}: {err.strerror or err}"
+    return f"cannot write {output.destination.named}: {err.strerror or err}; the previous file is unchanged"
 
 
 def once(ctx: Context, output: Output) -> int:

@@ -1,7 +1,7 @@
 """What one run leaves for the next: a small versioned JSON file, read and written under a lock.
 
 `state.json` in the state directory holds named sections (per-process records and energy samples, the
-kubelet's answer, ...). A run that needs it takes `state.json.lock` (filelock), reads the file, and at
+kubelet's answer, ...). A run that needs it takes `state.json.lock` (gputext.locks), reads the file, and at
 the end writes it atomically and releases the lock, so overlapping runs (a timer and a person) never lose
 each other's updates. A file that is not valid JSON or not ours (another version) is moved aside with a
 warning and the run starts afresh. Where the directory cannot be written, or another run holds the lock
@@ -21,6 +21,17 @@ from .textfile import write_atomically
 STATE_VERSION = 1
 STATE_FILE = "state.json"
 LOCK_TIMEOUT_SECONDS = 2.0
+
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+
+
+def boot_id() -> str:
+    """This boot's random ID: what was seen or said "this boot" is keyed by it ("" where unreadable)."""
+    try:
+        with open(BOOT_ID_PATH) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 class StateUnavailable(Exception):
@@ -62,14 +73,16 @@ class State:
     def _lock_and_load(self) -> Dict[str, Any]:
         if self.path is None:
             raise StateUnavailable("no state directory")
-        from filelock import FileLock, Timeout  # only runs that keep state pay for the import
+        from .locks import FileLock, LockTimeout, LockUnavailable
 
         try:
             os.makedirs(self.directory, mode=0o755, exist_ok=True)
-            lock = FileLock(str(self.path) + ".lock", timeout=self._lock_timeout)
-            lock.acquire()
-        except Timeout:
+            lock = FileLock(self.path.with_name(STATE_FILE + ".lock"))
+            lock.acquire(self._lock_timeout)
+        except LockTimeout:
             raise StateUnavailable(f"another gputext run holds {self.path}.lock") from None
+        except LockUnavailable as err:
+            raise StateUnavailable(err.strerror) from None
         except OSError as err:
             raise StateUnavailable(f"cannot use {self.directory}: {err.strerror or err}") from None
         self._lock = lock

@@ -7,16 +7,24 @@ and mkstemp's 0600 would lock it out), renamed over the target, and the director
 survives a crash. Termination signals are held back while the temp file exists, so a SIGTERM from systemd
 lands between writes, not in the middle of one. A temp file left by a run that was SIGKILLed is removed by
 the next run that writes the same target.
+
+`--out` may also name a FIFO, a character device or a descriptor link such as /dev/stdout: those are
+written straight through, never replaced (replacing /dev/stdout or /dev/full with a regular file would
+break the system). A symbolic link to a file is followed, and the file it points to is replaced in its
+own directory, so the link stays; see resolve_output for when a link is not followed.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import signal
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple, Optional
 
 _HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 TEMP_SUFFIX = ".tmp"
@@ -79,9 +87,7 @@ def write_atomically(target: Path, data: bytes, mode: int = 0o644) -> None:
         try:
             try:
                 os.fchmod(fd, mode)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                _write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -106,3 +112,161 @@ def _fsync_directory(directory: Path) -> None:
         pass  # some filesystems refuse fsync on directories; the rename itself is still atomic
     finally:
         os.close(fd)
+
+
+# --- where --out points ---------------------------------------------------------------------------------
+
+class OutputRefused(Exception):
+    """--out names something gputext must not write (a directory, a socket, a link it may not follow);
+    the message says what and why."""
+
+
+# The file-descriptor links of the kernel: /dev/stdout is /proc/self/fd/1. A link through them stands for
+# an open file of this process (a pipe, a terminal, a journal socket, a file the shell opened for append),
+# so the descriptor itself is written, as with `--out -`: replacing or reopening what it points to would
+# lose the shell's append mode and offset.
+_FD_LINK = re.compile(r"/proc/(?:self|thread-self|(\d+)(?:/task/\d+)?)/fd/(\d+)|/dev/fd/(\d+)")
+_MAX_LINKS = 40  # as the kernel's own limit for a path
+
+
+class Destination(NamedTuple):
+    """Where a collection is written: `kind` "fd" (write descriptor `fd`), "stream" (a FIFO or character
+    device, opened and written through) or "file" (`path` replaced atomically in its directory); `named`
+    is what the user gave."""
+
+    kind: str
+    named: str
+    path: Optional[Path] = None
+    fd: int = -1
+
+
+def stdout_destination() -> Destination:
+    return Destination("fd", "-", fd=1)
+
+
+def resolve_output(named: str) -> Destination:
+    """Where writing `named` leads. Symbolic links are followed only where nobody but this user or root
+    can have planted them (gputext runs as root: a link from another user must never aim its writes).
+    Raises OutputRefused."""
+    current = os.path.abspath(named)
+    for _ in range(_MAX_LINKS):
+        fd = _descriptor(current)
+        if fd is not None:
+            return _checked_fd(named, fd)
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            _check_directory(Path(current).parent, named)
+            return Destination("file", named, Path(current))
+        except NotADirectoryError:
+            raise OutputRefused(f"cannot write {named}: {_first_non_directory(current)} is not a "
+                                "directory") from None
+        except OSError as err:
+            raise OutputRefused(f"cannot write {named}: {err.strerror}") from None
+        if not stat.S_ISLNK(st.st_mode):
+            break
+        _check_link(current, st, named)
+        current = os.path.normpath(os.path.join(os.path.dirname(current), os.readlink(current)))
+    else:
+        raise OutputRefused(f"cannot write {named}: more than {_MAX_LINKS} symbolic links")
+    if stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode):
+        return Destination("stream", named, Path(current))
+    if stat.S_ISREG(st.st_mode):
+        _check_directory(Path(current).parent, named)
+        return Destination("file", named, Path(current))
+    what = "a directory" if stat.S_ISDIR(st.st_mode) else _kind(st.st_mode)
+    raise OutputRefused(f"cannot write {named}: {current if current != os.path.abspath(named) else 'it'} is "
+                        f"{what}; name a file (such as gpu.prom), a FIFO, a character device or - for "
+                        "standard output")
+
+
+def _descriptor(path: str) -> Optional[int]:
+    """The descriptor number where `path` is one of this process's /proc/.../fd/N links."""
+    match = _FD_LINK.fullmatch(path)
+    if not match:
+        return None
+    pid, fd, dev_fd = match.groups()
+    if pid is not None and int(pid) != os.getpid():
+        return None  # another process's descriptor: not ours to write
+    return int(fd if fd is not None else dev_fd)
+
+
+def _checked_fd(named: str, fd: int) -> Destination:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        raise OutputRefused(f"cannot write {named}: descriptor {fd} is not open") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise OutputRefused(f"cannot write {named}: descriptor {fd} is a directory")
+    return Destination("fd", named, fd=fd)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    return "not a regular file"
+
+
+def _first_non_directory(path: str) -> str:
+    for parent in reversed(Path(path).parents):
+        if parent.exists() and not parent.is_dir():
+            return str(parent)
+    return str(Path(path).parent)
+
+
+def _check_directory(directory: Path, named: str) -> None:
+    try:
+        st = os.stat(directory)
+    except FileNotFoundError:
+        raise OutputRefused(f"cannot write {named}: directory {directory} does not exist") from None
+    except NotADirectoryError:
+        raise OutputRefused(f"cannot write {named}: {_first_non_directory(str(directory / 'x'))} is not a "
+                            "directory") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise OutputRefused(f"cannot write {named}: {directory} is not a directory")
+
+
+def _check_link(link: str, st: os.stat_result, named: str) -> None:
+    """A link is followed only where its owner is this user or root and nobody else can write the
+    directory that holds it (so nobody else can have put it there or swap it)."""
+    me = os.geteuid()
+    holder = os.path.dirname(link)
+    where = f"{link} -> {os.readlink(link)}"
+    if st.st_uid not in (me, 0):
+        raise OutputRefused(f"cannot write {named}: {where} is a symbolic link owned by uid {st.st_uid}; "
+                            f"gputext (uid {me}) follows only links of its own user or root; name the file "
+                            "it points to instead")
+    dst = os.stat(holder)
+    if dst.st_uid not in (me, 0) or dst.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise OutputRefused(f"cannot write {named}: {where} is a symbolic link in {holder}, which other "
+                            f"users can write (mode {stat.S_IMODE(dst.st_mode):04o}, owner uid {dst.st_uid}); "
+                            "gputext follows links only in directories nobody else can change; name the file "
+                            "it points to instead")
+
+
+def write_through(destination: Destination, data: bytes) -> None:
+    """Write `data` to a descriptor, FIFO or character device as it is: no temp file, no rename.
+    Raises OSError (a FIFO nobody reads, /dev/full)."""
+    if destination.kind == "fd":
+        _write_all(destination.fd, data)
+        return
+    try:
+        # O_NONBLOCK: a FIFO that no process reads fails at once (ENXIO) instead of hanging the run
+        fd = os.open(destination.path, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as err:
+        if err.errno == errno.ENXIO:
+            raise OSError(err.errno, "no process is reading it") from None
+        raise
+    try:
+        os.set_blocking(fd, True)
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

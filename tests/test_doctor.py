@@ -109,9 +109,9 @@ def test_node_exporter_reading_another_directory_fails(node, tmp_path, shared_di
                                processes=[node_exporter("/var/lib/elsewhere", uid=os.getuid())])
     assert proc.returncode == 1
     assert by_name["node_exporter"] == (
-        f"FAIL  node_exporter: node_exporter (pid 100) reads /var/lib/elsewhere, not {shared_dir}; fix: set "
-        "GPUTEXT_OUT=/var/lib/elsewhere/gpu.prom in /etc/default/gputext (and add that directory to the "
-        "units' ReadWritePaths=)")
+        f"FAIL  node_exporter: node_exporter (pid 100) reads /var/lib/elsewhere, not {shared_dir}; fix: write "
+        "there: --out /var/lib/elsewhere/gpu.prom (GPUTEXT_OUT=/var/lib/elsewhere/gpu.prom in /etc/default/gputext; "
+        "a directory other than the two the units know also goes into their ReadWritePaths=)")
 
 
 def test_lost_gpu_fails(node, tmp_path, shared_dir):

@@ -7,8 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-from filelock import FileLock
+import fcntl
 
 from conftest import parse_exposition, value
 from fakegpu import Field, h100
@@ -103,7 +102,8 @@ def test_held_lock_makes_a_second_run_leave_the_file_alone(node, tmp_path):
     node.write([h100(0)])
     out = tmp_path / "gpu.prom"
     out.write_text("holder's 1\n")
-    with FileLock(str(tmp_path / ".gpu.prom.lock")):
+    with open(tmp_path / ".gpu.prom.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # what any flock(1) or filelock holder does
         proc = node.run("collect", "--out", str(out), "--lock-timeout", "300ms")
         assert proc.returncode == 2
         lines = proc.stderr.strip().splitlines()
@@ -133,7 +133,9 @@ def test_count_without_interval_is_a_usage_error(node):
     node.write([h100(0)])
     proc = node.run("collect", "--out", "-", "--count", "3")
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["gputext: --count and --duration go with --interval"]
+    assert proc.stderr.strip().splitlines() == [
+        "gputext: --count '3' goes with --interval (GPUTEXT_INTERVAL): a single collection has no count or "
+        "duration (see 'gputext collect --help')"]
 
 
 def test_repeating_without_nvml_keeps_writing_and_exits_1(node, tmp_path):

@@ -2,7 +2,9 @@
 
 A collector module has `collect(ctx, samples)`. It adds samples as it goes, so what it added before an
 error is still written. It raises NotApplicable when its source does not exist on this node (no DCGM,
-no kubelet): that is not a failure unless the user asked for that collector by name. The framework
+no kubelet): that is not a failure unless the user asked for that collector by name; LastingFailure for a
+source that exists but cannot be used until someone acts, which fails the collector quietly after the
+first run of a boot. The framework
 (gputext.run) times every collector and reports its success; modules are imported only when they run.
 """
 
@@ -25,6 +27,11 @@ REGISTRY: Dict[str, str] = {
 
 class NotApplicable(Exception):
     """The collector's source does not exist on this node."""
+
+
+class LastingFailure(Exception):
+    """The source exists but cannot be used until someone acts (a package to install, a permission to
+    grant): the collector fails every run, but the message is said once per boot, not every run."""
 
 
 def load(name: str) -> ModuleType:

@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import pynvml
 
-from . import NotApplicable
+from . import LastingFailure, NotApplicable
 from ..devices import Device
 from ..nvml import DeviceGone, text
 
@@ -109,14 +109,25 @@ def _cached(cache: Optional[dict], key: list, now: float, ttl: float) -> Optiona
     return [tuple(a) for a in allocations]
 
 
+def grpc_missing() -> Optional[str]:
+    """What to do when the kubelet client's packages do not import (a broken or partial install), else None."""
+    try:
+        import grpc  # noqa: F401
+        from google.protobuf import message  # noqa: F401
+    except ImportError as err:
+        return (f"the kubelet client does not import ({err}); fix: reinstall gputext with its dependencies "
+                "(pip install --force-reinstall gputext), which include grpcio and protobuf")
+    return None
+
+
 def _ask_kubelet(ctx, devices: Sequence[Device], resources: Sequence[str]) -> List[Allocation]:
     from ..kubelet import list_devices  # only runs that ask the kubelet load the client
 
     try:
         holders = list_devices(ctx.options.pod_resources_socket, ctx.options.kubelet_timeout_seconds,
                                lambda name: name in resources or name.startswith(MIG_RESOURCE_PREFIX))
-    except ImportError as err:
-        raise NotApplicable(f"needs grpcio and protobuf ({err}): pip install 'gputext[kubernetes]'") from None
+    except ImportError:
+        raise LastingFailure(f"no pod labels: {grpc_missing()}") from None
     finder = DeviceFinder(ctx, devices)
     allocations: Dict[Allocation, None] = {}  # ordered, without duplicates (two replicas of one GPU)
     unknown = []
