@@ -88,13 +88,19 @@ METRICS: Tuple[Metric, ...] = (
     _device("performance_state", G, "", "Performance state: 0 (P0, maximum) to 15 (P15, minimum)."),
     _device("persistence_mode", G, "", "1 when persistence mode is enabled."),
     _device("accounting_mode", G, "", "1 when per-process accounting is enabled."),
-    _device("compute_mode", G, "",
-            "Compute mode: 0 default, 1 exclusive thread (deprecated), 2 prohibited, 3 exclusive process."),
-    _device("mig_mode", G, "", "1 when MIG mode is enabled.", ["state"]),
+    # enums are state sets (one series per value, 1 for the current one), as node_exporter's systemd units
+    _device("compute_mode", G, "", "1 for the GPU's compute mode (default, exclusive_thread, prohibited, "
+            "exclusive_process), 0 for the others.", ["mode"]),
+    _device("mig_mode", G, "", "1 when MIG mode is enabled."),
+    _device("mig_mode_pending", G, "", "MIG mode after the next GPU reset: 1 enabled, 0 disabled (differs from gpu_mig_mode "
+            "while a change waits for the reset)."),
     _device("ecc_mode", G, "", "1 when ECC is enabled."),
     # memory errors
-    _device("ecc_errors_total", C, "", "ECC memory errors, only where ECC is enabled. volatile: since the "
-            "driver was loaded; aggregate: over the GPU's life.", ["type", "counter"]),
+    # two metrics, not one with a label: sum() over both would count every error twice
+    _device("ecc_errors_total", C, "", "ECC memory errors since the driver was loaded, only where ECC is "
+            "enabled.", ["type"]),
+    _device("ecc_lifetime_errors_total", C, "", "ECC memory errors over the GPU's life (kept in its "
+            "memory across reboots), only where ECC is enabled.", ["type"]),
     _device("retired_pages_total", C, "", "Memory pages retired (pre-Ampere page retirement).", ["cause"]),
     _device("remapped_rows_total", C, "", "Memory rows remapped (Ampere and newer).", ["cause"]),
     _device("remapped_rows_pending", G, "", "1 when a row remapping is pending a GPU reset."),
@@ -174,7 +180,7 @@ METRICS: Tuple[Metric, ...] = (
           ["collector"]),
     _self("gputext_build_info", G, "", "gputext version; the value is always 1.", ["version"]),
     _self("gputext_processes_dropped", G, "",
-          "Process series left out this run because the GPU had more than --max-processes.", ["gpu"]),
+          "Process series left out this run because the GPU had more than --max-processes.", DEVICE_LABELS),
 )
 
 BY_KEY: Dict[str, Metric] = {m.key: m for m in METRICS}

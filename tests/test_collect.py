@@ -59,13 +59,15 @@ def test_values_match_the_scenario(node):
     assert value(s, "gpu_performance_state", **d) == 0
     assert value(s, "gpu_persistence_mode", **d) == 1
     assert value(s, "gpu_accounting_mode", **d) == 0
-    assert value(s, "gpu_compute_mode", **d) == 3
-    assert value(s, "gpu_mig_mode", **d, state="current") == 0
+    assert value(s, "gpu_compute_mode", **d, mode="exclusive_process") == 1
+    assert [value(s, "gpu_compute_mode", **d, mode=m) for m in ("default", "exclusive_thread", "prohibited")] \
+        == [0, 0, 0]
+    assert value(s, "gpu_mig_mode", **d) == 0 and value(s, "gpu_mig_mode_pending", **d) == 0
     assert value(s, "gpu_ecc_mode", **d) == 1
-    assert value(s, "gpu_ecc_errors_total", **d, type="corrected", counter="volatile") == 7
-    assert value(s, "gpu_ecc_errors_total", **d, type="uncorrected", counter="volatile") == 1
-    assert value(s, "gpu_ecc_errors_total", **d, type="corrected", counter="aggregate") == 70
-    assert value(s, "gpu_ecc_errors_total", **d, type="uncorrected", counter="aggregate") == 2
+    assert value(s, "gpu_ecc_errors_total", **d, type="corrected") == 7
+    assert value(s, "gpu_ecc_errors_total", **d, type="uncorrected") == 1
+    assert value(s, "gpu_ecc_lifetime_errors_total", **d, type="corrected") == 70
+    assert value(s, "gpu_ecc_lifetime_errors_total", **d, type="uncorrected") == 2
     assert value(s, "gpu_remapped_rows_total", **d, cause="correctable") == 3
     assert value(s, "gpu_remapped_rows_total", **d, cause="uncorrectable") == 1
     assert value(s, "gpu_remapped_rows_pending", **d) == 0
@@ -135,6 +137,17 @@ def test_ecc_counters_only_where_ecc_is_on(node):
     proc, s = node.collect()
     assert value(s, "gpu_ecc_mode", gpu="0") == 0
     assert "gpu_ecc_errors_total" not in names_for_gpu(s, "0")
+
+
+def test_enums_are_state_sets_and_mig_pending_is_its_own_series(node):
+    node.write([h100(0, uuid=UUID0, compute_mode=2, mig_mode="0 1"), h100(1, compute_mode=9)])
+    proc, s = node.collect()
+    modes = {m: value(s, "gpu_compute_mode", gpu="0", mode=m)
+             for m in ("default", "exclusive_thread", "prohibited", "exclusive_process")}
+    assert modes == {"default": 0, "exclusive_thread": 0, "prohibited": 1, "exclusive_process": 0}
+    assert value(s, "gpu_mig_mode", gpu="0") == 0 and value(s, "gpu_mig_mode_pending", gpu="0") == 1
+    # a mode newer than gputext's table is left out rather than written as a wrong name
+    assert "gpu_compute_mode" not in names_for_gpu(s, "1")
 
 
 def test_fans_per_fan(node):

@@ -208,11 +208,12 @@ def test_unwritable_state_dir_leaves_out_only_what_needs_state(node, spawn, tmp_
 
 def test_max_processes_caps_series_and_counts_the_rest(node, spawn):
     pids = [spawn() for _ in range(5)]
-    node.write([gpu_with(pids, E1)])
+    gpu = gpu_with(pids, E1)
+    node.write([gpu])
     proc, s = node.collect("--max-processes", "2")
     active = [labels for (name, labels) in s if name == "gpu_process_active"]
     assert len(active) == 2
-    assert value(s, "gputext_processes_dropped", gpu="0") == 3
+    assert value(s, "gputext_processes_dropped", gpu="0", uuid=gpu["uuid"]) == 3
 
 
 def test_process_on_a_mig_gpu_has_no_utilization_but_memory(node, spawn):

@@ -52,12 +52,15 @@ FIELD_METRICS: Dict[int, Tuple[str, Dict[str, str], float]] = {
 }
 
 # ECC totals: only meaningful while ECC is on (field 1), so written only then.
-ECC_FIELDS: Dict[int, Dict[str, str]] = {
-    3: {"type": "corrected", "counter": "volatile"},  # single-bit = corrected
-    4: {"type": "uncorrected", "counter": "volatile"},  # double-bit = uncorrected
-    5: {"type": "corrected", "counter": "aggregate"},
-    6: {"type": "uncorrected", "counter": "aggregate"},
+ECC_FIELDS: Dict[int, Tuple[str, str]] = {
+    3: ("ecc_errors_total", "corrected"),  # volatile single-bit = corrected
+    4: ("ecc_errors_total", "uncorrected"),  # volatile double-bit = uncorrected
+    5: ("ecc_lifetime_errors_total", "corrected"),  # aggregate
+    6: ("ecc_lifetime_errors_total", "uncorrected"),
 }
+
+# nvmlComputeMode_t values (nvml.h NVML_COMPUTEMODE_*)
+COMPUTE_MODES = ("default", "exclusive_thread", "prohibited", "exclusive_process")
 
 # Where an older driver lacks a field, the function that gives the same value (one more call, only then).
 FIELD_FALLBACKS = {
@@ -128,8 +131,8 @@ def _collect_device(nvml: Nvml, dev: Device, samples) -> None:
             value = nvml.call(FIELD_FALLBACKS[fid], h, device=where)
         put(key, _scaled(value, factor), **extra)
     if fields.get((FI_ECC_CURRENT, 0)) == 1:
-        for fid, extra in ECC_FIELDS.items():
-            put("ecc_errors_total", fields.get((fid, 0)), **extra)
+        for fid, (key, kind) in ECC_FIELDS.items():
+            put(key, fields.get((fid, 0)), type=kind)
 
     memory = nvml.call(pynvml.nvmlDeviceGetMemoryInfo, h, pynvml.nvmlMemory_v2, device=where)
     if memory is not None:
@@ -167,11 +170,14 @@ def _collect_device(nvml: Nvml, dev: Device, samples) -> None:
     settings = dev.settings
     put("persistence_mode", settings.get("persistence_mode"))
     put("accounting_mode", settings.get("accounting_mode"))
-    put("compute_mode", settings.get("compute_mode"))
+    mode = settings.get("compute_mode")
+    if mode is not None and 0 <= mode < len(COMPUTE_MODES):  # a value newer than this table: left out
+        for number, name in enumerate(COMPUTE_MODES):
+            put("compute_mode", 1 if number == mode else 0, mode=name)
     mig = settings.get("mig_mode")
     if mig:
-        put("mig_mode", mig[0], state="current")
-        put("mig_mode", mig[1], state="pending")
+        put("mig_mode", mig[0])
+        put("mig_mode_pending", mig[1])
 
     for key, value, labels in pending:
         samples.add(key, value, labels)

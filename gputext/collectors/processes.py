@@ -228,7 +228,7 @@ class _Scan:
         averages = _averages(utilization or ())
         ordered = sorted(records.values(), key=lambda r: (not r["active"], -(r["end"] or 0), r["pid"]))
         limit = self.ctx.options.max_processes
-        samples.add("gputext_processes_dropped", max(0, len(ordered) - limit), {"gpu": str(dev.index)})
+        samples.add("gputext_processes_dropped", max(0, len(ordered) - limit), dev.labels)
         energy_now = state["energy"][1] if "energy" in state else None
         for record in ordered[:limit]:
             labels = self.series(dev, record).labels
