@@ -386,7 +386,8 @@ def doctor(ctx: typer.Context, **_values) -> None:
 def main() -> None:
     """Entry point: one line on stderr for usage errors (click would print a multi-line block)."""
     try:
-        code = app(standalone_mode=False)
+        # prog_name: `python -m gputext` says "gputext" too, as every other message does
+        code = app(standalone_mode=False, prog_name="gputext")
     except Exception as err:
         # click's UsageError; matched by shape because typer ships its own copy of click in some versions
         if getattr(err, "exit_code", None) == 2 and hasattr(err, "format_message"):

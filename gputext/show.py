@@ -4,13 +4,16 @@ It runs the collectors of `gputext collect` (gputext.run) twice, --sample apart,
 reads their samples: gauges from the second run; NVLink and PCIe rates from the byte counters' increase
 over the time between the two runs (where a GPU has no PCIe byte counters, the driver's own sampled rate).
 It keeps no state, so a run by hand never disturbs the timer's, and it gathers the collectors' warnings
-to print them below the tables instead of on stderr. Tables fit 100 columns; colour only on a terminal
-and never where NO_COLOR is set (https://no-color.org).
+to print them below the tables instead of on stderr. Tables fit the terminal's width (COLUMNS, else 100
+where the output is not a terminal), names cut to fit; "°C" and "…" become ASCII where the locale cannot
+show them; colour only on a terminal and never where NO_COLOR is set (https://no-color.org).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -21,7 +24,8 @@ from .exposition import Samples
 from .run import Context, Options, collect
 from .state import State
 
-WIDTH = 100
+WIDTH = 100  # where the output is not a terminal and COLUMNS is not set
+MIN_WIDTH = 40
 GIB = 1 << 30
 ELLIPSIS = "…"
 
@@ -197,10 +201,14 @@ def _pair(a: str, b: str) -> str:
 
 
 class Style:
-    """ANSI colour where wanted; a plain Style paints nothing."""
+    """ANSI colour where wanted (a plain Style paints nothing), the width to fit, and whether the
+    terminal takes the non-ASCII "°C" and "…"."""
 
-    def __init__(self, colour: bool):
+    def __init__(self, colour: bool, width: int = WIDTH, unicode: bool = True):
         self.colour = colour
+        self.width = max(MIN_WIDTH, width)
+        self.ellipsis = ELLIPSIS if unicode else "..."
+        self.celsius = " °C" if unicode else " C"
 
     def paint(self, text: str, code: str) -> str:
         return f"\x1b[{code}m{text}\x1b[0m" if self.colour and text else text
@@ -213,6 +221,34 @@ class Style:
 
     def bad(self, text: str) -> str:
         return self.paint(text, "31")
+
+
+def shows_unicode(stream, env=os.environ) -> bool:
+    """Whether the user's locale (LC_ALL, LC_CTYPE, LANG, the first one set) is UTF-8 and the stream
+    encodes it. Python itself cannot tell: under the C locale it switches its streams to UTF-8 (PEP 538,
+    540), setting LC_CTYPE=C.UTF-8 in its own environment, so that value is skipped in UTF-8 mode."""
+    chosen = ""
+    for name in ("LC_ALL", "LC_CTYPE", "LANG"):
+        value = env.get(name, "")
+        if name == "LC_CTYPE" and value == "C.UTF-8" and sys.flags.utf8_mode:
+            continue  # most likely Python's coercion, not the user's setting
+        if value:
+            chosen = value
+            break
+    codeset = chosen.partition(".")[2].partition("@")[0].lower().replace("-", "")
+    if codeset != "utf8":
+        return False
+    encoding = getattr(stream, "encoding", None)  # None: an in-memory text stream, which takes anything
+    try:
+        (ELLIPSIS + "°").encode(encoding or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+def terminal_width() -> int:
+    """COLUMNS, else the terminal's width, else WIDTH (output to a file or a pipe)."""
+    return shutil.get_terminal_size((WIDTH, 24)).columns
 
 
 def wants_colour(stream) -> bool:
@@ -229,23 +265,24 @@ class Column:
 
 def table(columns: Sequence[Column], rows: Iterable[Sequence[str]], style: Style,
           paint: Callable[[int, int, str], str] = lambda row, column, text: text) -> List[str]:
-    """Lines of an aligned table no wider than WIDTH; `paint(row, column, padded text)` colours a cell."""
+    """Lines of an aligned table no wider than the style's width where the text columns can give way;
+    `paint(row, column, padded text)` colours a cell."""
     rows = [list(row) for row in rows]
     widths = [max([len(c.title)] + [len(row[i]) for row in rows]) for i, c in enumerate(columns)]
-    excess = sum(widths) + 2 * (len(columns) - 1) - WIDTH
-    for i in sorted((i for i, c in enumerate(columns) if c.shrinks), key=lambda i: -widths[i]):
-        if excess <= 0:
-            break
-        cut = min(excess, widths[i] - max(len(columns[i].title), 8))
-        if cut > 0:
-            widths[i] -= cut
-            excess -= cut
+    excess = sum(widths) + 2 * (len(columns) - 1) - style.width
+    shrinking = sorted((i for i, c in enumerate(columns) if c.shrinks), key=lambda i: -widths[i])
+    for floor in (8, 0):  # first down to 8 characters each, then down to their titles
+        for i in shrinking:
+            cut = min(excess, widths[i] - max(len(columns[i].title), floor))
+            if cut > 0:
+                widths[i] -= cut
+                excess -= cut
 
     def line(cells: Sequence[str], row: int) -> str:
         out = []
         for i, (column, cell) in enumerate(zip(columns, cells)):
             if len(cell) > widths[i]:
-                cell = cell[: widths[i] - 1] + ELLIPSIS
+                cell = cell[: widths[i] - len(style.ellipsis)] + style.ellipsis
             padded = cell.rjust(widths[i]) if column.right else cell.ljust(widths[i])
             out.append(paint(row, i, padded) if row >= 0 else padded)
         return "  ".join(out).rstrip()
@@ -277,7 +314,7 @@ def render(s: Sampled, warnings: Sequence[str], style: Style) -> str:
     if notes:
         out.append("")
         for note in notes:
-            out += [style.warn(line) for line in textwrap.wrap(note, WIDTH, initial_indent="! ",
+            out += [style.warn(line) for line in textwrap.wrap(note, style.width, initial_indent="! ",
                                                                  subsequent_indent="  ")]
     return "\n".join(out) + "\n"
 
@@ -298,7 +335,7 @@ def _device_table(rows: List[Row], style: Style) -> List[str]:
         if not row.up:
             cells.append([row.gpu, "not answering", "", "", "", "", ""])
             continue
-        cells.append([row.gpu, row.name, "-" if row.temperature is None else f"{row.temperature:.0f} °C",
+        cells.append([row.gpu, row.name, "-" if row.temperature is None else f"{row.temperature:.0f}{style.celsius}",
                       _pair(_number(row.power), _number(row.power_limit)),
                       _pair(_gib(row.memory_used), _gib(row.memory_total)),
                       _percent(row.utilization), _percent(row.memory_utilization)])
@@ -345,5 +382,6 @@ def run(options: Options, seconds: float, stream) -> Tuple[str, bool]:
     """The text for `stream`, and whether NVML could be read."""
     warnings: List[str] = []
     sampled = sample(options, seconds, warnings.append)
-    text = render(sampled, unique(warnings), Style(wants_colour(stream)))
+    style = Style(wants_colour(stream), terminal_width(), shows_unicode(stream))
+    text = render(sampled, unique(warnings), style)
     return text, not sampled.nvml_unavailable

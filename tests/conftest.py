@@ -54,6 +54,34 @@ def names_for_gpu(series: Series, gpu: str) -> set:
     return {n for (n, ls) in series if ("gpu", gpu) in ls}
 
 
+# Where gputext keeps its state when no --state-dir is given (gputext/cli.py default_state_dir).
+HOST_STATE_DIR = Path("/var/lib/gputext")
+
+
+def _snapshot(path: Path) -> Optional[list]:
+    if not path.exists():
+        return None
+    return sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in path.iterdir())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_untouched(tmp_path_factory):
+    """No test writes outside its temp directories, by construction: every gputext run, in a subprocess
+    or in this process, that is given no --state-dir uses STATE_DIRECTORY, which points into the session's
+    temp directory (as systemd's StateDirectory= would). The locale and width are fixed so that `show`
+    prints the same on every machine. The host's own state directory is checked at the end."""
+    before = _snapshot(HOST_STATE_DIR)
+    patch = pytest.MonkeyPatch()
+    default_state = tmp_path_factory.mktemp("default-state")
+    patch.setenv("STATE_DIRECTORY", str(default_state))
+    patch.setenv("LANG", "C.UTF-8")
+    for name in ("LC_ALL", "LC_CTYPE", "COLUMNS", "NO_COLOR"):
+        patch.delenv(name, raising=False)
+    yield default_state
+    patch.undo()
+    assert _snapshot(HOST_STATE_DIR) == before, f"a test wrote into {HOST_STATE_DIR}"
+
+
 @pytest.fixture(scope="session")
 def fake_libdir(tmp_path_factory) -> Path:
     return build_fake_nvml(tmp_path_factory.mktemp("fake_nvml"))
@@ -76,7 +104,6 @@ class Node:
         env = fake_env(self.libdir, self.scenario, self.calls, tick)
         if not nvml:  # a node without the driver: nothing named libnvidia-ml.so.1 on the path
             env["LD_LIBRARY_PATH"] = ""
-        env.pop("STATE_DIRECTORY", None)
         return env
 
     def run(self, *args: str, tick: Optional[int] = None, nvml: bool = True, state: bool = True,

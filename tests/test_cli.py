@@ -31,7 +31,7 @@ def nvml_here(node, monkeypatch):
     CDLL("libnvidia-ml.so.1") gets the fake; it reads the scenario named in the environment at each init."""
     ctypes.CDLL(str(node.libdir / LIB_NAME), mode=ctypes.RTLD_GLOBAL)
     monkeypatch.setenv("FAKE_NVML_SCENARIO", str(node.scenario))
-    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.setenv("STATE_DIRECTORY", str(node.state_dir))
     return node
 
 

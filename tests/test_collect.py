@@ -1,5 +1,8 @@
 """`gputext collect` end to end against the fake NVML: values, absences, failures, exit codes."""
 
+import subprocess
+import sys
+
 import pytest
 
 from conftest import names_for_gpu, parse_exposition, value
@@ -244,6 +247,12 @@ def test_no_created_series_and_no_timestamps(node):
     (["--collectors", "nvml,bogus"], "unknown collector 'bogus'"),
     (["--prefix", "9x"], "invalid --prefix"),
     (["--no-such-option"], "No such option"),
+    # the value's own fault is said, not only that it goes with --interval
+    (["--count", "-1"], "invalid --count '-1': use a whole number, 0 or more"),
+    (["--duration", "abc"], "invalid --duration 'abc': use a duration such as 5s"),
+    (["--interval", "1s", "--duration", "0"], "invalid --duration '0': use a duration above 0"),
+    # an empty prefix writes `up` and `info`, which clash with Prometheus's own `up`
+    (["--prefix", ""], "invalid --prefix '': an empty prefix would write series named up and info"),
 ])
 def test_usage_errors_exit_2_with_one_line(node, args, message):
     node.write([h100(0)])
@@ -251,7 +260,48 @@ def test_usage_errors_exit_2_with_one_line(node, args, message):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert lines[0].endswith("(see 'gputext collect --help')")
     assert proc.stdout == ""
+
+
+def test_a_bad_value_from_the_environment_names_the_variable(node):
+    node.write([h100(0)])
+    env = {**node.env(), "GPUTEXT_INTERVAL": "abc"}
+    proc = subprocess.run([sys.executable, "-m", "gputext", "collect", "--out", "-"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        "gputext: invalid GPUTEXT_INTERVAL='abc' (from the environment): use a duration such as 5s, 250ms, 5m "
+        "or 1h (a bare number is seconds) (see 'gputext collect --help')"]
+
+
+@pytest.mark.parametrize("args", [["collect", "--bogus"], ["show", "--bogus"], []])
+def test_usage_errors_of_every_command_are_one_line(node, args):
+    node.write([h100(0)])
+    proc = node.run(*args, state=False)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    command = f"gputext {args[0]} --help" if args else "gputext --help"
+    assert line.startswith("gputext: ") and line.endswith(f"(see '{command}')"), line
+
+
+@pytest.mark.parametrize("collector", ["processes", "nvlink", "pcie"])
+def test_no_driver_says_why_for_every_collector(node, collector):
+    node.write([h100(0)])
+    proc = node.run("collect", "--out", "-", "--collectors", collector, nvml=False)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        "gputext: NVML library libnvidia-ml.so.1 not found: install the NVIDIA driver, or put the directory "
+        "holding libnvidia-ml.so.1 on LD_LIBRARY_PATH"]
+
+
+def test_a_run_without_state_dir_keeps_state_in_the_session_temp_dir(node, host_untouched):
+    """What makes the suite unable to write the host's /var/lib/gputext (conftest.host_untouched)."""
+    node.write([h100(0, uuid=UUID0)])
+    proc = subprocess.run([sys.executable, "-m", "gputext", "collect", "--out", "-"], env=node.env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert UUID0 in (host_untouched / "inventory.json").read_text()
 
 
 def test_env_var_sets_option(node):

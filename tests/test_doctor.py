@@ -244,3 +244,21 @@ def test_node_exporter_in_a_container_warns():
     check = doctor.check_node_exporter([exporter], Path("/var/lib/node_exporter/textfile_collector"))
     assert check.status == "warn"
     assert "runs in a container and reads /host/textfile there" in check.message
+
+
+def test_doctor_checks_the_options_and_variables_as_collect_does(node, tmp_path, monkeypatch):
+    """GPUTEXT_INTERVAL=abc in /etc/default/gputext makes collect refuse to run: doctor says so too."""
+    node.write([h100(0)])
+    monkeypatch.setenv("GPUTEXT_INTERVAL", "abc")
+    monkeypatch.setenv("GPUTEXT_PREFIX", "9x")
+    proc, by_name = run_doctor(node, tmp_path)
+    assert proc.returncode == 1
+    options = [line for line in proc.stdout.splitlines() if line.startswith("FAIL  options: ")]
+    assert options == [
+        "FAIL  options: invalid GPUTEXT_PREFIX='9x' (from the environment): use letters, digits and underscores, "
+        "not starting with a digit or with __ (reserved by Prometheus); fix: correct it in /etc/default/gputext "
+        "or on the command line (collect refuses to run with it)",
+        "FAIL  options: invalid GPUTEXT_INTERVAL='abc' (from the environment): use a duration such as 5s, 250ms, "
+        "5m or 1h (a bare number is seconds); fix: correct it in /etc/default/gputext or on the command line "
+        "(collect refuses to run with it)"]
+    assert by_name["nvml"].startswith("ok    nvml: ")  # the other checks still run

@@ -319,6 +319,23 @@ def test_a_broken_install_without_grpc(node, socket, without_grpc):
     assert second.stderr == ""
 
 
+def test_doctor_says_grpc_is_missing_on_a_kubelet_node(node, socket, tmp_path):
+    shadow = tmp_path / "no-grpc"
+    (shadow / "grpc").mkdir(parents=True)
+    (shadow / "grpc" / "__init__.py").write_text("raise ImportError(\"No module named 'grpc'\")\n")
+    env = {**node.env(), "PYTHONPATH": os.pathsep.join([str(shadow), *sys.path])}
+    node.write(gpus())
+    with serve(socket, ONE_POD_PER_GPU):
+        proc = subprocess.run([sys.executable, "-m", "gputext", "doctor", "--state-dir", str(node.state_dir),
+                               "--pod-resources-socket", str(socket)], env=env, capture_output=True, text=True,
+                              timeout=60)
+    assert proc.returncode == 1
+    (line,) = [line for line in proc.stdout.splitlines() if " kubelet: " in line]
+    assert line == (f"FAIL  kubelet: {socket} accepts connections, but the kubelet client does not import "
+                    "(No module named 'grpc'); fix: reinstall gputext with its dependencies (pip install "
+                    "--force-reinstall gputext), which include grpcio and protobuf")
+
+
 def test_a_cached_run_does_not_import_grpc_nor_rewrite_the_state(node, socket, without_grpc):
     node.write(gpus())
     with serve(socket, ONE_POD_PER_GPU) as kubelet:

@@ -4,6 +4,8 @@ colour only on a terminal without NO_COLOR."""
 import io
 import os
 import re
+import subprocess
+import sys
 
 import psutil
 import pytest
@@ -133,6 +135,45 @@ def test_table_fits_the_width():
     lines = show.table(columns, [["0", "p" * 120, "n" * 40]], show.Style(False))
     assert all(len(line) <= show.WIDTH for line in lines)
     assert lines[1].split()[1].endswith(show.ELLIPSIS)
+
+
+LONG_NAME = "NVIDIA H100 80GB HBM3 with a much longer marketing name than any table has room for"
+
+
+@pytest.mark.parametrize("columns", ["60", "80", "120"])
+def test_show_fits_the_terminal_width(node, columns):
+    node.write([h100(0, name=LONG_NAME, temperature=45), h100(1, temperature=50)])
+    env = {**node.env(), "COLUMNS": columns}
+    proc = subprocess.run([sys.executable, "-m", "gputext", "show", "--sample", "0", "--collectors", "nvml"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    widest = max(len(line) for line in proc.stdout.splitlines())
+    assert widest <= int(columns), proc.stdout
+    name = row(proc.stdout.split("\n\n")[0], "0")[1]
+    if int(columns) < len(LONG_NAME) + 40:
+        assert name.endswith("…") and LONG_NAME.startswith(name[:-1])
+    else:
+        assert name == LONG_NAME
+
+
+@pytest.mark.parametrize("locale", [{"LANG": "C"}, {"LANG": "POSIX"}, {"LC_ALL": "C", "LANG": "C.UTF-8"},
+                                    {"LANG": "en_US.ISO-8859-1"}])
+def test_show_is_ascii_where_the_locale_is_not_utf8(node, locale):
+    node.write([h100(0, name=LONG_NAME, temperature=45)])
+    env = {**node.env(), "COLUMNS": "60", **locale}
+    proc = subprocess.run([sys.executable, "-m", "gputext", "show", "--sample", "0", "--collectors", "nvml"],
+                          env=env, capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout.decode("ascii")  # raises on any non-ASCII byte
+    cells = row(text.split("\n\n")[0], "0")
+    assert cells[2] == "45 C" and cells[1].endswith("...")
+
+
+def test_show_keeps_unicode_in_a_utf8_locale():
+    assert show.shows_unicode(io.TextIOWrapper(io.BytesIO(), encoding="utf-8"), {"LANG": "en_US.UTF-8"})
+    assert show.shows_unicode(io.TextIOWrapper(io.BytesIO(), encoding="utf-8"), {"LC_ALL": "de_DE.utf8"})
+    # the locale says UTF-8 but the stream cannot encode it (PYTHONIOENCODING=ascii)
+    assert not show.shows_unicode(io.TextIOWrapper(io.BytesIO(), encoding="ascii"), {"LANG": "C.UTF-8"})
 
 
 class Terminal(io.StringIO):
