@@ -12,7 +12,7 @@ hertz, celsius; ratios are 0..1; counters end in `_total`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, Tuple
+from typing import Dict, FrozenSet, Iterable, Tuple
 
 DEVICE_LABELS = ("gpu", "uuid")
 PROCESS_LABELS = ("pid", "process_name", "pod", "namespace", "container")
@@ -62,6 +62,9 @@ METRICS: Tuple[Metric, ...] = (
     # thermal and power
     _device("temperature_celsius", G, "celsius", "GPU core temperature."),
     _device("memory_temperature_celsius", G, "celsius", "GPU memory (HBM) temperature, where reported."),
+    _device("temperature_threshold_celsius", G, "celsius", "Temperature at which the GPU slows down "
+            "(slowdown), shuts down (shutdown), or above which it should not run (gpu_max, memory_max).",
+            ["threshold"]),
     _device("power_watts", G, "watts", "Current power draw of the GPU."),
     _device("power_limit_watts", G, "watts", "Power limit currently enforced on the GPU."),
     _device("energy_joules_total", C, "joules", "Energy used by the GPU since the driver was loaded."),
@@ -118,7 +121,9 @@ METRICS: Tuple[Metric, ...] = (
             "Bytes sent over the link, protocol overhead included.", ["link"], source="nvlink"),
     _device("nvlink_raw_receive_bytes_total", C, "bytes",
             "Bytes received over the link, protocol overhead included.", ["link"], source="nvlink"),
-    _device("nvlink_errors_total", C, "", "NVLink link errors by type.", ["link", "type"], source="nvlink"),
+    _device("nvlink_errors_total", C, "", "NVLink errors of all the GPU's links: replays, recoveries and CRC "
+            "errors together (per link and type: nvlink_link_errors_total).", source="nvlink"),
+    _device("nvlink_link_errors_total", C, "", "NVLink link errors by type.", ["link", "type"], source="nvlink"),
     # PCIe
     _device("pcie_transmit_bytes_total", C, "bytes", "Bytes the GPU sent over PCIe.", source="pcie"),
     _device("pcie_receive_bytes_total", C, "bytes", "Bytes the GPU received over PCIe.", source="pcie"),
@@ -184,6 +189,47 @@ METRICS: Tuple[Metric, ...] = (
 )
 
 BY_KEY: Dict[str, Metric] = {m.key: m for m in METRICS}
+
+# --- detail levels -------------------------------------------------------------------------------------
+# Every series is stored by the fleet's Prometheus, so `--detail standard` (the default) writes what an
+# operator watches every day, at most 80 series per GPU on an 8 x H100 node with 18 NVLink links (README,
+# tests/test_detail.py); `--detail full` writes every row, for debugging a node. A series means the same at
+# both levels: standard leaves series out, it never folds them into a name of full's (the per-GPU NVLink
+# error sum has a name of its own and is written at both).
+STANDARD, FULL = "standard", "full"
+DETAILS = (STANDARD, FULL)
+
+FULL_ONLY = frozenset({
+    "power_limit_watts", "memory_free_bytes", "memory_reserved_bytes", "memory_utilization_ratio",
+    "encoder_utilization_ratio", "decoder_utilization_ratio", "clock_max_hertz",
+    "clock_event_duration_seconds_total", "fan_speed_ratio", "performance_state", "persistence_mode",
+    "accounting_mode", "compute_mode", "mig_mode", "mig_mode_pending", "ecc_mode", "ecc_lifetime_errors_total",
+    "retired_pages_total", "remapped_rows_total",
+    "nvlink_info", "nvlink_speed_bytes_per_second", "nvlink_raw_transmit_bytes_total",
+    "nvlink_raw_receive_bytes_total", "nvlink_link_errors_total",
+    "pcie_replay_rollovers_total", "pcie_errors_total", "pcie_link_generation", "pcie_link_max_generation",
+    "pcie_link_width", "pcie_link_max_width",
+    "process_encoder_utilization_ratio", "process_decoder_utilization_ratio",
+    "gputext_collector_duration_seconds",
+})
+# Rows that standard writes for some values of one label only: key -> (label, values).
+STANDARD_SUBSET: Dict[str, Tuple[str, FrozenSet[str]]] = {
+    "clock_hertz": ("clock", frozenset({"sm"})),
+    "clock_event_active": ("reason", frozenset({"hw_thermal_slowdown", "hw_power_brake_slowdown"})),
+    "ecc_errors_total": ("type", frozenset({"uncorrected"})),
+    "temperature_threshold_celsius": ("threshold", frozenset({"slowdown"})),
+}
+
+
+def detail_of(metric: Metric) -> str:
+    """The level that writes the row, as README's table says it: `standard`, `full`, or
+    `standard: clock=sm` (the rest of the row at full)."""
+    if metric.key in FULL_ONLY:
+        return FULL
+    if metric.key in STANDARD_SUBSET:
+        label, values = STANDARD_SUBSET[metric.key]
+        return f"{STANDARD}: {label}={'|'.join(sorted(values))}"
+    return STANDARD
 
 
 def metrics_for(sources: Iterable[str]) -> Tuple[Metric, ...]:

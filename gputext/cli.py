@@ -23,6 +23,7 @@ from typing import Callable, List, Optional
 import typer
 
 from . import __version__
+from .catalogue import DETAILS, FULL, STANDARD
 from .collectors import REGISTRY
 from .runner import EXIT_NO_NVML, EXIT_NOT_WRITTEN
 
@@ -154,6 +155,12 @@ class Values:
             return ()
         return names
 
+    def detail(self) -> str:
+        detail = self.raw("detail").strip().lower()
+        if detail not in DETAILS:
+            return self.bad("detail", f"choose {' or '.join(DETAILS)}") or STANDARD
+        return detail
+
     def prefix(self) -> str:
         prefix = self.raw("prefix")
         if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", prefix) or prefix.startswith("__"):
@@ -180,6 +187,8 @@ def run_options(values: Values, state_dir: Optional[str] = None):
         kubelet_timeout_seconds=values.seconds("kubelet_timeout", positive=True),
         gpu_resource_names=tuple(n.strip() for n in names["gpu_resource_names"].split(",") if n.strip()),
         pod_cache_ttl_seconds=values.seconds("pod_cache_ttl"),
+        # show writes nothing that is stored, so it reads everything (its tables use full's series)
+        detail=values.detail() if "detail" in names else FULL,
     )
 
 
@@ -224,6 +233,8 @@ def collect(
     collectors: str = _option("", "--collectors", help="Comma-separated collectors to run (default: all that "
                               "apply). Known: " + ", ".join(REGISTRY) + "."),
     prefix: str = _option("gpu_", "--prefix", help="Prefix of the device metric names (not empty)."),
+    detail: str = _option("standard", "--detail", help="standard: the series operators watch every day (at "
+                          "most 80 per GPU); full: every series gputext knows, for debugging a node."),
     state_dir: Optional[str] = _option(None, "--state-dir", help="Where gputext keeps what one run passes to "
                                        "the next [default: $STATE_DIRECTORY, else /var/lib/gputext]."),
     host_root: str = _option("/", "--host-root", help="Where the host's / is mounted (for /proc and /var/log "
@@ -299,18 +310,19 @@ def metrics(
     markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table (README's metric table)."),
     prefix: str = _option("gpu_", "--prefix", help="Prefix of the device metric names."),
 ) -> None:
-    from .catalogue import METRICS
+    from .catalogue import METRICS, detail_of
 
     if markdown:
-        typer.echo("| name | type | unit | labels | collector | help |")
-        typer.echo("| --- | --- | --- | --- | --- | --- |")
+        typer.echo("| name | type | unit | labels | collector | detail | help |")
+        typer.echo("| --- | --- | --- | --- | --- | --- | --- |")
         for m in METRICS:
             labels = ", ".join(f"`{label}`" for label in m.all_labels)
-            typer.echo(f"| `{m.name(prefix)}` | {m.type} | {m.unit} | {labels} | {m.source} | {m.help} |")
+            typer.echo(f"| `{m.name(prefix)}` | {m.type} | {m.unit} | {labels} | {m.source} | {detail_of(m)} | "
+                       f"{m.help} |")
         return
     for m in METRICS:
         typer.echo(f"{m.name(prefix)}  {m.type}  unit={m.unit or '-'}  labels={','.join(m.all_labels)}  "
-                   f"collector={m.source}\n    {m.help}")
+                   f"collector={m.source}  detail={detail_of(m)}\n    {m.help}")
 
 
 # The collect options that make up gputext.run.Options: show and doctor take them too (same flags,
@@ -368,7 +380,7 @@ def show(
              "socket, the output directory and node_exporter reading it, the state directory. Takes collect's "
              "options and variables, so it checks what the timer uses; without --out it checks the file the "
              "systemd units write by default. Exit code 0 when everything enabled is ready, 1 otherwise.")
-@_with_collect_options("out", "prefix", "state_dir", *RUN_OPTIONS, "interval", "count", "duration",
+@_with_collect_options("out", "prefix", "detail", "state_dir", *RUN_OPTIONS, "interval", "count", "duration",
                        "lock_timeout")
 def doctor(ctx: typer.Context, **_values) -> None:
     from .doctor import diagnose, passed, report

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .catalogue import BY_KEY, METRICS, POD_LABELS
+from .catalogue import BY_KEY, FULL, FULL_ONLY, METRICS, POD_LABELS, STANDARD_SUBSET
 
 # NVML_VALUE_NOT_AVAILABLE as the unsigned and signed types carry it. No metric here is ever negative.
 _SENTINELS = frozenset({0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF, -1})
@@ -29,12 +29,26 @@ def clean(value: Any) -> Optional[float]:
 
 
 class Samples:
-    def __init__(self) -> None:
+    def __init__(self, detail: str = FULL) -> None:
         self._series: Dict[str, Dict[Tuple[str, ...], float]] = {}
+        self.detail = detail
+        # the catalogue's detail levels, applied as samples arrive (nothing is kept to be dropped later)
+        self._left_out = frozenset() if detail == FULL else FULL_ONLY
+        self._subset = {} if detail == FULL else STANDARD_SUBSET
+
+    def wants(self, key: str) -> bool:
+        """Whether this level writes any series of `key` (a collector may skip reading what it does not)."""
+        return key not in self._left_out
 
     def add(self, key: str, value, labels: Mapping[str, str]) -> None:
         """Record one sample; label values are strings. None, NaN and NVML's not-available markers are
-        left out. Labels must be exactly the catalogue's: anything else is a bug, raised as ValueError."""
+        left out, as are series the detail level does not write. Labels must be exactly the catalogue's:
+        anything else is a bug, raised as ValueError."""
+        if key in self._left_out:
+            return
+        subset = self._subset.get(key)
+        if subset is not None and labels.get(subset[0]) not in subset[1]:
+            return
         value = clean(value)
         if value is None:
             return

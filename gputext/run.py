@@ -38,6 +38,7 @@ class Options:
     kubelet_timeout_seconds: float = 2.0
     gpu_resource_names: Sequence[str] = ()  # beyond nvidia.com/gpu and nvidia.com/mig-*
     pod_cache_ttl_seconds: float = 30.0
+    detail: str = "standard"  # catalogue.DETAILS
 
     def host_path(self, path: str) -> Path:
         """A host path such as /proc/1/cgroup, under --host-root."""
@@ -171,7 +172,7 @@ class Result:
 def collect(ctx: Context) -> Result:
     from .nvml import NvmlUnavailable
 
-    samples = Samples()
+    samples = Samples(ctx.options.detail)
     explicit = bool(ctx.options.collectors)
     failed = []
     for name in ctx.options.collectors or tuple(REGISTRY):

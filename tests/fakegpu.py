@@ -397,6 +397,9 @@ def h100(index: int = 0, **overrides: Any) -> dict[str, Any]:
         95: Field(0, type="uint"),          # PCIE_REPLAY_ROLLOVER_COUNTER
         142: Field(0, type="uint"), 143: Field(0, type="uint"),   # REMAPPED_COR / _UNC
         144: Field(0, type="uint"), 145: Field(0, type="uint"),   # REMAPPED_PENDING / _FAILURE
+        # TEMPERATURE_SHUTDOWN/SLOWDOWN/MEM_MAX/GPU_MAX_TLIMIT, as nvidia-smi -q shows an H100 SXM's
+        193: Field(92, type="uint"), 194: Field(89, type="uint"), 195: Field(95, type="uint"),
+        196: Field(87, type="uint"),
         169: 0, 173: 0, 174: 0, 175: 0, 176: 0, 177: 0, 178: 0, 179: 0, 180: 0, 181: 0, 182: 0,
         186: Field(power_mw, type="uint") if power_mw is not None else None,  # POWER_INSTANT (mW)
         190: Field(limit_mw, type="uint") if limit_mw is not None else None,  # POWER_CURRENT_LIMIT (mW)

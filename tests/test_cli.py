@@ -78,7 +78,7 @@ def test_version():
 def test_metrics_lists_the_catalogue():
     plain = invoke("metrics").output
     markdown = invoke("metrics", "--markdown").output.splitlines()
-    assert markdown[0] == "| name | type | unit | labels | collector | help |"
+    assert markdown[0] == "| name | type | unit | labels | collector | detail | help |"
     assert len(markdown) == 2 + len(METRICS)
     for metric in METRICS:
         assert metric.name("gpu_") in plain

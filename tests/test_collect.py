@@ -28,7 +28,7 @@ def test_values_match_the_scenario(node):
                           142: 3, 143: 1, 144: (0, "uint"), 145: (0, "uint"),
                           74: 2500000000, 270: 1000000000})
     node.write([gpu], system={"driver_version": "580.159.04", "cuda_driver_version": 13000})
-    proc, s = node.collect("--collectors", "nvml")
+    proc, s = node.collect("--detail", "full", "--collectors", "nvml")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     d = {"gpu": "0", "uuid": UUID0}
@@ -87,7 +87,7 @@ def test_unsupported_values_are_left_out(node):
         gpu["fields"].pop(fid, None)
     gpu["errors"] = {"nvmlDeviceGetUtilizationRates": 3}
     node.write([gpu])
-    proc, s = node.collect("--collectors", "nvml")
+    proc, s = node.collect("--detail", "full", "--collectors", "nvml")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     present = names_for_gpu(s, "0")
@@ -125,7 +125,7 @@ def test_field_fallbacks_on_older_drivers(node):
     for fid in (308, 186, 190, 83):
         gpu["fields"].pop(fid, None)
     node.write([gpu])
-    proc, s = node.collect()
+    proc, s = node.collect("--detail", "full")
     assert proc.returncode == 0, proc.stderr
     assert value(s, "gpu_temperature_celsius", gpu="0") == 61
     assert value(s, "gpu_power_watts", gpu="0") == pytest.approx(250.5)
@@ -137,14 +137,14 @@ def test_ecc_counters_only_where_ecc_is_on(node):
     gpu = h100(0, uuid=UUID0)
     gpu["fields"].update({1: (0, "uint"), 3: 7, 4: 1})
     node.write([gpu])
-    proc, s = node.collect()
+    proc, s = node.collect("--detail", "full")
     assert value(s, "gpu_ecc_mode", gpu="0") == 0
     assert "gpu_ecc_errors_total" not in names_for_gpu(s, "0")
 
 
 def test_enums_are_state_sets_and_mig_pending_is_its_own_series(node):
     node.write([h100(0, uuid=UUID0, compute_mode=2, mig_mode="0 1"), h100(1, compute_mode=9)])
-    proc, s = node.collect()
+    proc, s = node.collect("--detail", "full")
     modes = {m: value(s, "gpu_compute_mode", gpu="0", mode=m)
              for m in ("default", "exclusive_thread", "prohibited", "exclusive_process")}
     assert modes == {"default": 0, "exclusive_thread": 0, "prohibited": 1, "exclusive_process": 0}
@@ -157,7 +157,7 @@ def test_fans_per_fan(node):
     gpu = h100(0, uuid=UUID0, fan_count=2)
     gpu["fan_speed"] = {0: 40, 1: 55}
     node.write([gpu])
-    proc, s = node.collect()
+    proc, s = node.collect("--detail", "full")
     assert value(s, "gpu_fan_speed_ratio", gpu="0", fan="0") == pytest.approx(0.40)
     assert value(s, "gpu_fan_speed_ratio", gpu="0", fan="1") == pytest.approx(0.55)
 

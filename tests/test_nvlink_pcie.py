@@ -57,16 +57,36 @@ def test_link_speed_errors_and_peer(node):
     gpu["fields"][(161, 4)] = 7
     gpu["fields"][(163, 4)] = 2
     node.write([gpu])
-    proc, s = node.collect()
+    proc, s = node.collect("--detail", "full")
     link4 = {"gpu": "0", "link": "4"}
     assert value(s, "gpu_nvlink_speed_bytes_per_second", **link4) == 26_562e6
-    assert value(s, "gpu_nvlink_errors_total", **link4, type="replay") == 7
-    assert value(s, "gpu_nvlink_errors_total", **link4, type="crc") == 2
-    assert value(s, "gpu_nvlink_errors_total", **link4, type="recovery") == 0
-    assert value(s, "gpu_nvlink_errors_total", **link4, type="recovery_failed") is None  # NVLink 5 only
+    assert value(s, "gpu_nvlink_link_errors_total", **link4, type="replay") == 7
+    assert value(s, "gpu_nvlink_link_errors_total", **link4, type="crc") == 2
+    assert value(s, "gpu_nvlink_link_errors_total", **link4, type="recovery") == 0
+    assert value(s, "gpu_nvlink_link_errors_total", **link4, type="recovery_failed") is None  # NVLink 5 only
     assert value(s, "gpu_nvlink_info", **link4, version="4", remote_pci_bus_id="00000000:05:00.0") == 1
     assert value(s, "gpu_nvlink_info", gpu="0", link="17", remote_pci_bus_id="00000000:08:00.0") == 1
     assert value(s, "gpu_nvlink_raw_transmit_bytes_total", **link4) == (1_100_000 + 4 * 1000) * KIB
+    # the per-GPU sum: every link's replays, recoveries and CRC errors (only link 4 has any)
+    assert value(s, "gpu_nvlink_errors_total", gpu="0") == 9
+
+
+def test_standard_detail_keeps_link_traffic_and_state_and_sums_errors(node):
+    gpu = h100(0)
+    gpu["fields"][(161, 4)] = 7
+    gpu["fields"][(163, 4)] = 2
+    gpu["fields"][(161, 9)] = 1
+    node.write([gpu])
+    proc, s = node.collect("--collectors", "nvlink")
+    assert proc.returncode == 0, proc.stderr
+    families = {name for name, _ in s if name.startswith("gpu_")}
+    assert families == {"gpu_nvlink_up", "gpu_nvlink_transmit_bytes_total", "gpu_nvlink_receive_bytes_total",
+                        "gpu_nvlink_errors_total"}
+    assert value(s, "gpu_nvlink_errors_total", gpu="0") == 10
+    assert value(s, "gpu_nvlink_up", gpu="0", link="4") == 1
+    # the peer of each link (one NVML call per link, static) is not read where nvlink_info is not written
+    calls = node.call_counts()[0]
+    assert calls["nvmlDeviceGetFieldValues"] >= 1 and "nvmlDeviceGetNvLinkRemotePciInfo_v2" not in calls
 
 
 def test_blackwell_byte_counters_and_recovery_events(node):
@@ -81,13 +101,14 @@ def test_blackwell_byte_counters_and_recovery_events(node):
         fields[(215, link)] = 3
     gpu["fields"] = fields
     node.write([gpu])
-    proc, s = node.collect()
+    proc, s = node.collect("--detail", "full")
     assert proc.returncode == 0, proc.stderr
     assert value(s, "gpu_nvlink_transmit_bytes_total", gpu="0", link="1") == 5_000_001
     assert value(s, "gpu_nvlink_receive_bytes_total", gpu="0", link="0") == 6_000_000
-    assert value(s, "gpu_nvlink_errors_total", gpu="0", link="0", type="recovery") == 3
-    assert value(s, "gpu_nvlink_errors_total", gpu="0", link="0", type="recovery_failed") == 1
-    assert value(s, "gpu_nvlink_errors_total", gpu="0", link="0", type="replay") is None
+    assert value(s, "gpu_nvlink_link_errors_total", gpu="0", link="0", type="recovery") == 3
+    assert value(s, "gpu_nvlink_link_errors_total", gpu="0", link="0", type="recovery_failed") == 1
+    assert value(s, "gpu_nvlink_link_errors_total", gpu="0", link="0", type="replay") is None
+    assert value(s, "gpu_nvlink_errors_total", gpu="0") == 6  # recoveries of both links; failed ones are among them
     assert value(s, "gpu_nvlink_info", gpu="0", link="0", version="5", remote_pci_bus_id="") == 1
 
 
@@ -122,7 +143,7 @@ def test_pcie_counters_link_and_errors(node):
     gpu["fields"].update({197: 123_456_789_012, 198: 234_567_890_123, 94: Field(17, type="uint"),
                           95: Field(1, type="uint"), 173: 11, 176: 2})
     node.write([gpu])
-    proc, s = node.collect("--collectors", "pcie")
+    proc, s = node.collect("--detail", "full", "--collectors", "pcie")
     assert proc.returncode == 0, proc.stderr
     d = {"gpu": "0"}
     assert value(s, "gpu_pcie_transmit_bytes_total", **d) == 123_456_789_012

@@ -140,7 +140,7 @@ def test_accounting_off_is_said_once_per_boot_and_never_fails(node, spawn):
     """A lasting condition: the timer runs every 5 s, so saying it each run floods the journal."""
     a = spawn()
     node.write([gpu_with([a], E1), gpu_with([], E1, index=1)])
-    proc, s = node.collect()
+    proc, s = node.collect("--detail", "full")
     assert proc.returncode == 0
     assert proc.stderr.count("accounting mode is off") == 1
     assert "nvidia-smi -am 1" in proc.stderr
@@ -148,7 +148,7 @@ def test_accounting_off_is_said_once_per_boot_and_never_fails(node, spawn):
     assert value(s, "gpu_process_active", pid=str(a)) == 1
     assert value(s, "gputext_collector_success", collector="processes") == 1
 
-    again, s = node.collect()
+    again, s = node.collect("--detail", "full")
     assert again.returncode == 0 and again.stderr == ""
     assert value(s, "gpu_accounting_mode", gpu="0") == 0  # still visible as a metric (and in doctor)
 
@@ -158,7 +158,7 @@ def test_accounting_off_is_said_once_per_boot_and_never_fails(node, spawn):
     said = state["sections"]["said"]
     state["sections"]["said"] = {message: "an-earlier-boot" for message in said}
     path.write_text(json.dumps(state))
-    after_reboot, _ = node.collect()
+    after_reboot, _ = node.collect("--detail", "full")
     assert after_reboot.stderr.count("accounting mode is off") == 1
 
 

@@ -40,6 +40,8 @@ ERRORS: Dict[str, Tuple[Tuple[int, float], ...]] = {
     "recovery_failed": ((214, 1),),
     "crc": ((163, 1),),
 }
+# The per-GPU sum (nvlink_errors_total) adds these; recovery_failed counts a subset of the recoveries.
+SUMMED_ERRORS = ("replay", "recovery", "crc")
 PER_LINK_FIELDS = sorted({FI_SPEED_MBPS, FI_STATE}
                          | {fid for fields in TRAFFIC.values() for fid, _ in fields}
                          | {fid for fields in ERRORS.values() for fid, _ in fields})
@@ -88,24 +90,29 @@ def _collect_device(ctx, dev, samples) -> None:
     fields = ctx.static(dev, "nvlink_fields", lambda: _answered_fields(nvml, dev, links))
     values = nvml.fields(dev.handle, [(fid, link) for link in links for fid in fields], device=dev.name)
     pending = []
+    errors = None  # the sum over every link that answers, active or not, so that it never goes down
     for link in links:
         state = _link_state(nvml, dev, link, values)
         if state is None:
             continue
         labels = {**dev.labels, "link": str(link)}
+        for error_type, candidates in ERRORS.items():
+            count = _first(values, link, candidates)
+            if count is not None and error_type in SUMMED_ERRORS:
+                errors = (errors or 0) + count
+            pending.append(("nvlink_link_errors_total", count, {**labels, "type": error_type}))
         up = state == STATE_ACTIVE
         pending.append(("nvlink_up", 1 if up else 0, labels))
         if not up:
             continue
-        peer = ctx.static(dev, f"nvlink_peer_{link}", lambda link=link: _read_peer(nvml, dev, link))
-        pending.append(("nvlink_info", 1, {**labels, **peer}))
+        if samples.wants("nvlink_info"):  # the peer is read once per link, and only where it is written
+            peer = ctx.static(dev, f"nvlink_peer_{link}", lambda link=link: _read_peer(nvml, dev, link))
+            pending.append(("nvlink_info", 1, {**labels, **peer}))
         speed = values.get((FI_SPEED_MBPS, link))
         pending.append(("nvlink_speed_bytes_per_second", None if speed is None else speed * MB, labels))
         for key, candidates in TRAFFIC.items():
             pending.append((key, _first(values, link, candidates), labels))
-        for error_type, candidates in ERRORS.items():
-            pending.append(("nvlink_errors_total", _first(values, link, candidates),
-                            {**labels, "type": error_type}))
+    pending.append(("nvlink_errors_total", errors, dev.labels))
     for key, value, labels in pending:
         samples.add(key, value, labels)
 

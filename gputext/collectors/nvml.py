@@ -36,6 +36,11 @@ FIELD_METRICS: Dict[int, Tuple[str, Dict[str, str], float]] = {
     143: ("remapped_rows_total", {"cause": "uncorrectable"}, 1.0),
     144: ("remapped_rows_pending", {}, 1.0),
     145: ("remapped_rows_failed", {}, 1.0),
+    # Temperature limits, in °C (static, but in the same call they cost next to nothing)
+    193: ("temperature_threshold_celsius", {"threshold": "shutdown"}, 1.0),
+    194: ("temperature_threshold_celsius", {"threshold": "slowdown"}, 1.0),
+    195: ("temperature_threshold_celsius", {"threshold": "memory_max"}, 1.0),
+    196: ("temperature_threshold_celsius", {"threshold": "gpu_max"}, 1.0),
     # Violation (clock event) time counters, in ns. The reason names match clock_event_active's where
     # the two describe the same cause.
     74: ("clock_event_duration_seconds_total", {"reason": "sw_power_cap"}, 1e-9),
