@@ -95,8 +95,8 @@ METRICS: Tuple[Metric, ...] = (
     _device("compute_mode", G, "", "1 for the GPU's compute mode (default, exclusive_thread, prohibited, "
             "exclusive_process), 0 for the others.", ["mode"]),
     _device("mig_mode", G, "", "1 when MIG mode is enabled."),
-    _device("mig_mode_pending", G, "", "MIG mode after the next GPU reset: 1 enabled, 0 disabled (differs from gpu_mig_mode "
-            "while a change waits for the reset)."),
+    _device("mig_mode_pending", G, "", "MIG mode after the next GPU reset: 1 enabled, 0 disabled (differs "
+            "from gpu_mig_mode while a change waits for the reset)."),
     _device("ecc_mode", G, "", "1 when ECC is enabled."),
     # memory errors
     # two metrics, not one with a label: sum() over both would count every error twice

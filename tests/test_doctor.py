@@ -262,3 +262,26 @@ def test_doctor_checks_the_options_and_variables_as_collect_does(node, tmp_path,
         "5m or 1h (a bare number is seconds); fix: correct it in /etc/default/gputext or on the command line "
         "(collect refuses to run with it)"]
     assert by_name["nvml"].startswith("ok    nvml: ")  # the other checks still run
+
+
+@pytest.mark.parametrize("args, verdict", [
+    ('ARGS="--collector.textfile.directory=/srv/textfile"', "FAIL"),
+    ("ARGS='--web.listen-address=:9100 --collector.textfile.directory /srv/textfile'", "FAIL"),
+    ("ARGS=\"\"", "default"),
+])
+def test_debian_defaults_name_the_directory_when_node_exporter_is_not_running(node, tmp_path, args, verdict):
+    """Debian's prometheus-node-exporter reads /var/lib/prometheus/node-exporter unless ARGS in
+    /etc/default/prometheus-node-exporter says otherwise; doctor gives the --out that lands there."""
+    node.write([h100(0)])
+    host = fake_host(tmp_path / "host")
+    (host / "etc" / "default").mkdir(parents=True)
+    (host / "etc" / "default" / "prometheus-node-exporter").write_text(f"# Set the command-line arguments\n{args}\n")
+    out = tmp_path / "tf" / "gpu.prom"
+    out.parent.mkdir()
+    proc = node.run("doctor", "--host-root", str(host), "--state-dir", str(tmp_path / "state"), "--out", str(out))
+    (line,) = [line for line in proc.stdout.splitlines() if " node_exporter: " in line]
+    where = "/srv/textfile" if verdict == "FAIL" else doctor.DEBIAN_TEXTFILE_DIR
+    assert line == (f"FAIL  node_exporter: prometheus-node-exporter is not running now; by "
+                    f"/etc/default/prometheus-node-exporter it reads {where}, not {out.parent}; fix: write there: "
+                    f"--out {where}/gpu.prom (GPUTEXT_OUT={where}/gpu.prom in /etc/default/gputext; a directory "
+                    "other than the two the units know also goes into their ReadWritePaths=)")
