@@ -1,5 +1,6 @@
 """cron/gputext, the /etc/cron.d file: five time fields, a user, and a gputext command the CLI accepts."""
 
+import os
 import re
 import shlex
 from pathlib import Path
@@ -53,15 +54,33 @@ def test_the_command_is_the_installed_console_script():
     assert scripts[Path(program).name] == "gputext.cli:main"
 
 
-def test_collect_accepts_the_arguments():
-    """The job runs the repeating mode for just under a minute: collect parses every argument."""
+def environment() -> dict:
+    """The NAME=value lines cron puts into the job's environment."""
+    return dict(line.split("=", 1) for line in CRON_FILE.read_text().splitlines() if ENVIRONMENT.match(line))
+
+
+def test_collect_accepts_the_arguments(monkeypatch):
+    """The job runs the repeating mode for just under a minute, writing the file its GPUTEXT_OUT line
+    names: collect parses every argument, in the environment cron gives it."""
     (job,) = jobs()
     _, command, *args = shlex.split(job[6])
     assert command == "collect"
+    for name in [n for n in os.environ if n.startswith("GPUTEXT_")]:
+        monkeypatch.delenv(name)
+    for name, value in environment().items():
+        monkeypatch.setenv(name, value)
     context = get_command(app).commands["collect"].make_context("collect", args)
     assert context.params["interval"] == "5s"
     assert context.params["duration"] == "55s"
-    assert context.params["out"].endswith(".prom")
+    assert context.params["out"] == "/var/lib/node_exporter/textfile_collector/gpu.prom"
+
+
+def test_options_are_the_files_variables_not_the_command_line():
+    """The comment invites GPUTEXT_* lines: an option on the command line would override them."""
+    (job,) = jobs()
+    assert not [a for a in shlex.split(job[6]) if a in ("--out", "-o") or a.startswith("--out=")]
+    assert environment()["GPUTEXT_OUT"].endswith(".prom")
+    assert all(name == "SHELL" or name.startswith("GPUTEXT_") or name == "MAILTO" for name in environment())
 
 
 @pytest.mark.parametrize("text, ok", [("*", True), ("*/5", True), ("0-59/10", True), ("1,15,30", True),

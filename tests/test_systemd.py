@@ -91,10 +91,16 @@ def test_exposure_score(unit):
     assert f"exposure level of {EXPOSURE_THRESHOLD / 10} (OK)" in readme, "README states another score"
 
 
+def sandbox_lines(unit: str) -> str:
+    """The unit's text from the sandbox marker to the next section (or the end)."""
+    text = (SYSTEMD / unit).read_text()
+    sandbox = text[text.index(SANDBOX_MARKER):]
+    return sandbox.split("\n[", 1)[0].rstrip("\n")
+
+
 def test_both_services_have_the_same_sandbox():
-    timer_run, repeating = ((SYSTEMD / unit).read_text() for unit in SERVICES)
-    sandbox = timer_run[timer_run.index(SANDBOX_MARKER):]
-    assert repeating.endswith(sandbox)
+    timer_run, repeating = (sandbox_lines(unit) for unit in SERVICES)
+    assert repeating == timer_run and "SystemCallFilter=" in timer_run
     assert values("gputext.service", "ReadWritePaths") == [
         "-/var/lib/node_exporter/textfile_collector -/var/lib/prometheus/node-exporter"]
 
@@ -207,3 +213,42 @@ def test_pod_names_from_the_kubelet_under_the_filter(sandbox, node, tmp_path):
                               env=node.env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert 'pod="train-0",namespace="ml",container="main"' in out.read_text()
+
+
+@pytest.mark.parametrize("unit, target", [("gputext.timer", "timers.target"),
+                                          ("gputext-repeat.service", "multi-user.target")])
+def test_enabling_a_unit_starts_it_at_boot(tmp_path, unit, target):
+    """`systemctl enable` (offline, into a temp root) links the unit into the target that boot reaches; a
+    unit without [Install] would be enabled with a warning and never start after a reboot."""
+    systemctl = require_tool("systemctl")
+    units = tmp_path / "etc" / "systemd" / "system"
+    units.mkdir(parents=True)
+    for name in UNITS:
+        shutil.copy(SYSTEMD / name, units / name)
+    proc = subprocess.run([systemctl, f"--root={tmp_path}", "enable", unit], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert "no installation config" not in proc.stderr
+    link = units / f"{target}.wants" / unit
+    assert link.is_symlink() and os.readlink(link) == f"/etc/systemd/system/{unit}"
+
+
+def test_the_one_shot_service_is_started_only_by_its_timer():
+    """gputext.service has no [Install]: enabled on its own, it would run once at boot and never again."""
+    assert "[Install]" not in (SYSTEMD / "gputext.service").read_text()
+    assert "[Install]" in (SYSTEMD / "gputext.timer").read_text()
+
+
+def test_readme_sections_cited_in_shipped_files_exist():
+    """Comments in the units, the cron file, the manifests and the code cite README sections by title."""
+    headings = {line.lstrip("#").strip() for line in (ROOT / "README.md").read_text().splitlines()
+                if line.startswith("#")}
+    cited = []
+    for folder in ("systemd", "cron", "kubernetes", "gputext"):
+        for path in sorted((ROOT / folder).rglob("*")):
+            if path.is_file() and path.suffix not in (".pyc", ".so"):
+                text = path.read_text(errors="replace").replace("\n# ", " ").replace("\n", " ")
+                cited += [(path.name, title) for title in re.findall(r'README, "([^"]+)"', text)]
+    assert cited, "no citation found: the pattern is wrong"
+    missing = [(name, title) for name, title in cited if title not in headings]
+    assert not missing, missing
