@@ -1,5 +1,6 @@
-"""kubernetes/: the DaemonSet validates offline against the Kubernetes API schemas (kubernetes-validate
---strict, which rejects unknown fields), and its two containers agree with each other and with gputext."""
+"""kubernetes/: the DaemonSets validate offline against the Kubernetes API schemas (kubernetes-validate
+--strict, which rejects unknown fields); their containers agree with each other, with gputext and with the
+node-exporter Helm values; the PodMonitor has the Prometheus Operator's fields and selects the pods."""
 
 import os
 import posixpath
@@ -14,6 +15,12 @@ from conftest import require
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = sorted((ROOT / "kubernetes").glob("*.yaml"))
+SELF_CONTAINED = ROOT / "kubernetes" / "gputext.yaml"
+TEXTFILE_ONLY = ROOT / "kubernetes" / "gputext-textfile-only.yaml"
+PODMONITOR = ROOT / "kubernetes" / "podmonitor.yaml"
+HELM_VALUES = ROOT / "kubernetes" / "helm" / "prometheus-node-exporter.yaml"
+# Objects of the Kubernetes API itself, which kubernetes-validate knows; the PodMonitor is a custom resource.
+CORE_MANIFESTS = [path for path in MANIFESTS if path != PODMONITOR]
 # The oldest Kubernetes the manifests must work on (pod-resources List is GA from 1.28), and the newest
 # the installed kubernetes-validate knows (its default).
 OLDEST = "1.28.0"
@@ -30,22 +37,36 @@ def kubernetes_validate() -> str:
 
 @pytest.mark.parametrize("version", [OLDEST, None], ids=["oldest", "newest"])
 def test_manifests_validate_strictly(version):
-    assert MANIFESTS, "no manifests in kubernetes/"
-    command = [kubernetes_validate(), "--strict", *(["-k", version] if version else []), *map(str, MANIFESTS)]
+    assert SELF_CONTAINED in CORE_MANIFESTS and TEXTFILE_ONLY in CORE_MANIFESTS
+    command = [kubernetes_validate(), "--strict", *(["-k", version] if version else []),
+               *map(str, CORE_MANIFESTS)]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "did not validate" not in proc.stdout + proc.stderr
+    output = proc.stdout + proc.stderr
+    assert "did not validate" not in output and "Couldn't find schema" not in output, output
+    assert output.count(" passed for resource daemonset/gputext ") == 2, output
 
 
-def daemonset():
+def documents(path: Path) -> list:
     require("yaml")
     import yaml
 
-    for path in MANIFESTS:
-        for document in yaml.safe_load_all(path.read_text()):
-            if document and document["kind"] == "DaemonSet":
-                return document["spec"]["template"]["spec"]
-    raise AssertionError("no DaemonSet in kubernetes/")
+    return [document for document in yaml.safe_load_all(path.read_text()) if document]
+
+
+def daemonset(path: Path = SELF_CONTAINED) -> dict:
+    """The DaemonSet's whole object."""
+    (found,) = [document for document in documents(path) if document["kind"] == "DaemonSet"]
+    return found
+
+
+def pod_spec(path: Path = SELF_CONTAINED) -> dict:
+    return daemonset(path)["spec"]["template"]["spec"]
+
+
+def environment(container) -> dict:
+    """name: value, or name: its valueFrom for values the kubelet fills in."""
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
 
 
 def mounts(container):
@@ -53,10 +74,10 @@ def mounts(container):
 
 
 def test_gputext_and_node_exporter_share_the_textfile_and_gputext_sees_the_host():
-    pod = daemonset()
+    pod = pod_spec()
     containers = {c["name"]: c for c in pod["containers"]}
     gputext, exporter = containers["gputext"], containers["node-exporter"]
-    env = {e["name"]: e["value"] for e in gputext["env"]}
+    env = environment(gputext)
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert pod["hostPID"] is True
 
@@ -83,3 +104,96 @@ def test_gputext_and_node_exporter_share_the_textfile_and_gputext_sees_the_host(
     assert mounts(gputext)[socket_dir]["readOnly"] is True
     assert volumes[mounts(gputext)[socket_dir]["name"]]["hostPath"]["path"] == "/var/lib/kubelet/pod-resources"
     assert mounts(gputext)[env["GPUTEXT_STATE_DIR"]]["name"] in volumes
+
+
+def test_the_textfile_only_daemonset_writes_where_the_helm_values_make_node_exporter_read():
+    require("yaml")
+    import yaml
+
+    pod = pod_spec(TEXTFILE_ONLY)
+    (gputext,) = pod["containers"]  # gputext alone: the cluster's node-exporter publishes the file
+    # the same gputext container as the self-contained DaemonSet's, so the two cannot drift apart
+    (same,) = [c for c in pod_spec()["containers"] if c["name"] == "gputext"]
+    assert gputext == same
+    out = gputext["args"][gputext["args"].index("--out") + 1]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    textfile = volumes[mounts(gputext)[posixpath.dirname(out)]["name"]]
+    assert textfile["hostPath"]["type"] == "DirectoryOrCreate"
+    host_directory = textfile["hostPath"]["path"]
+
+    values = yaml.safe_load(HELM_VALUES.read_text())
+    (mount,) = values["extraHostVolumeMounts"]
+    assert mount["hostPath"] == host_directory and mount["readOnly"] is True
+    assert set(mount) <= {"name", "hostPath", "type", "mountPath", "readOnly", "mountPropagation"}  # the chart's
+    assert values["extraArgs"] == [f"--collector.textfile.directory={mount['mountPath']}"]
+    # the directory the systemd units and doctor use on a node without Kubernetes, so one node_exporter
+    # configuration serves both
+    from gputext import doctor
+    assert host_directory == str(doctor.UNITS_OUT.parent)
+    # no port and no scrape annotations: nothing scrapes this pod
+    assert "annotations" not in daemonset(TEXTFILE_ONLY)["spec"]["template"]["metadata"]
+    assert "ports" not in gputext
+
+
+def test_the_dcgm_host_engine_is_reached_at_the_nodes_address():
+    """The pod's localhost is not the node's: GPUTEXT_DCGM_HOST is built from the node's IP, defined
+    earlier in the list (Kubernetes expands $(NAME) only from variables before it)."""
+    (gputext,) = [c for c in pod_spec()["containers"] if c["name"] == "gputext"]
+    names = [e["name"] for e in gputext["env"]]
+    env = environment(gputext)
+    assert env["GPUTEXT_DCGM_HOST"] == "$(NODE_IP):5555"
+    assert env["NODE_IP"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
+    assert names.index("NODE_IP") < names.index("GPUTEXT_DCGM_HOST")
+
+
+# The fields of PodMonitor (monitoring.coreos.com/v1) that the manifest may use, as the Prometheus
+# Operator's API reference gives them; unknown fields are errors, as kubernetes-validate --strict makes
+# them for the other objects (a misspelt field in a custom resource is silently dropped by the API server).
+LABEL_SELECTOR = {"type": "object", "additionalProperties": False,
+                  "properties": {"matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+                                 "matchExpressions": {"type": "array"}}}
+RELABEL = {"type": "object", "additionalProperties": False,
+           "properties": {name: {"type": kind} for name, kind in (
+               ("sourceLabels", "array"), ("separator", "string"), ("targetLabel", "string"),
+               ("regex", "string"), ("modulus", "integer"), ("replacement", "string"), ("action", "string"))}}
+DURATION = {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?"
+                                          "(([0-9]+)s)?(([0-9]+)ms)?)$"}
+POD_MONITOR = {
+    "type": "object", "additionalProperties": False, "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PodMonitor"},
+        "metadata": {"type": "object", "required": ["name", "namespace"]},
+        "spec": {"type": "object", "additionalProperties": False, "required": ["selector", "podMetricsEndpoints"],
+                 "properties": {
+                     "jobLabel": {"type": "string"}, "podTargetLabels": {"type": "array"},
+                     "selector": LABEL_SELECTOR,
+                     "namespaceSelector": {"type": "object", "additionalProperties": False,
+                                           "properties": {"any": {"type": "boolean"},
+                                                          "matchNames": {"type": "array",
+                                                                         "items": {"type": "string"}}}},
+                     "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": {
+                         "type": "object", "additionalProperties": False,
+                         "properties": {"port": {"type": "string"}, "path": {"type": "string"},
+                                        "scheme": {"enum": ["http", "https"]}, "interval": DURATION,
+                                        "scrapeTimeout": DURATION, "honorLabels": {"type": "boolean"},
+                                        "relabelings": {"type": "array", "items": RELABEL},
+                                        "metricRelabelings": {"type": "array", "items": RELABEL}}}}}}}}
+
+
+def test_the_podmonitor_has_the_operators_fields_and_scrapes_node_exporter():
+    require("jsonschema")  # kubernetes-validate's own dependency
+    import jsonschema
+
+    (monitor,) = documents(PODMONITOR)
+    jsonschema.validate(monitor, POD_MONITOR)
+    # a schema that accepts anything would prove nothing
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**monitor, "spec": {**monitor["spec"], "podMetricEndpoints": []}}, POD_MONITOR)
+
+    target = daemonset()
+    assert monitor["metadata"]["namespace"] == target["metadata"]["namespace"]
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == [target["metadata"]["namespace"]]
+    labels = target["spec"]["template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    ports = {port["name"] for c in target["spec"]["template"]["spec"]["containers"] for port in c.get("ports", [])}
+    assert {endpoint["port"] for endpoint in monitor["spec"]["podMetricsEndpoints"]} <= ports
