@@ -20,6 +20,23 @@ POD_LABELS = ("pod", "namespace", "container")
 
 
 @dataclass(frozen=True)
+class Dcgm:
+    """What dcgm-exporter calls (part of) a row, for `--naming dcgm`: its field name, type and help as its
+    counters file gives them, and the factor from the row's base unit to DCGM's (joules to mJ, bytes to
+    MiB, ratios to percent, hertz to MHz)."""
+
+    name: str
+    type: str
+    help: str
+    factor: float = 1.0
+    where: Tuple[Tuple[str, str], ...] = ()  # the row's label values this name stands for, e.g. clock=sm
+    default: bool = True  # in dcgm-exporter's default counters file (etc/default-counters.csv, 4.x)
+
+    def covers(self, labels) -> bool:
+        return all(labels.get(label) == value for label, value in self.where)
+
+
+@dataclass(frozen=True)
 class Metric:
     key: str  # name without prefix, e.g. "temperature_celsius"
     type: str  # "gauge" or "counter"
@@ -28,6 +45,7 @@ class Metric:
     labels: Tuple[str, ...]  # label names beyond gpu/uuid for device metrics; all labels for self-metrics
     source: str  # the collector(s) that write it
     prefixed: bool = True  # False for gputext_* self-metrics
+    dcgm: Tuple[Dcgm, ...] = ()  # dcgm-exporter's names for the row's series
 
     @property
     def gets_pod_labels(self) -> bool:
@@ -43,8 +61,8 @@ class Metric:
         return DEVICE_LABELS + self.labels if self.prefixed else self.labels
 
 
-def _device(key, type_, unit, help_, labels=(), source="nvml"):
-    return Metric(key, type_, unit, help_, tuple(labels), source)
+def _device(key, type_, unit, help_, labels=(), source="nvml", dcgm=()):
+    return Metric(key, type_, unit, help_, tuple(labels), source, dcgm=tuple(dcgm))
 
 
 def _self(key, type_, unit, help_, labels=()):
@@ -52,6 +70,17 @@ def _self(key, type_, unit, help_, labels=()):
 
 
 G, C = "gauge", "counter"
+MIB = 1 << 20
+
+
+def _dcgm(name, type_, help_, factor=1.0, default=True, **where):
+    return Dcgm("DCGM_FI_" + name, type_, help_, factor, tuple(where.items()), default)
+
+
+def _violation(reason, name, what):
+    # DCGM's violation counters are in ns (dcgm-exporter's counters file says so since 4.4; "us" before)
+    return _dcgm(f"DEV_{name}_VIOLATION", C, f"Throttling duration due to {what} (in ns).", 1e9, False,
+                 reason=reason)
 
 METRICS: Tuple[Metric, ...] = (
     # identity and health
@@ -60,32 +89,51 @@ METRICS: Tuple[Metric, ...] = (
     _device("up", G, "", "1 when the GPU answered NVML, 0 when it returned an error such as GPU_IS_LOST "
             "(its other series are then left out)."),
     # thermal and power
-    _device("temperature_celsius", G, "celsius", "GPU core temperature."),
-    _device("memory_temperature_celsius", G, "celsius", "GPU memory (HBM) temperature, where reported."),
+    _device("temperature_celsius", G, "celsius", "GPU core temperature.",
+            dcgm=[_dcgm("DEV_GPU_TEMP", G, "GPU temperature (in C).")]),
+    _device("memory_temperature_celsius", G, "celsius", "GPU memory (HBM) temperature, where reported.",
+            dcgm=[_dcgm("DEV_MEMORY_TEMP", G, "Memory temperature (in C).")]),
     _device("temperature_threshold_celsius", G, "celsius", "Temperature at which the GPU slows down "
             "(slowdown), shuts down (shutdown), or above which it should not run (gpu_max, memory_max).",
             ["threshold"]),
-    _device("power_watts", G, "watts", "Current power draw of the GPU."),
+    _device("power_watts", G, "watts", "Current power draw of the GPU.",
+            dcgm=[_dcgm("DEV_POWER_USAGE", G, "Power draw (in W).")]),
     _device("power_limit_watts", G, "watts", "Power limit currently enforced on the GPU."),
-    _device("energy_joules_total", C, "joules", "Energy used by the GPU since the driver was loaded."),
+    _device("energy_joules_total", C, "joules", "Energy used by the GPU since the driver was loaded.",
+            dcgm=[_dcgm("DEV_TOTAL_ENERGY_CONSUMPTION", C, "Total energy consumption since boot (in mJ).", 1e3)]),
     # memory
     _device("memory_total_bytes", G, "bytes", "Total GPU memory."),
-    _device("memory_used_bytes", G, "bytes", "GPU memory allocated by processes."),
-    _device("memory_free_bytes", G, "bytes", "GPU memory free for allocation."),
-    _device("memory_reserved_bytes", G, "bytes", "GPU memory reserved by the driver and firmware."),
+    _device("memory_used_bytes", G, "bytes", "GPU memory allocated by processes.",
+            dcgm=[_dcgm("DEV_FB_USED", G, "Framebuffer memory used (in MiB).", 1 / MIB)]),
+    _device("memory_free_bytes", G, "bytes", "GPU memory free for allocation.",
+            dcgm=[_dcgm("DEV_FB_FREE", G, "Framebuffer memory free (in MiB).", 1 / MIB)]),
+    _device("memory_reserved_bytes", G, "bytes", "GPU memory reserved by the driver and firmware.",
+            dcgm=[_dcgm("DEV_FB_RESERVED", G, "Framebuffer memory reserved (in MiB).", 1 / MIB)]),
     # utilisation, sampled by the driver over its own window
-    _device("utilization_ratio", G, "ratio", "Fraction of the last sample period during which a kernel ran."),
+    _device("utilization_ratio", G, "ratio", "Fraction of the last sample period during which a kernel ran.",
+            dcgm=[_dcgm("DEV_GPU_UTIL", G, "GPU utilization (in %).", 100)]),
     _device("memory_utilization_ratio", G, "ratio",
-            "Fraction of the last sample period during which device memory was read or written."),
-    _device("encoder_utilization_ratio", G, "ratio", "Video encoder utilisation."),
-    _device("decoder_utilization_ratio", G, "ratio", "Video decoder utilisation."),
+            "Fraction of the last sample period during which device memory was read or written.",
+            dcgm=[_dcgm("DEV_MEM_COPY_UTIL", G, "Memory utilization (in %).", 100)]),
+    _device("encoder_utilization_ratio", G, "ratio", "Video encoder utilisation.",
+            dcgm=[_dcgm("DEV_ENC_UTIL", G, "Encoder utilization (in %).", 100)]),
+    _device("decoder_utilization_ratio", G, "ratio", "Video decoder utilisation.",
+            dcgm=[_dcgm("DEV_DEC_UTIL", G, "Decoder utilization (in %).", 100)]),
     # clocks
-    _device("clock_hertz", G, "hertz", "Current clock frequency.", ["clock"]),
+    _device("clock_hertz", G, "hertz", "Current clock frequency.", ["clock"],
+            dcgm=[_dcgm("DEV_SM_CLOCK", G, "SM clock frequency (in MHz).", 1e-6, clock="sm"),
+                  _dcgm("DEV_MEM_CLOCK", G, "Memory clock frequency (in MHz).", 1e-6, clock="memory")]),
     _device("clock_max_hertz", G, "hertz", "Maximum clock frequency.", ["clock"]),
     _device("clock_event_active", G, "", "1 while the clock-event (throttle) reason holds, else 0.",
             ["reason"]),
     _device("clock_event_duration_seconds_total", C, "seconds",
-            "Time clocks were held down by the reason (NVML violation counters).", ["reason"]),
+            "Time clocks were held down by the reason (NVML violation counters).", ["reason"],
+            dcgm=[_violation("sw_power_cap", "POWER", "power constraints"),
+                  _violation("thermal", "THERMAL", "thermal constraints"),
+                  _violation("sync_boost", "SYNC_BOOST", "sync-boost constraints"),
+                  _violation("board_limit", "BOARD_LIMIT", "board voltage limits"),
+                  _violation("low_utilization", "LOW_UTIL", "low utilization"),
+                  _violation("reliability", "RELIABILITY", "board reliability limits")]),
     _device("fan_speed_ratio", G, "ratio", "Fan speed as a fraction of its maximum.", ["fan"]),
     # state and settings
     _device("performance_state", G, "", "Performance state: 0 (P0, maximum) to 15 (P15, minimum)."),
@@ -101,13 +149,31 @@ METRICS: Tuple[Metric, ...] = (
     # memory errors
     # two metrics, not one with a label: sum() over both would count every error twice
     _device("ecc_errors_total", C, "", "ECC memory errors since the driver was loaded, only where ECC is "
-            "enabled.", ["type"]),
+            "enabled.", ["type"],
+            dcgm=[_dcgm("DEV_ECC_SBE_VOL_TOTAL", C, "Total number of single-bit volatile ECC errors.",
+                        default=False, type="corrected"),
+                  _dcgm("DEV_ECC_DBE_VOL_TOTAL", C, "Total number of double-bit volatile ECC errors.",
+                        default=False, type="uncorrected")]),
     _device("ecc_lifetime_errors_total", C, "", "ECC memory errors over the GPU's life (kept in its "
-            "memory across reboots), only where ECC is enabled.", ["type"]),
-    _device("retired_pages_total", C, "", "Memory pages retired (pre-Ampere page retirement).", ["cause"]),
-    _device("remapped_rows_total", C, "", "Memory rows remapped (Ampere and newer).", ["cause"]),
-    _device("remapped_rows_pending", G, "", "1 when a row remapping is pending a GPU reset."),
-    _device("remapped_rows_failed", G, "", "1 when a row remapping has failed."),
+            "memory across reboots), only where ECC is enabled.", ["type"],
+            dcgm=[_dcgm("DEV_ECC_SBE_AGG_TOTAL", C, "Total number of single-bit persistent ECC errors.",
+                        default=False, type="corrected"),
+                  _dcgm("DEV_ECC_DBE_AGG_TOTAL", C, "Total number of double-bit persistent ECC errors.",
+                        default=False, type="uncorrected")]),
+    _device("retired_pages_total", C, "", "Memory pages retired (pre-Ampere page retirement).", ["cause"],
+            dcgm=[_dcgm("DEV_RETIRED_SBE", C, "Total number of retired pages due to single-bit errors.",
+                        default=False, cause="single_bit_ecc"),
+                  _dcgm("DEV_RETIRED_DBE", C, "Total number of retired pages due to double-bit errors.",
+                        default=False, cause="double_bit_ecc")]),
+    _device("remapped_rows_total", C, "", "Memory rows remapped (Ampere and newer).", ["cause"],
+            dcgm=[_dcgm("DEV_UNCORRECTABLE_REMAPPED_ROWS", C,
+                        "Number of remapped rows for uncorrectable errors", cause="uncorrectable"),
+                  _dcgm("DEV_CORRECTABLE_REMAPPED_ROWS", C, "Number of remapped rows for correctable errors",
+                        cause="correctable")]),
+    _device("remapped_rows_pending", G, "", "1 when a row remapping is pending a GPU reset.",
+            dcgm=[_dcgm("DEV_ROW_REMAP_PENDING", G, "Whether remapping of rows is pending", default=False)]),
+    _device("remapped_rows_failed", G, "", "1 when a row remapping has failed.",
+            dcgm=[_dcgm("DEV_ROW_REMAP_FAILURE", G, "Whether remapping of rows has failed")]),
     # NVLink, per link
     _device("nvlink_up", G, "", "1 when the NVLink link is active, else 0.", ["link"], source="nvlink"),
     _device("nvlink_info", G, "", "NVLink link identity and peer; the value is always 1.",
@@ -133,7 +199,8 @@ METRICS: Tuple[Metric, ...] = (
     _device("pcie_receive_bytes_per_second", G, "bytes_per_second",
             "PCIe receive rate sampled by the driver over 20 ms; only where the byte counters are missing.",
             source="pcie"),
-    _device("pcie_replays_total", C, "", "PCIe replays (retransmitted packets).", source="pcie"),
+    _device("pcie_replays_total", C, "", "PCIe replays (retransmitted packets).", source="pcie",
+            dcgm=[_dcgm("DEV_PCIE_REPLAY_COUNTER", C, "Total number of PCIe retries.")]),
     _device("pcie_replay_rollovers_total", C, "", "Times the PCIe replay counter rolled over.", source="pcie"),
     _device("pcie_errors_total", C, "", "PCIe errors by type.", ["type"], source="pcie"),
     _device("pcie_link_generation", G, "", "Current PCIe link generation.", source="pcie"),

@@ -28,6 +28,7 @@ from .collectors import REGISTRY
 from .runner import EXIT_NO_NVML, EXIT_NOT_WRITTEN
 
 DEFAULT_STATE_DIR = "/var/lib/gputext"
+NAMINGS = ("gputext", "dcgm")
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 file written; 1 file written, but NVML could not be read at all (no driver, no "
@@ -161,6 +162,31 @@ class Values:
             return self.bad("detail", f"choose {' or '.join(DETAILS)}") or STANDARD
         return detail
 
+    def naming(self) -> str:
+        naming = self.raw("naming").strip().lower()
+        if naming not in NAMINGS:
+            return self.bad("naming", f"choose {' or '.join(NAMINGS)}")
+        given = getattr(self.ctx.get_parameter_source("naming"), "name", None) != "DEFAULT"
+        if naming == "gputext" and self.raw("counters") and not given:
+            return "dcgm"  # a counters file is dcgm-exporter's: its series are DCGM's
+        return naming
+
+    def counters(self, naming: str):
+        """dcgm_exporter.Counters from --counters, else dcgm-exporter's defaults (for --naming dcgm)."""
+        from .dcgm_exporter import CountersError, default_counters, parse_counters
+
+        path = self.raw("counters")
+        if not path:
+            return default_counters() if naming == "dcgm" else None
+        try:
+            counters = parse_counters(Path(path))
+        except CountersError as err:
+            self.bad("counters", str(err))
+            return default_counters() if naming == "dcgm" else None
+        if naming != "dcgm":  # gputext's names: only the file's NVML fields apply
+            return type(counters)((), (), counters.fields, (), counters.source)
+        return counters
+
     def prefix(self) -> str:
         prefix = self.raw("prefix")
         if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", prefix) or prefix.startswith("__"):
@@ -176,6 +202,7 @@ def run_options(values: Values, state_dir: Optional[str] = None):
     from .run import Options
 
     names = values.ctx.params
+    naming = values.naming() if "naming" in names else "gputext"
     state = state_dir if state_dir is not None else (names.get("state_dir") or default_state_dir())
     return Options(
         collectors=values.collectors(), prefix=values.prefix() if "prefix" in names else "gpu_",
@@ -189,6 +216,7 @@ def run_options(values: Values, state_dir: Optional[str] = None):
         pod_cache_ttl_seconds=values.seconds("pod_cache_ttl"),
         # show writes nothing that is stored, so it reads everything (its tables use full's series)
         detail=values.detail() if "detail" in names else FULL,
+        naming=naming, counters=values.counters(naming) if "counters" in names else None,
     )
 
 
@@ -235,6 +263,11 @@ def collect(
     prefix: str = _option("gpu_", "--prefix", help="Prefix of the device metric names (not empty)."),
     detail: str = _option("standard", "--detail", help="standard: the series operators watch every day (at "
                           "most 80 per GPU); full: every series gputext knows, for debugging a node."),
+    naming: str = _option("gputext", "--naming", help="gputext: gputext's metric names; dcgm: dcgm-exporter's "
+                          "(DCGM_FI_*, with its labels and units), from NVML alone."),
+    counters: Optional[str] = _option(None, "--counters", help="dcgm-exporter's counters file (CSV): the DCGM "
+                                      "fields to write (implies --naming dcgm), and NVML fields by NVML_FI_* "
+                                      "name or number [default: dcgm-exporter's default counters]."),
     state_dir: Optional[str] = _option(None, "--state-dir", help="Where gputext keeps what one run passes to "
                                        "the next [default: $STATE_DIRECTORY, else /var/lib/gputext]."),
     host_root: str = _option("/", "--host-root", help="Where the host's / is mounted (for /proc and /var/log "
@@ -309,9 +342,16 @@ def _warn_about_name(destination) -> None:
 def metrics(
     markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table (README's metric table)."),
     prefix: str = _option("gpu_", "--prefix", help="Prefix of the device metric names."),
+    dcgm: bool = typer.Option(False, "--dcgm", help="Print dcgm-exporter's names that --naming dcgm writes, "
+                              "with the gputext series each stands for (a Markdown table: README's)."),
 ) -> None:
     from .catalogue import METRICS, detail_of
 
+    if dcgm:
+        from .dcgm_exporter import markdown_table
+
+        typer.echo(markdown_table(prefix))
+        return
     if markdown:
         typer.echo("| name | type | unit | labels | collector | detail | help |")
         typer.echo("| --- | --- | --- | --- | --- | --- | --- |")
@@ -380,7 +420,7 @@ def show(
              "socket, the output directory and node_exporter reading it, the state directory. Takes collect's "
              "options and variables, so it checks what the timer uses; without --out it checks the file the "
              "systemd units write by default. Exit code 0 when everything enabled is ready, 1 otherwise.")
-@_with_collect_options("out", "prefix", "detail", "state_dir", *RUN_OPTIONS, "interval", "count", "duration",
+@_with_collect_options("out", "prefix", "detail", "naming", "counters", "state_dir", *RUN_OPTIONS, "interval", "count", "duration",
                        "lock_timeout")
 def doctor(ctx: typer.Context, **_values) -> None:
     from .doctor import diagnose, passed, report

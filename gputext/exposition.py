@@ -12,7 +12,7 @@ escaped (backslash, newline). No sample timestamps (node_exporter drops a textfi
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Tuple
 
 from .catalogue import BY_KEY, FULL, FULL_ONLY, METRICS, POD_LABELS, STANDARD_SUBSET
 
@@ -28,26 +28,51 @@ def clean(value: Any) -> Optional[float]:
     return value if math.isfinite(value) else None
 
 
+Keep = Callable[[str, Mapping[str, str]], bool]
+
+
+class Extra:
+    """A family outside the catalogue: an NVML field a counters file names (gputext.dcgm_exporter)."""
+
+    def __init__(self, name: str, type_: str, help_: str, labels: Tuple[str, ...]):
+        self.name, self.type, self.help, self.labels = name, type_, help_, labels
+        self.series: Dict[Tuple[str, ...], float] = {}
+
+
 class Samples:
-    def __init__(self, detail: str = FULL) -> None:
+    def __init__(self, detail: str = FULL, keep: Optional[Keep] = None,
+                 keep_keys: frozenset = frozenset()) -> None:
         self._series: Dict[str, Dict[Tuple[str, ...], float]] = {}
         self.detail = detail
         # the catalogue's detail levels, applied as samples arrive (nothing is kept to be dropped later)
         self._left_out = frozenset() if detail == FULL else FULL_ONLY
         self._subset = {} if detail == FULL else STANDARD_SUBSET
+        # series written whatever the level (those --naming dcgm writes under DCGM's names): keep(key, labels),
+        # asked only for the rows in keep_keys
+        self._keep, self._keep_keys = keep, keep_keys
+        self.extras: Dict[str, Extra] = {}
 
     def wants(self, key: str) -> bool:
         """Whether this level writes any series of `key` (a collector may skip reading what it does not)."""
-        return key not in self._left_out
+        return key not in self._left_out or key in self._keep_keys
+
+    def add_extra(self, name: str, type_: str, help_: str, value, labels: Mapping[str, str]) -> None:
+        """A sample of a family outside the catalogue, left out like the others when not available."""
+        value = clean(value)
+        if value is None:
+            return
+        family = self.extras.get(name)
+        if family is None:
+            family = self.extras[name] = Extra(name, type_, help_, tuple(labels))
+        family.series[tuple(labels[label] for label in family.labels)] = value
 
     def add(self, key: str, value, labels: Mapping[str, str]) -> None:
         """Record one sample; label values are strings. None, NaN and NVML's not-available markers are
         left out, as are series the detail level does not write. Labels must be exactly the catalogue's:
         anything else is a bug, raised as ValueError."""
-        if key in self._left_out:
-            return
         subset = self._subset.get(key)
-        if subset is not None and labels.get(subset[0]) not in subset[1]:
+        if (key in self._left_out or (subset is not None and labels.get(subset[0]) not in subset[1])) and \
+                not (key in self._keep_keys and self._keep(key, labels)):
             return
         value = clean(value)
         if value is None:
@@ -64,13 +89,18 @@ class Samples:
     def series(self, key: str) -> Dict[Tuple[str, ...], float]:
         return dict(self._series.get(key, {}))
 
-    def render(self, prefix: str, pod_labels: Optional[Mapping[str, Mapping[str, str]]] = None) -> bytes:
+    def render(self, prefix: str, pod_labels: Optional[Mapping[str, Mapping[str, str]]] = None,
+               skip: Collection[Tuple[str, Tuple[str, ...]]] = (), extras: bool = True) -> bytes:
         """The text exposition. `pod_labels` maps a GPU UUID to the pod/namespace/container labels its
-        device series gain (where exactly one container holds that GPU)."""
+        device series gain (where exactly one container holds that GPU). `skip` holds (key, label values)
+        of series written elsewhere (under dcgm-exporter's names), `extras` whether to write the families
+        outside the catalogue."""
         lines = []
         escaped: Dict[str, str] = {}  # label values repeat on every line of a GPU: escape each once
         for metric in METRICS:
             series = self._series.get(metric.key)
+            if series and skip:
+                series = {values: v for values, v in series.items() if (metric.key, values) not in skip}
             if not series:
                 continue
             name = metric.name(prefix)
@@ -93,9 +123,22 @@ class Samples:
                     values.append(e)
                 values.append(_format_number(value))
                 lines.append((line if not extra else _with_pod_labels(line)) % tuple(values))
+        for family in self.extras.values() if extras else ():
+            render_family(lines, family.name, family.type, family.help,
+                          ((dict(zip(family.labels, label_values)), value)
+                           for label_values, value in family.series.items()))
         lines.append("")
         # A name read from /proc may hold undecodable bytes (surrogates after os.fsdecode): never fail on it.
         return "\n".join(lines).encode("utf-8", "replace")
+
+
+def render_family(lines: List[str], name: str, type_: str, help_: str, series) -> None:
+    """HELP, TYPE and one line per (labels, value) of `series` (labels a dict, in the order to write)."""
+    lines.append(f"# HELP {name} {_escape_help(help_)}")
+    lines.append(f"# TYPE {name} {type_}")
+    for labels, value in series:
+        text = ",".join(f'{label}="{_escape_label_value(v)}"' for label, v in labels.items())
+        lines.append(f"{name}{{{text}}} {_format_number(value)}" if text else f"{name} {_format_number(value)}")
 
 
 def _with_pod_labels(line: str) -> str:

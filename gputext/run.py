@@ -7,7 +7,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
 from .collectors import REGISTRY, LastingFailure, NotApplicable, load
@@ -39,6 +39,8 @@ class Options:
     gpu_resource_names: Sequence[str] = ()  # beyond nvidia.com/gpu and nvidia.com/mig-*
     pod_cache_ttl_seconds: float = 30.0
     detail: str = "standard"  # catalogue.DETAILS
+    naming: str = "gputext"  # or "dcgm": dcgm-exporter's names (gputext.dcgm_exporter)
+    counters: Any = None  # dcgm_exporter.Counters: the DCGM series --naming dcgm writes, and NVML fields
 
     def host_path(self, path: str) -> Path:
         """A host path such as /proc/1/cgroup, under --host-root."""
@@ -70,6 +72,7 @@ class Context:
         self.state = State(options.state_dir, warn, note=self.note_once)
         self._nvml = None
         self._inventory = None
+        self.dcgm_nvlink_sums: Dict[str, list] = {}  # --naming dcgm without state: last cycle's NVLink sums
         self.new_cycle()
 
     def new_cycle(self) -> None:
@@ -164,15 +167,74 @@ class Result:
     nvml_unavailable: bool
     failed: List[str] = field(default_factory=list)
     pod_labels: Dict[str, Dict[str, str]] = field(default_factory=dict)
+    dcgm: Optional["DcgmNaming"] = None  # set for --naming dcgm
 
     def render(self, prefix: str) -> bytes:
+        if self.dcgm is not None:
+            from .dcgm_exporter import render
+
+            return render(self.samples, self.dcgm.counters, self.dcgm.devices, prefix, self.pod_labels,
+                          self.dcgm.nvlink_bandwidth)
         return self.samples.render(prefix, self.pod_labels)
+
+
+@dataclass
+class DcgmNaming:
+    """What --naming dcgm needs beyond the samples: the counters, each GPU's labels, the NVLink rate."""
+
+    counters: Any
+    devices: Dict[str, Dict[str, str]] = field(default_factory=dict)
+    nvlink_bandwidth: Dict[str, float] = field(default_factory=dict)
+
+
+def _samples(options: Options) -> Samples:
+    """The samples of a run: at the chosen detail level, plus the series --naming dcgm writes."""
+    if options.naming != "dcgm":
+        return Samples(options.detail)
+    selected = options.counters.selected()
+    return Samples(options.detail, keep=lambda key, labels: any(d.covers(labels) for d in selected[key]),
+                   keep_keys=frozenset(selected))
+
+
+def _dcgm_naming(ctx: Context, samples: Samples) -> DcgmNaming:
+    from .dcgm_exporter import counters_note, identity, nvlink_bandwidth
+    from .state import StateUnavailable
+
+    counters = ctx.options.counters
+    naming = DcgmNaming(counters)
+    note = counters_note(counters)
+    if note:
+        ctx.note_once(note)
+    if ctx.nvml_unavailable:
+        return naming
+    import pynvml
+
+    from .nvml import DeviceGone
+
+    def minor(dev):
+        try:
+            return ctx.static(dev, "minor_number", lambda: ctx.nvml.call(
+                pynvml.nvmlDeviceGetMinorNumber, dev.handle, device=dev.name)) if dev.up else None
+        except DeviceGone:
+            return None
+
+    system, devices = ctx.devices()
+    naming.devices = identity(system, devices, minor)
+    if counters.wants_nvlink_bandwidth():
+        try:
+            kept = ctx.state.section("dcgm_nvlink_bandwidth")
+        except StateUnavailable:
+            kept = ctx.dcgm_nvlink_sums  # without state, the repeating mode still has its last cycle's
+        naming.nvlink_bandwidth, sums = nvlink_bandwidth(samples, dict(kept), ctx.now)
+        kept.clear()
+        kept.update(sums)
+    return naming
 
 
 def collect(ctx: Context) -> Result:
     from .nvml import NvmlUnavailable
 
-    samples = Samples(ctx.options.detail)
+    samples = _samples(ctx.options)
     explicit = bool(ctx.options.collectors)
     failed = []
     for name in ctx.options.collectors or tuple(REGISTRY):
@@ -200,4 +262,5 @@ def collect(ctx: Context) -> Result:
         samples.add("gputext_collector_success", success, {"collector": name})
         samples.add("gputext_collector_duration_seconds", time.perf_counter() - started, {"collector": name})
     samples.add("gputext_build_info", 1, {"version": __version__})
-    return Result(samples, ctx.nvml_unavailable, failed, ctx.pod_labels)
+    dcgm = _dcgm_naming(ctx, samples) if ctx.options.naming == "dcgm" else None
+    return Result(samples, ctx.nvml_unavailable, failed, ctx.pod_labels, dcgm)

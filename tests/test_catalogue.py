@@ -46,3 +46,12 @@ def test_readme_metric_table_is_the_catalogue():
     assert block.group(1).strip() == generated, (
         "README's metric table differs from the catalogue: regenerate it with "
         "`gputext metrics --markdown`")
+
+
+def test_readme_dcgm_table_is_the_catalogue():
+    generated = subprocess.run([sys.executable, "-m", "gputext", "metrics", "--dcgm"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    block = re.search(r"<!-- dcgm:start -->\n(.*?)\n<!-- dcgm:end -->", (ROOT / "README.md").read_text(), re.S)
+    assert block, "README.md lacks the dcgm:start/dcgm:end markers"
+    assert block.group(1).strip() == generated, (
+        "README's DCGM table differs from the catalogue: regenerate it with `gputext metrics --dcgm`")

@@ -96,11 +96,13 @@ PSTATE_UNKNOWN = 32  # NVML_PSTATE_UNKNOWN
 
 def collect(ctx, samples) -> None:
     system, devices = ctx.devices()
+    # NVML fields a counters file names (--counters), read in the same call as the catalogue's
+    extra_fields = ctx.options.counters.fields if ctx.options.counters is not None else ()
     for dev in devices:
         labels = dev.labels
         if dev.up:
             try:
-                _collect_device(ctx.nvml, dev, samples)
+                _collect_device(ctx.nvml, dev, samples, extra_fields)
             except DeviceGone as err:
                 dev.error = str(err)
                 ctx.warn(f"{dev.name} ({dev.uuid}) stopped answering: {err}")
@@ -120,7 +122,7 @@ def _info_labels(dev: Device, system) -> Dict[str, str]:
     }
 
 
-def _collect_device(nvml: Nvml, dev: Device, samples) -> None:
+def _collect_device(nvml: Nvml, dev: Device, samples, extra_fields=()) -> None:
     # Everything is read before anything is added: a device that is lost half way through gives
     # `up 0` and no half set of series.
     h, where = dev.handle, dev.name
@@ -129,7 +131,9 @@ def _collect_device(nvml: Nvml, dev: Device, samples) -> None:
     def put(key: str, value, **extra: str) -> None:
         pending.append((key, value, {**dev.labels, **extra}))
 
-    fields = nvml.fields(h, [(fid, 0) for fid in (*FIELD_METRICS, *ECC_FIELDS)], device=where)
+    keys = [(fid, 0) for fid in (*FIELD_METRICS, *ECC_FIELDS)]
+    keys += [f.key for f in extra_fields if f.key not in keys]
+    fields = nvml.fields(h, keys, device=where)
     for fid, (key, extra, factor) in FIELD_METRICS.items():
         value = fields.get((fid, 0))
         if value is None and fid in FIELD_FALLBACKS:
@@ -186,6 +190,9 @@ def _collect_device(nvml: Nvml, dev: Device, samples) -> None:
 
     for key, value, labels in pending:
         samples.add(key, value, labels)
+    for extra in extra_fields:
+        scope = {"scope": str(extra.scope)} if extra.scope is not None else {}
+        samples.add_extra(extra.name, extra.type, extra.help, fields.get(extra.key), {**dev.labels, **scope})
 
 
 def _scaled(value, factor: float) -> Optional[float]:

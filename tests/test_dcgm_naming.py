@@ -1,0 +1,251 @@
+"""`--naming dcgm` and `--counters FILE`: dcgm-exporter's names, labels and units from NVML alone, its counters
+file as it is, and NVML fields by name or number."""
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import parse_exposition, value
+from fakegpu import MiB, Field, GiB, H100_NVLINKS, h100, h100_uuid
+from gputext.catalogue import METRICS
+from gputext.dcgm_exporter import default_counters
+from realtools import NodeExporter, promtool_check
+
+# prometheus_client's parser names the samples of a counter NAME_total, whatever the family is called
+# (Prometheus itself keeps the name as written): counters below are looked up with _total.
+DCGM_LABELS = ("gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname", "DCGM_FI_DRIVER_VERSION")
+
+
+def valid_but_for_dcgm_names(text: str, directory: Path) -> None:
+    """promtool finds nothing wrong but what dcgm-exporter's own names break (camelCase labels such as
+    UUID and modelName, counters without _total): drop-in names must stay as they are; and node_exporter
+    publishes the file without a scrape error."""
+    proc = promtool_check(text.encode())
+    allowed = ("label names should be written in 'snake_case' not 'camelCase'",
+               'counter metrics should have "_total" suffix', "metric name should not include type 'counter'")
+    problems = [line for line in proc.stderr.decode().splitlines()
+                if not (line.startswith(("DCGM_", "NVML_FI_", "nvml_")) and line.endswith(allowed))]
+    assert not problems, problems
+    directory.mkdir()
+    with NodeExporter(directory) as exporter:
+        (exporter.directory / "gpu.prom").write_text(text)
+        published = parse_exposition(exporter.scrape())
+    assert value(published, "node_textfile_scrape_error") == 0
+    assert {name for name, _ in published} >= {name for name, _ in parse_exposition(text)}
+
+
+def two_gpus(node, **first):
+    # GPU 1 is /dev/nvidia5: dcgm-exporter's `device` is the minor number, not the index
+    node.write([h100(0, temperature=45, **first), h100(1, minor_number=5, utilization_gpu=12)])
+
+
+def labels_of(series, name, gpu):
+    (labels,) = [dict(labels) for n, labels in series if n == name and dict(labels).get("gpu") == gpu]
+    return labels
+
+
+def test_dcgm_names_units_and_labels(node, tmp_path):
+    two_gpus(node)
+    proc, s = node.collect("--naming", "dcgm", "--collectors", "nvml,pcie")
+    assert proc.returncode == 0, proc.stderr
+    assert value(s, "DCGM_FI_DEV_GPU_TEMP", gpu="0") == 45
+    assert value(s, "DCGM_FI_DEV_MEMORY_TEMP", gpu="0") == 52
+    assert value(s, "DCGM_FI_DEV_POWER_USAGE", gpu="0") == pytest.approx(412.345)  # mW -> W
+    assert value(s, "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION_total", gpu="1") == 31_537_000_000  # mJ, as NVML has it
+    assert value(s, "DCGM_FI_DEV_SM_CLOCK", gpu="0") == 1980  # MHz
+    assert value(s, "DCGM_FI_DEV_MEM_CLOCK", gpu="0") == 2619
+    assert value(s, "DCGM_FI_DEV_GPU_UTIL", gpu="0") == 87  # percent
+    assert value(s, "DCGM_FI_DEV_GPU_UTIL", gpu="1") == 12
+    assert value(s, "DCGM_FI_DEV_MEM_COPY_UTIL", gpu="0") == 43
+    assert value(s, "DCGM_FI_DEV_ENC_UTIL", gpu="0") == 0
+    assert value(s, "DCGM_FI_DEV_FB_USED", gpu="0") == (40 * GiB + 517 * MiB) / MiB  # MiB
+    assert value(s, "DCGM_FI_DEV_FB_RESERVED", gpu="0") == 542
+    assert value(s, "DCGM_FI_DEV_FB_FREE", gpu="0") == 81559 - 542 - 40 * 1024 - 517
+    assert value(s, "DCGM_FI_DEV_PCIE_REPLAY_COUNTER_total", gpu="0") == 0
+    assert value(s, "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS_total", gpu="0") == 0
+    assert value(s, "DCGM_FI_DEV_ROW_REMAP_FAILURE", gpu="0") == 0
+
+    labels = labels_of(s, "DCGM_FI_DEV_GPU_TEMP", "1")
+    assert labels == {"gpu": "1", "UUID": h100_uuid(1), "pci_bus_id": "00000000:2A:00.0", "device": "nvidia5",
+                      "modelName": "NVIDIA H100 80GB HBM3", "Hostname": socket.gethostname(),
+                      "DCGM_FI_DRIVER_VERSION": "580.159.04"}
+    # in dcgm-exporter's order, as dashboards that match on the whole text expect
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("DCGM_FI_DEV_GPU_TEMP{"))
+    assert [part.split("=")[0] for part in line[line.index("{") + 1:line.index("}")].split('",')] == list(DCGM_LABELS)
+
+    # renamed series are not written twice; the rest keep gputext's names
+    names = {name for name, _ in s}
+    assert not names & {"gpu_temperature_celsius", "gpu_power_watts", "gpu_memory_used_bytes",
+                        "gpu_utilization_ratio"}
+    assert value(s, "gpu_clock_hertz", gpu="0", clock="graphics") is None  # standard writes only sm, renamed
+    assert value(s, "gpu_pcie_transmit_bytes_total", gpu="0") == 123_456_789_012
+    assert value(s, "gpu_up", gpu="1") == 1 and value(s, "gpu_ecc_errors_total", gpu="0", type="uncorrected") == 0
+    valid_but_for_dcgm_names(proc.stdout, tmp_path / "textfile")
+
+
+def test_every_default_name_comes_from_a_catalogue_row_with_its_unit():
+    """One catalogue: each DCGM name is a column of a row, not a second table; none is used twice."""
+    columns = [dcgm.name for metric in METRICS for dcgm in metric.dcgm]
+    assert len(columns) == len(set(columns))
+    defaults = [d.name for d in default_counters().metrics]
+    assert defaults[:4] == ["DCGM_FI_DEV_SM_CLOCK", "DCGM_FI_DEV_MEM_CLOCK", "DCGM_FI_DEV_MEMORY_TEMP",
+                            "DCGM_FI_DEV_GPU_TEMP"]
+    assert set(defaults) - set(columns) == {"DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL"}  # the one derived series
+    factors = {d.name: d.factor for m in METRICS for d in m.dcgm}
+    assert factors["DCGM_FI_DEV_FB_USED"] == 1 / MiB and factors["DCGM_FI_DEV_SM_CLOCK"] == 1e-6
+    assert factors["DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"] == 1000 and factors["DCGM_FI_DEV_GPU_UTIL"] == 100
+
+
+def test_the_environment_chooses_the_naming(node):
+    two_gpus(node)
+    env = {**node.env(), "GPUTEXT_NAMING": "dcgm"}
+    proc = subprocess.run([sys.executable, "-m", "gputext", "collect", "--out", "-", "--collectors", "nvml",
+                           "--state-dir", str(node.state_dir)], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert value(parse_exposition(proc.stdout), "DCGM_FI_DEV_GPU_TEMP", gpu="0") == 45
+    bad = subprocess.run([sys.executable, "-m", "gputext", "collect", "--out", "-"],
+                         env={**env, "GPUTEXT_NAMING": "nvidia"}, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("gputext: invalid GPUTEXT_NAMING='nvidia' (from the environment): choose "
+                                 "gputext or dcgm")
+
+
+# dcgm-exporter's counters file as teams keep it: comments, blank lines, the stray space before a comma in
+# its default file, a field NVML cannot give, label fields, and NVML fields by name and by number.
+COUNTERS = """\
+# Format
+# If line starts with a '#' it is considered a comment
+# DCGM FIELD, Prometheus metric type, help message
+
+# Temperature and power
+DCGM_FI_DEV_GPU_TEMP,    gauge, GPU temperature (in C).
+DCGM_FI_DEV_POWER_USAGE, gauge, Power draw (in W).
+DCGM_FI_DEV_DEC_UTIL ,   gauge, Decoder utilization (in %).
+DCGM_FI_DEV_ECC_DBE_VOL_TOTAL, counter, Total number of double-bit volatile ECC errors.
+DCGM_FI_DEV_VGPU_LICENSE_STATUS, gauge, vGPU License status
+DCGM_FI_DRIVER_VERSION, label, Driver Version
+DCGM_FI_DEV_SERIAL, label, Device serial number
+
+NVML_FI_DEV_PCIE_COUNT_TX_BYTES, counter, Bytes sent over PCIe (NVML field 197).
+138:3, counter, NVLink data sent on link 3 (KiB)., nvml_nvlink_tx_kib
+138:4, counter, NVLink data sent on link 4 (KiB)., nvml_nvlink_tx_kib
+"""
+
+
+def test_a_counters_file_chooses_the_series_and_adds_nvml_fields(node, tmp_path):
+    two_gpus(node)
+    counters = tmp_path / "default-counters.csv"
+    counters.write_text(COUNTERS)
+    out = tmp_path / "gpu.prom"
+    proc = node.run("collect", "--out", str(out), "--counters", str(counters), "--collectors", "nvml")
+    assert proc.returncode == 0, proc.stderr
+    # the one field NVML cannot give is named once, and the rest is written
+    assert proc.stderr.count("DCGM_FI_DEV_VGPU_LICENSE_STATUS") == 1
+    assert f"counters file {counters}: gputext cannot read DCGM_FI_DEV_VGPU_LICENSE_STATUS from NVML" in proc.stderr
+    text = out.read_text()
+    s = parse_exposition(text)
+    dcgm = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE DCGM_")}
+    assert dcgm == {"DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_DEC_UTIL",
+                    "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL"}
+    assert "# HELP DCGM_FI_DEV_DEC_UTIL Decoder utilization (in %)." in text  # the file's help
+    assert value(s, "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL_total", gpu="0") == 0
+    labels = labels_of(s, "DCGM_FI_DEV_GPU_TEMP", "0")
+    assert labels["DCGM_FI_DEV_SERIAL"] == "1654922000000" and labels["DCGM_FI_DRIVER_VERSION"] == "580.159.04"
+    # what the file leaves out keeps gputext's name (the detail level decides it, as without a file)
+    assert value(s, "gpu_clock_hertz", gpu="0", clock="sm") == 1980e6
+    # NVML fields, with the type and help the file gives, and their scope as a label
+    assert value(s, "NVML_FI_DEV_PCIE_COUNT_TX_BYTES_total", gpu="1") == 123_456_789_012
+    assert "# TYPE NVML_FI_DEV_PCIE_COUNT_TX_BYTES counter" in text
+    assert value(s, "nvml_nvlink_tx_kib_total", gpu="0", scope="3") == 1_003_000
+    assert value(s, "nvml_nvlink_tx_kib_total", gpu="0", scope="4") == 1_004_000
+    assert labels_of(s, "NVML_FI_DEV_PCIE_COUNT_TX_BYTES_total", "1")["device"] == "nvidia5"
+    valid_but_for_dcgm_names(text, tmp_path / "textfile")
+
+
+def test_nvml_fields_are_read_in_the_same_call(node, tmp_path):
+    two_gpus(node)
+    counters = tmp_path / "counters.csv"
+    counters.write_text(COUNTERS)
+    node.collect("--collectors", "nvml")  # learns the inventory
+    counts = []
+    for args in ((), ("--counters", str(counters))):
+        node.calls.unlink(missing_ok=True)
+        proc, _ = node.collect("--collectors", "nvml", *args)
+        assert proc.returncode == 0, proc.stderr
+        counts.append(node.call_counts()[0])
+    assert counts[0]["nvmlDeviceGetFieldValues"] == counts[1]["nvmlDeviceGetFieldValues"] == 1
+
+
+def test_nvml_fields_keep_gputext_names_around_them_with_naming_gputext(node, tmp_path):
+    two_gpus(node)
+    counters = tmp_path / "counters.csv"
+    counters.write_text(COUNTERS)
+    proc, s = node.collect("--naming", "gputext", "--counters", str(counters), "--collectors", "nvml")
+    assert proc.returncode == 0, proc.stderr
+    assert not [name for name, _ in s if name.startswith("DCGM_")]
+    assert value(s, "gpu_temperature_celsius", gpu="0") == 45
+    assert value(s, "nvml_nvlink_tx_kib_total", gpu="1", uuid=h100_uuid(1), scope="3") == 1_003_000
+
+
+@pytest.mark.parametrize("line, problem", [
+    ("DCGM_FI_DEV_GPU_TEMP, gauge", "expected 'FIELD, gauge|counter|label, help' (3 columns, or 4 with a "
+                                    "metric name for an NVML field), found 2"),
+    ("DCGM_FI_DEV_GPU_TEMP, histogram, GPU temperature", "type 'histogram' of DCGM_FI_DEV_GPU_TEMP: use gauge, "
+                                                         "counter or label"),
+    ("GPU_TEMP, gauge, GPU temperature", "'GPU_TEMP' is neither a DCGM field (DCGM_FI_...) nor an NVML field"),
+    ("NVML_FI_DEV_NO_SUCH_THING, gauge, x", "pynvml knows no field NVML_FI_DEV_NO_SUCH_THING"),
+    ("NVML_FI_DEV_PCIE_COUNT_TX_BYTES, label, x", "an NVML field is a gauge or a counter, not a label"),
+    ("197, gauge, x, 9bad", "'9bad' is not a valid metric name"),
+    ("DCGM_FI_DEV_POWER_USAGE, gauge, Power draw (in W).", "DCGM_FI_DEV_POWER_USAGE is named twice (first on "
+                                                           "line 2)"),
+])
+def test_a_bad_counters_file_is_one_line_with_file_and_line_and_no_file_written(node, tmp_path, line, problem):
+    two_gpus(node)
+    counters = tmp_path / "counters.csv"
+    counters.write_text(f"# mine\nDCGM_FI_DEV_POWER_USAGE, gauge, Power draw (in W).\n{line}\n")
+    out = tmp_path / "gpu.prom"
+    proc = node.run("collect", "--out", str(out), "--counters", str(counters))
+    assert proc.returncode == 2
+    (message,) = proc.stderr.splitlines()
+    assert message.startswith(f"gputext: invalid --counters '{counters}': {counters}:3: {problem}"), message
+    assert not out.exists()
+
+
+def test_a_missing_counters_file_says_so(node, tmp_path):
+    two_gpus(node)
+    proc = node.run("collect", "--out", "-", "--counters", str(tmp_path / "nope.csv"))
+    assert proc.returncode == 2
+    assert f"cannot read counters file {tmp_path / 'nope.csv'}: No such file or directory" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_nvlink_bandwidth_is_what_dcgm_computes_between_two_runs(node):
+    """DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL is typed counter but is a rate: the increase of the KiB data
+    counters (sent and received, all links) per second, divided by 1000."""
+    gpu = h100(0)
+    for link in range(H100_NVLINKS):
+        gpu["fields"][(138, link)] = Field(1_000_000 + link, type="ull", step=3_000)
+        gpu["fields"][(139, link)] = Field(2_000_000 + link, type="ull", step=5_000)
+    node.write([gpu])
+    started = time.time()
+    first, s = node.collect("--naming", "dcgm", "--collectors", "nvml,nvlink", tick=0)
+    assert first.returncode == 0, first.stderr
+    assert value(s, "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL_total", gpu="0") is None  # nothing to compare with yet
+    ended = time.time()
+    time.sleep(0.3)
+    began = time.time()
+    proc, s = node.collect("--naming", "dcgm", "--collectors", "nvml,nvlink", tick=10)
+    finished = time.time()
+    assert proc.returncode == 0, proc.stderr
+    kib = 10 * (3_000 + 5_000) * H100_NVLINKS
+    rate = value(s, "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL_total", gpu="0")
+    # the two runs' clocks were read somewhere between these times
+    assert kib / (finished - started) / 1000 <= rate <= kib / (began - ended) / 1000
+    assert "# TYPE DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL counter" in proc.stdout
+    # the per-link counters keep their gputext names
+    assert value(s, "gpu_nvlink_transmit_bytes_total", gpu="0", link="0") == (1_000_000 + 30_000) * 1024
+
