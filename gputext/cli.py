@@ -173,11 +173,13 @@ class Values:
 
     def counters(self, naming: str):
         """dcgm_exporter.Counters from --counters, else dcgm-exporter's defaults (for --naming dcgm)."""
+        path = self.raw("counters")
+        if not path and naming != "dcgm":
+            return None  # the common case imports nothing of dcgm_exporter
         from .dcgm_exporter import CountersError, default_counters, parse_counters
 
-        path = self.raw("counters")
         if not path:
-            return default_counters() if naming == "dcgm" else None
+            return default_counters()
         try:
             counters = parse_counters(Path(path))
         except CountersError as err:

@@ -39,6 +39,12 @@ class Extra:
         self.series: Dict[Tuple[str, ...], float] = {}
 
 
+# name and label values -> the start of the line ('gpu_up{gpu="0",uuid="GPU-..."} '), as the last render
+# wrote them: the repeating mode writes the same series every cycle, and joining and escaping their labels
+# was the largest part of a render. Only the last render's lines are kept, so memory stays flat.
+_LINES: Dict[Tuple[str, Tuple[str, ...]], str] = {}
+
+
 class Samples:
     def __init__(self, detail: str = FULL, keep: Optional[Keep] = None,
                  keep_keys: frozenset = frozenset()) -> None:
@@ -56,6 +62,14 @@ class Samples:
         """Whether this level writes any series of `key` (a collector may skip reading what it does not)."""
         return key not in self._left_out or key in self._keep_keys
 
+    def keeps(self, key: str, labels: Mapping[str, str]) -> bool:
+        """Whether add() would keep a series of `key` with these labels (only the labels that decide:
+        a collector asks before it reads a value, to read only what is written)."""
+        subset = self._subset.get(key)
+        if key not in self._left_out and (subset is None or labels.get(subset[0]) in subset[1]):
+            return True
+        return key in self._keep_keys and self._keep(key, labels)
+
     def add_extra(self, name: str, type_: str, help_: str, value, labels: Mapping[str, str]) -> None:
         """A sample of a family outside the catalogue, left out like the others when not available."""
         value = clean(value)
@@ -70,9 +84,7 @@ class Samples:
         """Record one sample; label values are strings. None, NaN and NVML's not-available markers are
         left out, as are series the detail level does not write. Labels must be exactly the catalogue's:
         anything else is a bug, raised as ValueError."""
-        subset = self._subset.get(key)
-        if (key in self._left_out or (subset is not None and labels.get(subset[0]) not in subset[1])) and \
-                not (key in self._keep_keys and self._keep(key, labels)):
+        if (key in self._left_out or key in self._subset) and not self.keeps(key, labels):
             return
         value = clean(value)
         if value is None:
@@ -95,8 +107,10 @@ class Samples:
         device series gain (where exactly one container holds that GPU). `skip` holds (key, label values)
         of series written elsewhere (under dcgm-exporter's names), `extras` whether to write the families
         outside the catalogue."""
+        global _LINES
         lines = []
         escaped: Dict[str, str] = {}  # label values repeat on every line of a GPU: escape each once
+        lines_now: Dict[Tuple[str, Tuple[str, ...]], str] = {}
         for metric in METRICS:
             series = self._series.get(metric.key)
             if series and skip:
@@ -107,26 +121,31 @@ class Samples:
             lines.append(f"# HELP {name} {_escape_help(metric.help)}")
             lines.append(f"# TYPE {name} {metric.type}")
             line = name
-            if metric.all_labels:  # e.g. 'gpu_up{gpu="%s",uuid="%s"} %s'
+            if metric.all_labels:  # e.g. 'gpu_up{gpu="%s",uuid="%s"} '
                 line += "{" + ",".join(f'{label}="%s"' for label in metric.all_labels) + "}"
-            line += " %s"
+            line += " "
             enrich = pod_labels if metric.gets_pod_labels else None
             for label_values, value in series.items():
                 extra = enrich.get(label_values[1]) if enrich else None  # label_values[1] is the uuid
                 if extra:
                     label_values = label_values + tuple(extra[k] for k in POD_LABELS)
-                values = []
-                for v in label_values:
-                    e = escaped.get(v)
-                    if e is None:
-                        e = escaped[v] = _escape_label_value(v)
-                    values.append(e)
-                values.append(_format_number(value))
-                lines.append((line if not extra else _with_pod_labels(line)) % tuple(values))
+                key = (name, label_values)
+                start = _LINES.get(key)
+                if start is None:
+                    values = []
+                    for v in label_values:
+                        e = escaped.get(v)
+                        if e is None:
+                            e = escaped[v] = _escape_label_value(v)
+                        values.append(e)
+                    start = (line if not extra else _with_pod_labels(line)) % tuple(values)
+                lines_now[key] = start
+                lines.append(start + _format_number(value))
         for family in self.extras.values() if extras else ():
             render_family(lines, family.name, family.type, family.help,
                           ((dict(zip(family.labels, label_values)), value)
                            for label_values, value in family.series.items()))
+        _LINES = lines_now  # what this render used, for the next one (no more: processes come and go)
         lines.append("")
         # A name read from /proc may hold undecodable bytes (surrogates after os.fsdecode): never fail on it.
         return "\n".join(lines).encode("utf-8", "replace")
@@ -142,7 +161,7 @@ def render_family(lines: List[str], name: str, type_: str, help_: str, series) -
 
 
 def _with_pod_labels(line: str) -> str:
-    return line.replace("} %s", "".join(f',{label}="%s"' for label in POD_LABELS) + "} %s", 1)
+    return line.replace("} ", "".join(f',{label}="%s"' for label in POD_LABELS) + "} ", 1)
 
 
 def _escape_label_value(value: str) -> str:

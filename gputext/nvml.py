@@ -33,10 +33,16 @@ _GONE = {pynvml.NVML_ERROR_GPU_IS_LOST, pynvml.NVML_ERROR_RESET_REQUIRED}
 # Offsets come from pynvml's own c_nvmlFieldValue_t, so the layout is always the one pynvml passed.
 _FIELD = pynvml.c_nvmlFieldValue_t
 _FIELD_SIZE = ctypes.sizeof(_FIELD)
-_RETURN_AND_TYPE = struct.Struct("=I")
 _RETURN_OFFSET = _FIELD.nvmlReturn.offset
 _TYPE_OFFSET = _FIELD.valueType.offset
 _VALUE_OFFSET = _FIELD.value.offset
+_KEY = struct.Struct("=II")  # fieldId, scopeId: the first two members
+assert _FIELD.fieldId.offset == 0 and _FIELD.scopeId.offset == 4
+# one returned entry: (valueType, nvmlReturn, the value's 8 bytes), skipping what gputext does not read
+_VALUE_SIZE = ctypes.sizeof(pynvml.c_nvmlValue_t)
+_ENTRY = struct.Struct(f"={_TYPE_OFFSET}xII{_VALUE_OFFSET - _RETURN_OFFSET - 4}x{_VALUE_SIZE}s"
+                       f"{_FIELD_SIZE - _VALUE_OFFSET - _VALUE_SIZE}x")
+assert _RETURN_OFFSET == _TYPE_OFFSET + 4 and _ENTRY.size == _FIELD_SIZE
 # nvmlValueType_t -> the C type the c_nvmlValue_t union holds (native formats: "L" is C's unsigned long)
 _VALUE_FORMAT = {value_type: struct.Struct("@" + code)
                  for value_type, code in {0: "d", 1: "I", 2: "L", 3: "Q", 4: "q", 5: "i", 6: "H"}.items()}
@@ -73,6 +79,7 @@ class Nvml:
     def __init__(self, warn: Callable[[str], None] = lambda msg: print(f"gputext: {msg}", file=sys.stderr)):
         self._warn = warn
         self._warned: set = set()
+        self._requests: Dict[Tuple[FieldKey, ...], bytes] = {}  # see _request
         self.started = False
 
     def start(self) -> None:
@@ -122,36 +129,55 @@ class Nvml:
                widths: Optional[Dict[FieldKey, int]] = None) -> Dict[FieldKey, float]:
         """Read many field values in one nvmlDeviceGetFieldValues call; absent ones are left out.
         If `widths` is given, it receives the bit width of each value's C type (for counters that wrap)."""
-        keys = list(keys)
+        keys = tuple(keys)
         if not keys:
             return {}
-        raw = self.call(pynvml.nvmlDeviceGetFieldValues, handle, keys, device=device)
+        raw = self.call(nvmlDeviceGetFieldValues, handle, self._request(keys), len(keys), device=device)
         if raw is None:
             return {}
-        buffer = bytes(raw)
         values = {}
-        unpack = _RETURN_AND_TYPE.unpack_from
-        for index, key in enumerate(keys):
-            base = index * _FIELD_SIZE
-            (status,) = unpack(buffer, base + _RETURN_OFFSET)
+        for key, (value_type, status, raw_value) in zip(keys, _ENTRY.iter_unpack(bytes(raw))):
             if status != pynvml.NVML_SUCCESS:
                 if status in _GONE:
                     raise DeviceGone(f"field {key[0]}: NVML error {status}")
                 continue
-            value_format = _VALUE_FORMAT.get(unpack(buffer, base + _TYPE_OFFSET)[0])
+            value_format = _VALUE_FORMAT.get(value_type)
             if value_format is None:
                 continue
-            value = clean(value_format.unpack_from(buffer, base + _VALUE_OFFSET)[0])
+            value = clean(value_format.unpack_from(raw_value)[0])
             if value is not None:
                 values[key] = value
                 if widths is not None:
                     widths[key] = value_format.size * 8
         return values
 
+    def _request(self, keys: Tuple[FieldKey, ...]) -> bytes:
+        """The request array of `keys` as bytes, built once per key list: the same fields are asked of
+        every GPU and every cycle, and filling pynvml's structs member by member costs a Python-level
+        attribute write per field."""
+        request = self._requests.get(keys)
+        if request is None:
+            buffer = bytearray(_FIELD_SIZE * len(keys))
+            for index, (field_id, scope) in enumerate(keys):
+                _KEY.pack_into(buffer, index * _FIELD_SIZE, field_id, scope)
+            request = self._requests[keys] = bytes(buffer)
+        return request
+
     def warn_once(self, kind: Any, message: str) -> None:
         if kind not in self._warned:
             self._warned.add(kind)
             self._warn(message)
+
+
+def nvmlDeviceGetFieldValues(handle: Any, request: bytes, count: int) -> Any:
+    """pynvml's nvmlDeviceGetFieldValues on a ready request (see Nvml._request): the same C call, the same
+    errors (NVMLError), without rebuilding the array."""
+    values = (_FIELD * count).from_buffer_copy(request)
+    fn = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetFieldValues")
+    pynvml._nvmlCheckReturn(fn(handle, ctypes.c_int32(count), ctypes.byref(values)))
+    return values
+
+
 
 
 def text(value: Any) -> str:

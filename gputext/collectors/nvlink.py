@@ -88,7 +88,12 @@ def _collect_device(ctx, dev, samples) -> None:
     if not links:
         return
     fields = ctx.static(dev, "nvlink_fields", lambda: _answered_fields(nvml, dev, links))
-    values = nvml.fields(dev.handle, [(fid, link) for link in links for fid in fields], device=dev.name)
+    unwanted = _unwanted_fields(samples)
+    values = nvml.fields(dev.handle, [(fid, link) for link in links for fid in fields if fid not in unwanted],
+                         device=dev.name)
+    per_link_errors = samples.wants("nvlink_link_errors_total")
+    speed_wanted = samples.wants("nvlink_speed_bytes_per_second")
+    traffic = [(key, candidates) for key, candidates in TRAFFIC.items() if samples.wants(key)]
     pending = []
     errors = None  # the sum over every link that answers, active or not, so that it never goes down
     for link in links:
@@ -100,7 +105,8 @@ def _collect_device(ctx, dev, samples) -> None:
             count = _first(values, link, candidates)
             if count is not None and error_type in SUMMED_ERRORS:
                 errors = (errors or 0) + count
-            pending.append(("nvlink_link_errors_total", count, {**labels, "type": error_type}))
+            if per_link_errors:
+                pending.append(("nvlink_link_errors_total", count, {**labels, "type": error_type}))
         up = state == STATE_ACTIVE
         pending.append(("nvlink_up", 1 if up else 0, labels))
         if not up:
@@ -108,13 +114,25 @@ def _collect_device(ctx, dev, samples) -> None:
         if samples.wants("nvlink_info"):  # the peer is read once per link, and only where it is written
             peer = ctx.static(dev, f"nvlink_peer_{link}", lambda link=link: _read_peer(nvml, dev, link))
             pending.append(("nvlink_info", 1, {**labels, **peer}))
-        speed = values.get((FI_SPEED_MBPS, link))
-        pending.append(("nvlink_speed_bytes_per_second", None if speed is None else speed * MB, labels))
-        for key, candidates in TRAFFIC.items():
+        if speed_wanted:
+            speed = values.get((FI_SPEED_MBPS, link))
+            pending.append(("nvlink_speed_bytes_per_second", None if speed is None else speed * MB, labels))
+        for key, candidates in traffic:
             pending.append((key, _first(values, link, candidates), labels))
     pending.append(("nvlink_errors_total", errors, dev.labels))
     for key, value, labels in pending:
         samples.add(key, value, labels)
+
+
+def _unwanted_fields(samples) -> set:
+    """Fields that only feed series the detail level leaves out: not asked of the driver at all."""
+    unwanted = set()
+    if not samples.wants("nvlink_speed_bytes_per_second"):
+        unwanted.add(FI_SPEED_MBPS)
+    for key, candidates in TRAFFIC.items():
+        if not samples.wants(key):
+            unwanted.update(fid for fid, _ in candidates)
+    return unwanted
 
 
 def _first(values, link, candidates):

@@ -131,16 +131,23 @@ def _collect_device(nvml: Nvml, dev: Device, samples, extra_fields=()) -> None:
     def put(key: str, value, **extra: str) -> None:
         pending.append((key, value, {**dev.labels, **extra}))
 
-    keys = [(fid, 0) for fid in (*FIELD_METRICS, *ECC_FIELDS)]
-    keys += [f.key for f in extra_fields if f.key not in keys]
+    # Only what the detail level writes is read: a value left out costs neither an NVML call nor a sample.
+    def wanted(key: str, **labels: str) -> bool:
+        return samples.keeps(key, labels)
+
+    field_metrics = {fid: row for fid, row in FIELD_METRICS.items() if wanted(row[0], **row[1])}
+    ecc_fields = {fid: row for fid, row in ECC_FIELDS.items() if wanted(row[0], type=row[1])}
+    # ECC_CURRENT decides whether the ECC counters mean anything, so it is read with them
+    keys = dict.fromkeys([(fid, 0) for fid in (*field_metrics, FI_ECC_CURRENT, *ecc_fields)])
+    keys.update(dict.fromkeys(f.key for f in extra_fields))
     fields = nvml.fields(h, keys, device=where)
-    for fid, (key, extra, factor) in FIELD_METRICS.items():
+    for fid, (key, extra, factor) in field_metrics.items():
         value = fields.get((fid, 0))
         if value is None and fid in FIELD_FALLBACKS:
             value = nvml.call(FIELD_FALLBACKS[fid], h, device=where)
         put(key, _scaled(value, factor), **extra)
     if fields.get((FI_ECC_CURRENT, 0)) == 1:
-        for fid, (key, kind) in ECC_FIELDS.items():
+        for fid, (key, kind) in ecc_fields.items():
             put(key, fields.get((fid, 0)), type=kind)
 
     memory = nvml.call(pynvml.nvmlDeviceGetMemoryInfo, h, pynvml.nvmlMemory_v2, device=where)
@@ -156,23 +163,28 @@ def _collect_device(nvml: Nvml, dev: Device, samples, extra_fields=()) -> None:
         put("memory_utilization_ratio", _percent(rates.memory))
     for key, fn in (("encoder_utilization_ratio", pynvml.nvmlDeviceGetEncoderUtilization),
                     ("decoder_utilization_ratio", pynvml.nvmlDeviceGetDecoderUtilization)):
+        if not wanted(key):
+            continue
         answer = nvml.call(fn, h, device=where)  # [utilisation %, sampling period µs]
         if answer is not None:
             put(key, _percent(answer[0]))
 
     for clock, clock_type in CLOCKS:
-        put("clock_hertz", _scaled(nvml.call(pynvml.nvmlDeviceGetClockInfo, h, clock_type, device=where), MHZ),
-            clock=clock)
+        if wanted("clock_hertz", clock=clock):
+            put("clock_hertz", _scaled(nvml.call(pynvml.nvmlDeviceGetClockInfo, h, clock_type, device=where),
+                                       MHZ), clock=clock)
         put("clock_max_hertz", _scaled(dev.info.get("max_clocks_mhz", {}).get(clock), MHZ), clock=clock)
 
     reasons = nvml.call(pynvml.nvmlDeviceGetCurrentClocksEventReasons, h, device=where)
     if reasons is not None:
         for bit, reason in CLOCK_EVENT_REASONS:
-            put("clock_event_active", 1 if reasons & bit else 0, reason=reason)
+            if wanted("clock_event_active", reason=reason):
+                put("clock_event_active", 1 if reasons & bit else 0, reason=reason)
 
-    pstate = nvml.call(pynvml.nvmlDeviceGetPerformanceState, h, device=where)
-    put("performance_state", None if pstate == PSTATE_UNKNOWN else pstate)
-    for fan in range(dev.info.get("fan_count", 0)):
+    if wanted("performance_state"):
+        pstate = nvml.call(pynvml.nvmlDeviceGetPerformanceState, h, device=where)
+        put("performance_state", None if pstate == PSTATE_UNKNOWN else pstate)
+    for fan in range(dev.info.get("fan_count", 0) if wanted("fan_speed_ratio") else 0):
         speed = nvml.call(pynvml.nvmlDeviceGetFanSpeed_v2, h, fan, device=where)
         put("fan_speed_ratio", _percent(speed), fan=str(fan))
 

@@ -80,7 +80,7 @@ class _Scan:
         self.nvml = ctx.nvml
         self.pods = PodResolver(ctx.options.host_root)
         self.found: List[Process] = []
-        self._psutil = None
+        self._table = None  # procinfo.ProcessTable, made on first use
 
     def running_memory(self, dev) -> Dict[int, Optional[int]]:
         """{pid: GPU memory in bytes, or None where the driver does not say} of compute and graphics
@@ -96,20 +96,17 @@ class _Scan:
 
     def describe(self, pid: int) -> Dict[str, Any]:
         """Name, creation time (host clock) and pod labels of a process; empty where it is gone."""
-        if self._psutil is None:
-            import psutil  # only runs with processes pay for it
+        if self._table is None:
+            from ..procinfo import ProcessTable
 
             # In a container the host's processes are under --host-root (or /proc itself with hostPID).
-            psutil.PROCFS_PATH = str(self.ctx.options.host_path("/proc"))
-            self._psutil = psutil
+            self._table = ProcessTable(self.ctx.options.host_path("/proc"))
         record: Dict[str, Any] = {"name": "", "created": None}
-        try:
-            process = self._psutil.Process(pid)
-            # psutil keeps undecodable bytes of a name as surrogates; a label value must be UTF-8
-            record["name"] = process.name().encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-            record["created"] = process.create_time()
-        except (self._psutil.Error, OSError):
-            pass
+        found = self._table.describe(pid)
+        if found is not None:
+            # an undecodable byte of a name is kept as a surrogate; a label value must be UTF-8
+            record["name"] = found[0].encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            record["created"] = found[1]
         record.update(self.pods.for_pid(pid).labels())
         return record
 

@@ -1,0 +1,50 @@
+"""gputext.procinfo reads a process's name and start time as psutil does (psutil is a test dependency
+only, the reference gputext is checked against)."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from gputext.procinfo import ProcessTable
+
+
+def started(tmp_path, name: str) -> subprocess.Popen:
+    """A sleeping process whose executable is called `name` (a copy of sleep)."""
+    program = tmp_path / name
+    shutil.copy(shutil.which("sleep"), program)
+    return subprocess.Popen([str(program), "30"])
+
+
+@pytest.mark.parametrize("name", ["short", "exactly15chars_", "a-much-longer-program-name", "spa ce(par)en",
+                                  "tab\there"])
+def test_name_and_start_time_agree_with_psutil(tmp_path, name):
+    proc = started(tmp_path, name)
+    try:
+        table = ProcessTable(Path("/proc"))
+        found = table.describe(proc.pid)
+        reference = psutil.Process(proc.pid)
+        assert found is not None
+        assert found[0] == reference.name() == name
+        assert found[1] == pytest.approx(reference.create_time(), abs=0.01)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_this_process_and_a_gone_one():
+    table = ProcessTable(Path("/proc"))
+    name, start = table.describe(os.getpid())
+    assert name == psutil.Process().name() and start == pytest.approx(psutil.Process().create_time(), abs=0.01)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert table.describe(child.pid) is None
+
+
+def test_another_proc_root(tmp_path):
+    """Under --host-root the table reads the host's /proc as mounted there; a missing one gives None."""
+    assert ProcessTable(tmp_path).describe(1) is None
