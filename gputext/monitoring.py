@@ -61,7 +61,7 @@ class Names:
 CRITICAL_XIDS = (
     ("GpuXidUncorrectableEcc", "48|95", "an uncorrectable ECC memory error (48 double-bit, 95 uncontained)",
      "Drain the node; once idle, reset the GPU (nvidia-smi -r -i GPU) so that row remapping applies. "
-     "Replace the GPU if it recurs or gpu_remapped_rows_failed is 1."),
+     "Replace the GPU if it recurs or GpuRowRemapFailed fires."),
     ("GpuXidFirmwareStopped", "62|119|120", "GPU firmware stopped (62 micro-controller halt, 119/120 GSP timeout or error)",
      "Drain the node and reset the GPU; reboot if the reset fails. Update the driver if it recurs."),
     ("GpuXidRowRemapFailure", "64", "a memory row remapping failure", "Drain the node: the memory cannot be repaired in place. "
@@ -148,7 +148,7 @@ def alert_rules(prefix: str = DEFAULT_PREFIX, stale_after: int = DEFAULT_STALE_A
                f"{_GPU}: NVLink errors rising",
                f"{_GPU} has counted NVLink replay, recovery or CRC errors for 20 minutes "
                "({{ $value }} in the last 10).",
-               "Find the link with gputext collect --detail full (gpu_nvlink_link_errors_total); reseat or "
+               f"Find the link with gputext collect --detail full ({n('nvlink_link_errors_total')}); reseat or "
                "replace the GPU, bridge or NVSwitch tray if it continues."),
         _alert("GpuPcieReplays", f"increase({n('pcie_replays_total')}[10m]) > 0", "10m", "warning",
                f"{_GPU}: PCIe replays rising",
