@@ -288,3 +288,159 @@ def test_queries_on_gpm_and_xid_metrics_with_synthetic_series(tmp_path):
                                     "evaluation_interval": "1m", "tests": tests}))
     proc = promtool("test", "rules", str(unit))
     assert proc.returncode == 0 and "SUCCESS" in proc.stdout, proc.stdout + proc.stderr
+
+
+# --- a real Prometheus: every dashboard query and recording rule, on gputext's file from the fake NVML ----
+
+from fakegpu import GiB, MiB, Field, h100, h100_uuid  # noqa: E402
+from realtools import NodeExporter, Prometheus  # noqa: E402
+from test_pods import host  # noqa: E402,F401  (the fixture: pid 101 is ml/train-a-0/trainer by its cgroup)
+
+ENERGY = [31_536_000_000 + k * 100_000 for k in range(3)]  # GPU 0's energy counter (mJ) at runs 0, 1, 2
+SAMPLES = [[(100, 100)], [(1000, 60), (2000, 60)], [(3000, 30)]]  # pid 101's SM samples (time, %) per run
+
+
+def gpus_at(run: int):
+    """Two H100s at run 0, 1 or 2: counters advance by run; GPU 0 is allocated to ml/train-a-0, nearly
+    idle (5%), and runs pid 101; GPU 1 has a hardware thermal slowdown and two uncorrected ECC errors."""
+    gpus = []
+    for index in (0, 1):
+        samples = [{"pid": 101, "timestamp": t, "sm": sm, "mem": 0, "enc": 0, "dec": 0}
+                   for t, sm in SAMPLES[run]] if index == 0 else []
+        gpu = h100(index, temperature=45 + 2 * index, utilization_gpu=5 if index == 0 else 87,
+                   clocks_event_reasons=0x40 if index == 1 else 0, energy=ENERGY[run] + index * 1_000_000,
+                   pcie_replays=(0, 1, 4)[run], accounting=[], accounting_mode=0, process_samples=samples,
+                   processes=[{"pid": 101, "used_memory": 10 * GiB}] if index == 0 else [])
+        fields = gpu["fields"]
+        fields[83] = ENERGY[run] + index * 1_000_000
+        fields[4] = (0, 0, 2)[run] if index == 1 else 0  # volatile double-bit ECC: uncorrected
+        fields[94] = Field((0, 1, 4)[run], type="uint")  # PCIe replays
+        fields[197] = 123_456_789_012 + run * 1_000_000  # PCIe bytes sent
+        fields[198] = 234_567_890_123 + run * 3_000_000
+        fields[(161, 0)] = (0, 5, 8)[run]  # NVLink replays on link 0
+        for link in range(18):
+            fields[(138, link)] = 1_000_000 + link * 1000 + run * 1000  # KiB sent
+            fields[(139, link)] = 2_000_000 + link * 1000 + run * 2000
+        gpus.append(gpu)
+    return gpus
+
+
+def by(result, *labels):
+    return {tuple(r["metric"].get(label, "") for label in labels): float(r["value"][1]) for r in result}
+
+
+def expected_panels(S, W):
+    """(panel, refId) -> (key labels, {key: value}); S: seconds between the first sample of run 1 and the
+    last of run 2 (the window's samples), W: the window (S + 1 ms), over which increase() extrapolates."""
+    inc = W / S
+    each = lambda v: {("0",): v, ("1",): v}  # noqa: E731
+    link_bytes = 18 * 1000 * 1024  # per run, all links, transmit (receive twice that)
+    return {
+        ("Temperature", "A"): (("gpu",), {("0",): 45, ("1",): 47}),
+        ("Temperature", "B"): (("gpu",), each(89)),
+        ("Power", "A"): (("gpu",), each(412.345)),
+        ("Energy in the time range", "A"): (("gpu",), each(100 * inc)),
+        ("Memory", "A"): (("gpu",), each(40 * GiB + 517 * MiB)),
+        ("Memory", "B"): (("gpu",), each(81559 * MiB)),
+        ("Utilisation, SM active, tensor active", "A"): (("gpu",), {("0",): 0.05, ("1",): 0.87}),
+        ("SM clock", "A"): (("gpu",), each(1.98e9)),
+        ("Clock-event reasons", "A"): (("gpu", "reason"), {
+            ("0", "hw_thermal_slowdown"): 0, ("0", "hw_power_brake_slowdown"): 0,
+            ("1", "hw_thermal_slowdown"): 1, ("1", "hw_power_brake_slowdown"): 0}),
+        ("NVLink bandwidth", "A"): (("gpu",), each(link_bytes / S)),
+        ("NVLink bandwidth", "B"): (("gpu",), each(2 * link_bytes / S)),
+        ("NVLink links up", "A"): (("gpu",), each(18)),
+        ("PCIe bandwidth", "A"): (("gpu",), each(1e6 / S)),
+        ("PCIe bandwidth", "B"): (("gpu",), each(3e6 / S)),
+        # from 0: increase() does not extrapolate a counter below zero, so exactly 2
+        ("Errors in the time range", "A"): (("gpu",), {("0",): 0, ("1",): 2}),
+        ("Errors in the time range", "B"): (("gpu",), each(3 * inc)),
+        ("Errors in the time range", "C"): (("gpu",), each(3 * inc)),
+        ("Processes", "A"): (("pid", "pod", "namespace", "container"),
+                             {("101", "train-a-0", "ml", "trainer"): 10 * GiB}),
+        ("Attributed energy per process in the time range", "A"): (("pid", "pod"), {("101", "train-a-0"): 30 * inc}),
+        ("Attributed energy per namespace in the time range", "A"): (("namespace",), {("ml",): 30 * inc}),
+    }
+
+
+def expected_records(S, W, instance):
+    inc = W / S
+    link_bytes = 2 * 18 * 1000 * 1024  # per run, both GPUs
+    return {
+        "instance:gpu_power_watts:sum": (("instance",), {(instance,): 2 * 412.345}),
+        "model:gpu_power_watts:sum": (("model",), {("NVIDIA H100 80GB HBM3",): 2 * 412.345}),
+        "instance:gpu_nvlink_transmit_bytes:rate5m": (("instance",), {(instance,): link_bytes / S}),
+        "instance:gpu_nvlink_receive_bytes:rate5m": (("instance",), {(instance,): 2 * link_bytes / S}),
+        "instance:gpu_pcie_transmit_bytes:rate5m": (("instance",), {(instance,): 2e6 / S}),
+        "instance:gpu_pcie_receive_bytes:rate5m": (("instance",), {(instance,): 6e6 / S}),
+        "namespace:gpu_process_attributed_energy_joules:increase1h": (("namespace",), {("ml",): 30 * inc}),
+        "namespace_pod:gpu_process_attributed_energy_joules:increase1h":
+            (("namespace", "pod"), {("ml", "train-a-0"): 30 * inc}),
+        "namespace:gpu_allocated:count": (("namespace",), {("ml",): 1}),
+        "namespace:gpu_allocated_idle:count": (("namespace",), {("ml",): 1}),  # GPU 0 at 5%
+    }
+
+
+def test_real_prometheus_evaluates_every_panel_and_recording_rule(node, tmp_path, host):  # noqa: F811
+    require("grpc", "google.protobuf")
+    from fakekubelet import kubelet_socket, pod, serve
+
+    textfiles = tmp_path / "textfile"
+    textfiles.mkdir()
+    (tmp_path / "prometheus").mkdir()
+    pods = [pod("train-a-0", "ml", {"trainer": {"nvidia.com/gpu": [h100_uuid(0)]}})]
+    rule_files = [MONITORING / "alerts.yaml", MONITORING / "recording.yaml"]
+    energy = 'gpu_energy_joules_total{gpu="0"}[2m]'
+    with kubelet_socket() as socket, serve(socket, pods), NodeExporter(textfiles) as exporter, \
+            Prometheus(tmp_path / "prometheus", {"node": [exporter.address]}, rule_files) as prom:
+        for run in range(3):  # each file seen by at least two scrapes before the next replaces it
+            node.write(gpus_at(run))
+            proc = node.run("collect", "--out", str(textfiles / "gpu.prom"), "--host-root", str(host),
+                            "--pod-resources-socket", str(socket))
+            assert proc.returncode == 0, proc.stderr
+            seen = ENERGY[run] / 1000
+            samples = prom.wait_for(energy, lambda r: r and [float(v) for _, v in r[0]["values"]].count(seen) >= 2)
+        mtime = (textfiles / "gpu.prom").stat().st_mtime
+        points = [(float(t), float(v)) for t, v in samples[0]["values"]]
+        first = min(t for t, v in points if v == ENERGY[1] / 1000)
+        at = max(t for t, v in points if v == ENERGY[2] / 1000)
+        S = at - first
+        W = S + 0.001  # from just before run 1's first sample: increase() and rate() see runs 1 and 2 only
+        window = f"{round(W * 1000)}ms"
+
+        def evaluate(expr):
+            return prom.query(grafana(expr, {**GRAFANA, "$__rate_interval": window, "$__range": window}), at)
+
+        exprs = targets()
+        checked = {}
+        for key, (labels, expected) in expected_panels(S, W).items():
+            got = by(evaluate(exprs[key]), *labels)
+            assert got == pytest.approx(expected, rel=1e-6), f"{key}: {exprs[key]}"
+            checked[key] = True
+        success = by(evaluate(exprs[("gputext", "A")]), "collector")
+        assert {"nvml", "nvlink", "pcie", "processes", "kubernetes"} <= set(c for c, in success)
+        assert set(success.values()) == {1}
+        age = by(evaluate(exprs[("gputext", "B")]))
+        assert age == pytest.approx({(): at - mtime}, abs=1.5)  # node_exporter's mtime may be whole seconds
+        checked[("gputext", "A")] = checked[("gputext", "B")] = True
+        pending = {key for key, expr in exprs.items() if metric_names(expr) & PENDING}
+        assert set(checked) | pending == set(exprs), "every panel query is checked here or with promtool"
+        for key in pending:
+            assert evaluate(exprs[key]) == [], f"{key}: the fake writes no {PENDING} yet"
+
+        records = {r["record"]: r["expr"] for r in monitoring.recording_rules()}
+        expected = expected_records(S, W, exporter.address)
+        assert set(expected) == set(records)
+        for name, (labels, values) in expected.items():
+            expr = records[name].replace("[5m]", f"[{window}]").replace("[1h]", f"[{window}]")
+            assert by(prom.query(expr, at), *labels) == pytest.approx(values, rel=1e-6), f"{name}: {expr}"
+        # and Prometheus loaded both files, evaluates every rule without error, and records every series
+        groups = prom.wait_for("vector(1)", lambda _: all(
+            rule["health"] == "ok" for g in prom.api("rules")["groups"] for rule in g["rules"]))
+        loaded = {rule["name"]: rule for g in prom.api("rules")["groups"] for rule in g["rules"]}
+        assert set(loaded) == set(records) | {r["alert"] for r in monitoring.alert_rules()}, groups
+        for name, (labels, values) in expected.items():
+            recorded = prom.wait_for(name, lambda r: r)
+            assert set(by(recorded, *labels)) == set(values), name
+            if "[" not in records[name]:  # gauges: the same value at every evaluation
+                assert by(recorded, *labels) == pytest.approx(values, rel=1e-9), name
