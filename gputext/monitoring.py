@@ -62,14 +62,15 @@ CRITICAL_XIDS = (
     ("GpuXidUncorrectableEcc", "48|95", "an uncorrectable ECC memory error (48 double-bit, 95 uncontained)",
      "Drain the node; once idle, reset the GPU (nvidia-smi -r -i GPU) so that row remapping applies. "
      "Replace the GPU if it recurs or GpuRowRemapFailed fires."),
-    ("GpuXidFirmwareStopped", "62|119|120", "GPU firmware stopped (62 micro-controller halt, 119/120 GSP timeout or error)",
+    ("GpuXidFirmwareStopped", "62|119|120",
+     "GPU firmware stopped (62 micro-controller halt, 119/120 GSP timeout or error)",
      "Drain the node and reset the GPU; reboot if the reset fails. Update the driver if it recurs."),
-    ("GpuXidRowRemapFailure", "64", "a memory row remapping failure", "Drain the node: the memory cannot be repaired in place. "
-     "Replace the GPU."),
-    ("GpuXidNvlinkError", "74", "an NVLink error", "Check the links (nvidia-smi nvlink -s, GpuNvlinkDown); drain and reset the "
-     "GPU, and restart the fabric manager on NVSwitch systems. Reseat or replace if it recurs."),
-    ("GpuXidFallenOffBus", "79", "the GPU fell off the bus", "Drain and reboot the node; check the GPU's power, cooling and "
-     "seating if it recurs."),
+    ("GpuXidRowRemapFailure", "64", "a memory row remapping failure",
+     "Drain the node: the memory cannot be repaired in place. Replace the GPU."),
+    ("GpuXidNvlinkError", "74", "an NVLink error",
+     "Check the links (nvidia-smi nvlink -s, GpuNvlinkDown); drain and reset the GPU, and restart the fabric manager on NVSwitch systems. Reseat or replace if it recurs."),
+    ("GpuXidFallenOffBus", "79", "the GPU fell off the bus",
+     "Drain and reboot the node; check the GPU's power, cooling and seating if it recurs."),
 )
 XID_WINDOW = 600  # an XID alert holds for 10 minutes after the event
 
@@ -267,7 +268,8 @@ def _panels(n: Names) -> List[dict]:
          [_target(series("utilization_ratio"), gpu + " utilisation"),
           _target(series("sm_active_ratio"), gpu + " SM active"),
           _target(series("tensor_active_ratio"), gpu + " tensor active")]),
-        ("SM clock", "timeseries", "hertz", "The SM clock.", [_target(series("clock_hertz", ', clock="sm"'), gpu)]),
+        ("SM clock", "timeseries", "hertz", "The SM clock.",
+         [_target(series("clock_hertz", ', clock="sm"'), gpu)]),
         ("Clock-event reasons", "timeseries", "short",
          "1 while a reason holds the clocks down (standard detail: the hardware slowdowns).",
          [_target(series("clock_event_active"), gpu + " {{reason}}")]),
@@ -331,7 +333,8 @@ def dashboard(prefix: str = DEFAULT_PREFIX) -> dict:
             "id": number, "type": kind, "title": title, "description": description, "datasource": DATASOURCE,
             "gridPos": {"x": x, "y": y, "w": width, "h": 8},
             "fieldConfig": {"defaults": {"unit": unit}, "overrides": []}, "options": {},
-            "targets": [{**t, "refId": chr(ord("A") + i), "datasource": DATASOURCE} for i, t in enumerate(targets)],
+            "targets": [{**t, "refId": chr(ord("A") + i), "datasource": DATASOURCE}
+                        for i, t in enumerate(targets)],
         })
         x += width
     return {

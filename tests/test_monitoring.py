@@ -102,7 +102,8 @@ def test_promtool_check_rules_is_clean(tmp_path):
     spec.write_text(yaml.safe_dump(operator["spec"]))
     both = [yaml.safe_load((MONITORING / f).read_text())["groups"][0] for f in ("alerts.yaml", "recording.yaml")]
     assert operator["spec"]["groups"] == both
-    proc = promtool("check", "rules", str(MONITORING / "alerts.yaml"), str(MONITORING / "recording.yaml"), str(spec))
+    files = [str(MONITORING / "alerts.yaml"), str(MONITORING / "recording.yaml"), str(spec)]
+    proc = promtool("check", "rules", *files)
     assert proc.returncode == 0 and "FAILED" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     assert "SUCCESS: 18 rules found" in proc.stdout and "SUCCESS: 10 rules found" in proc.stdout
 
@@ -158,7 +159,8 @@ def alert_cases():
     hot, labels = series("gpu_clock_event_active", "1x10", reason="hw_thermal_slowdown")
     cases["GpuHardwareSlowdown"] = ([hot], "4m", "6m", [labels],
                                     [series("gpu_clock_event_active", "1x10", reason="sw_power_cap")[0],
-                                     series("gpu_clock_event_active", "0x10", reason="hw_power_brake_slowdown")[0]])
+                                     series("gpu_clock_event_active", "0x10",
+                                            reason="hw_power_brake_slowdown")[0]])
     threshold = series("gpu_temperature_threshold_celsius", "89x10", threshold="slowdown")[0]
     warm, labels = series("gpu_temperature_celsius", "86x10")
     cases["GpuTemperatureNearSlowdown"] = ([warm, threshold], "4m", "6m", [labels],
@@ -173,7 +175,8 @@ def alert_cases():
                                    [series("gpu_remapped_rows_pending", "0x20")[0]])
     down, labels = series("gpu_nvlink_up", "0x10", link="3")
     cases["GpuNvlinkDown"] = ([down], "4m", "6m", [labels], [series("gpu_nvlink_up", "1x10", link="3")[0]])
-    for alert, metric in (("GpuNvlinkErrors", "gpu_nvlink_errors_total"), ("GpuPcieReplays", "gpu_pcie_replays_total")):
+    for alert, metric in (("GpuNvlinkErrors", "gpu_nvlink_errors_total"),
+                          ("GpuPcieReplays", "gpu_pcie_replays_total")):
         rising, labels = series(metric, "0+1x40")
         cases[alert] = ([rising], "5m", "12m", [labels], [series(metric, "7x40")[0]])
     failing, labels = series("gputext_collector_success", "0x10", collector="kubernetes")
@@ -181,8 +184,8 @@ def alert_cases():
     failing["series"] = failing["series"].replace(',gpu="0",uuid="GPU-0"', "")
     cases["GputextCollectorFailing"] = ([failing], "4m", "6m", [labels], [])
     path = "/var/lib/node_exporter/textfile_collector/gpu.prom"
-    stale = {"series": f'node_textfile_mtime_seconds{{instance="n1",job="node",file="{path}"}}', "values": "0x10"}
-    fresh = {"series": f'node_textfile_mtime_seconds{{instance="n1",job="node",file="{path}"}}', "values": "0+60x10"}
+    mtime = f'node_textfile_mtime_seconds{{instance="n1",job="node",file="{path}"}}'
+    stale, fresh = {"series": mtime, "values": "0x10"}, {"series": mtime, "values": "0+60x10"}
     other = {"series": 'node_textfile_mtime_seconds{instance="n1",job="node",file="other.prom"}', "values": "0x10"}
     cases["GputextFileStale"] = ([stale], "2m", "3m", [{"instance": "n1", "job": "node", "file": path}],
                                  [fresh, other])
@@ -358,7 +361,8 @@ def expected_panels(S, W):
         ("Errors in the time range", "C"): (("gpu",), each(3 * inc)),
         ("Processes", "A"): (("pid", "pod", "namespace", "container"),
                              {("101", "train-a-0", "ml", "trainer"): 10 * GiB}),
-        ("Attributed energy per process in the time range", "A"): (("pid", "pod"), {("101", "train-a-0"): 30 * inc}),
+        ("Attributed energy per process in the time range", "A"):
+            (("pid", "pod"), {("101", "train-a-0"): 30 * inc}),
         ("Attributed energy per namespace in the time range", "A"): (("namespace",), {("ml",): 30 * inc}),
     }
 
@@ -444,3 +448,12 @@ def test_real_prometheus_evaluates_every_panel_and_recording_rule(node, tmp_path
             assert set(by(recorded, *labels)) == set(values), name
             if "[" not in records[name]:  # gauges: the same value at every evaluation
                 assert by(recorded, *labels) == pytest.approx(values, rel=1e-9), name
+
+
+def test_readme_lists_every_alert_and_record_as_generated():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Dashboards and alerts", 1)[1].split("\n## ", 1)[0]
+    rows = {m[0]: m[1:] for m in re.findall(r"^\| `(\w+)` \| (\w+) \| (\w+) \|", section, re.M)}
+    assert rows == {r["alert"]: (r["labels"]["severity"], r["for"]) for r in monitoring.alert_rules()}
+    for record in monitoring.recording_rules():
+        assert f"`{record['record']}`" in section, record["record"]
