@@ -26,7 +26,7 @@ DEFAULT_PREFIX = "gpu_"
 # a minute, which a minute also covers.
 DEFAULT_STALE_AFTER = 60
 TEXTFILE = "gpu.prom"  # the file name README and the units use
-# node_exporter 1.5 labels the file with its full path, newer ones with the name (a PromQL string: "\\.")
+# node_exporter 1.5 labels the file with its full path; a bare name matches too ("\\." is a PromQL dot)
 TEXTFILE_SELECTOR = 'file=~"(.*/)?' + TEXTFILE.replace(".", "\\\\.") + '"'
 NEAR_SLOWDOWN_CELSIUS = 5  # how close to the slowdown threshold warns
 IDLE_BELOW = 0.1  # an allocated GPU whose SM active (or, without GPM, utilisation) is below this is idle
