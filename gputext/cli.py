@@ -367,6 +367,49 @@ def metrics(
                    f"collector={m.source}  detail={detail_of(m)}\n    {m.help}")
 
 
+@app.command(help="Print Prometheus rules for gputext's metrics: alerts (with what to do) and the fleet's "
+             "recording rules, for --prefix. Load the file with rule_files (README, \"Dashboards and "
+             "alerts\").")
+def rules(
+    ctx: typer.Context,
+    prefix: str = _option("gpu_", "--prefix", help="Prefix of the device metric names."),
+    only: str = typer.Option("all", "--only", help="Which group: alerts, recording or all."),
+    operator: bool = typer.Option(False, "--operator", help="Print a PrometheusRule (Prometheus Operator, "
+                                  "kube-prometheus-stack) holding both groups."),
+    stale_after: str = typer.Option("1m", "--stale-after", help="Page when gputext's file is older than this "
+                                    "(more than 3 collection intervals plus the scrape interval)."),
+) -> None:
+    from . import monitoring
+
+    values = Values(ctx)
+    try:
+        prefix = values.prefix()
+        stale = values.seconds("stale_after", positive=True)
+        if only not in ("alerts", "recording", "all"):
+            values.problem(f"invalid --only {only!r}: choose alerts, recording or all")
+        if operator and only != "all":
+            values.problem("--operator holds both groups: leave --only out")
+    except UsageProblem as err:
+        usage("rules")(str(err))
+    stale = round(stale)
+    text = monitoring.prometheus_rule(prefix, stale) if operator else monitoring.rules_file(prefix, stale, only)
+    typer.echo(text, nl=False)
+
+
+@app.command(help="Print a Grafana dashboard (JSON, to import) of gputext's metrics for --prefix.")
+def dashboard(
+    ctx: typer.Context,
+    prefix: str = _option("gpu_", "--prefix", help="Prefix of the device metric names."),
+) -> None:
+    from . import monitoring
+
+    try:
+        prefix = Values(ctx).prefix()
+    except UsageProblem as err:
+        usage("dashboard")(str(err))
+    typer.echo(monitoring.dashboard_json(prefix), nl=False)
+
+
 # The collect options that make up gputext.run.Options: show and doctor take them too (same flags,
 # variables, defaults and help), so they look at what a collect with the same environment would use.
 RUN_OPTIONS = ("collectors", "host_root", "retention", "max_processes", "dcgm_host", "dcgm_bindings",

@@ -1,4 +1,5 @@
-"""The real components the tests check against: node_exporter and promtool from Debian's packages.
+"""The real components the tests check against: node_exporter, promtool and the Prometheus server from
+Debian's packages.
 
 A test that needs one skips where it is missing; under CI (CI=true), where .ci/run installs them all, a
 missing tool fails the test instead, so a green CI never hides a skip.
@@ -11,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Optional
@@ -49,12 +51,13 @@ class NodeExporter:
         self.binary = require_tool(*NODE_EXPORTER_NAMES)
         self.directory = directory
         self.process: Optional[subprocess.Popen] = None
-        self.url = ""
+        self.url = self.address = ""
 
     def __enter__(self) -> "NodeExporter":
         for _ in range(3):  # the free port can be taken between choosing and binding it
             port = _free_port()
-            self.url = f"http://127.0.0.1:{port}/metrics"
+            self.address = f"127.0.0.1:{port}"  # a scrape target
+            self.url = f"http://{self.address}/metrics"
             self.process = subprocess.Popen(
                 [self.binary, "--collector.disable-defaults", "--collector.textfile",
                  f"--collector.textfile.directory={self.directory}", f"--web.listen-address=127.0.0.1:{port}"],
@@ -83,6 +86,91 @@ class NodeExporter:
                 self.process.wait()
         if self.process and self.process.stderr:
             self.process.stderr.close()
+
+    def __exit__(self, *exc) -> None:
+        self._stop()
+
+
+class Prometheus:
+    """Debian's Prometheus server on 127.0.0.1, with its data in `directory` (a temp dir): it scrapes
+    `targets` ({job: ["host:port", ...]}) and evaluates `rule_files` every `interval`. Its first scrape
+    comes a few seconds after it starts; `wait_for` polls a query until its answer satisfies a check."""
+
+    def __init__(self, directory: Path, targets: dict, rule_files=(), interval: str = "1s"):
+        self.binary = require_tool("prometheus")
+        self.directory = directory
+        self.config = {
+            "global": {"scrape_interval": interval, "evaluation_interval": interval},
+            "rule_files": [str(p) for p in rule_files],
+            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": list(hosts)}]}
+                               for job, hosts in targets.items()],
+        }
+        self.process: Optional[subprocess.Popen] = None
+        self.url = ""
+
+    def __enter__(self) -> "Prometheus":
+        import json
+
+        config = self.directory / "prometheus.yml"
+        config.write_text(json.dumps(self.config))  # JSON is YAML
+        log = self.directory / "prometheus.log"
+        for _ in range(3):  # the free port can be taken between choosing and binding it
+            port = _free_port()
+            self.url = f"http://127.0.0.1:{port}"
+            with log.open("wb") as out:  # a file, not a pipe: the server logs more than a pipe holds
+                self.process = subprocess.Popen(
+                    [self.binary, f"--config.file={config}", f"--storage.tsdb.path={self.directory / 'data'}",
+                     f"--web.listen-address=127.0.0.1:{port}"], stdout=out, stderr=out)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and self.process.poll() is None:
+                try:
+                    with urllib.request.urlopen(self.url + "/-/ready", timeout=5) as response:
+                        if response.status == 200:
+                            return self
+                except OSError:
+                    pass
+                time.sleep(0.1)
+            self._stop()
+        raise RuntimeError(f"prometheus did not start: {log.read_text()[-2000:]}")
+
+    def api(self, path: str, **params) -> object:
+        """The `data` of an HTTP API answer (/api/v1/<path>); raises on an error answer."""
+        import json
+        import urllib.parse
+
+        url = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                answer = json.load(response)
+        except urllib.error.HTTPError as err:  # 400/422: a bad query, with Prometheus's reason
+            answer = json.load(err)
+        if answer.get("status") != "success":
+            raise AssertionError(f"{path} {params}: {answer.get('error')}")
+        return answer["data"]
+
+    def query(self, expr: str, at: Optional[float] = None) -> list:
+        """An instant query's result: [{"metric": labels, "value": [t, "v"]}] (or "values" for a range)."""
+        params = {"query": expr} if at is None else {"query": expr, "time": f"{at:.3f}"}
+        return self.api("query", **params)["result"]
+
+    def wait_for(self, expr: str, check, timeout: float = 60) -> list:
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.query(expr)
+            if check(result):
+                return result
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{expr} never satisfied the check; last answer: {result}")
+            time.sleep(0.2)
+
+    def _stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
     def __exit__(self, *exc) -> None:
         self._stop()
