@@ -249,3 +249,51 @@ def test_nvlink_bandwidth_is_what_dcgm_computes_between_two_runs(node):
     # the per-link counters keep their gputext names
     assert value(s, "gpu_nvlink_transmit_bytes_total", gpu="0", link="0") == (1_000_000 + 30_000) * 1024
 
+
+
+# Grafana dashboard 12239 (NVIDIA's "NVIDIA DCGM Exporter Dashboard"): its panel queries and variables,
+# as its JSON has them, with the variables as Grafana substitutes them for "All"
+DASHBOARD_12239 = {
+    "GPU Temperature": 'DCGM_FI_DEV_GPU_TEMP{instance=~"$instance", gpu=~"$gpu"}',
+    "GPU Avg. Temp": 'avg(DCGM_FI_DEV_GPU_TEMP{instance=~"$instance", gpu=~"$gpu"})',
+    "GPU Power Usage": 'DCGM_FI_DEV_POWER_USAGE{instance=~"$instance", gpu=~"$gpu"}',
+    "GPU Power Total": 'sum(DCGM_FI_DEV_POWER_USAGE{instance=~"$instance", gpu=~"$gpu"})',
+    "GPU SM Clocks": 'DCGM_FI_DEV_SM_CLOCK{instance=~"$instance", gpu=~"$gpu"} * 1000000',
+    "GPU Utilization": 'DCGM_FI_DEV_GPU_UTIL{instance=~"$instance", gpu=~"$gpu"}',
+    "GPU Framebuffer Mem Used": 'DCGM_FI_DEV_FB_USED{instance=~"$instance", gpu=~"$gpu"}',
+}
+
+
+def test_dashboard_12239_on_a_real_prometheus(node, tmp_path):
+    """Debian's Prometheus scrapes the real node_exporter reading a --naming dcgm file, and every query
+    and variable of dashboard 12239 gives the values the fake GPUs hold."""
+    from realtools import Prometheus
+
+    node.write([h100(0, temperature=45, power_usage=300_000), h100(1, temperature=51, power_usage=500_000,
+                                                                 utilization_gpu=12)])
+    textfiles = tmp_path / "textfile"
+    textfiles.mkdir()
+    (tmp_path / "prometheus").mkdir()
+    proc = node.run("collect", "--naming", "dcgm", "--out", str(textfiles / "gpu.prom"), "--collectors",
+                    "nvml,nvlink,pcie")
+    assert proc.returncode == 0, proc.stderr
+    with NodeExporter(textfiles) as exporter, \
+            Prometheus(tmp_path / "prometheus", {"node": [exporter.address]}) as prom:
+        prom.wait_for("DCGM_FI_DEV_GPU_TEMP", lambda r: len(r) == 2)
+        instances = prom.api("label/instance/values", **{"match[]": "DCGM_FI_DEV_GPU_TEMP"})
+        gpus = prom.api("label/gpu/values", **{"match[]": "DCGM_FI_DEV_GPU_TEMP"})
+        assert instances == [exporter.address] and gpus == ["0", "1"]
+
+        def panel(title, instance=".*", gpu=".*"):
+            expr = DASHBOARD_12239[title].replace("$instance", instance).replace("$gpu", gpu)
+            return {r["metric"].get("gpu"): float(r["value"][1]) for r in prom.query(expr)}
+
+        assert panel("GPU Temperature") == {"0": 45, "1": 51}
+        assert panel("GPU Temperature", instance=exporter.address, gpu="1") == {"1": 51}
+        assert panel("GPU Avg. Temp") == {None: 48}
+        assert panel("GPU Power Usage") == {"0": 300, "1": 500}
+        assert panel("GPU Power Total") == {None: 800}
+        assert panel("GPU SM Clocks") == {"0": 1980e6, "1": 1980e6}
+        assert panel("GPU Utilization") == {"0": 87, "1": 12}
+        used = (40 * GiB + 517 * MiB) / MiB
+        assert panel("GPU Framebuffer Mem Used") == {"0": used, "1": used}
