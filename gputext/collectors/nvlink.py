@@ -94,34 +94,35 @@ def _collect_device(ctx, dev, samples) -> None:
     per_link_errors = samples.wants("nvlink_link_errors_total")
     speed_wanted = samples.wants("nvlink_speed_bytes_per_second")
     traffic = [(key, candidates) for key, candidates in TRAFFIC.items() if samples.wants(key)]
-    pending = []
+    pending = []  # (key, value, label values in the catalogue's order): added once all is read
+    gpu = (str(dev.index), dev.uuid)
     errors = None  # the sum over every link that answers, active or not, so that it never goes down
     for link in links:
         state = _link_state(nvml, dev, link, values)
         if state is None:
             continue
-        labels = {**dev.labels, "link": str(link)}
+        on_link = gpu + (str(link),)
         for error_type, candidates in ERRORS.items():
             count = _first(values, link, candidates)
             if count is not None and error_type in SUMMED_ERRORS:
                 errors = (errors or 0) + count
             if per_link_errors:
-                pending.append(("nvlink_link_errors_total", count, {**labels, "type": error_type}))
+                pending.append(("nvlink_link_errors_total", count, on_link + (error_type,)))
         up = state == STATE_ACTIVE
-        pending.append(("nvlink_up", 1 if up else 0, labels))
+        pending.append(("nvlink_up", 1 if up else 0, on_link))
         if not up:
             continue
         if samples.wants("nvlink_info"):  # the peer is read once per link, and only where it is written
             peer = ctx.static(dev, f"nvlink_peer_{link}", lambda link=link: _read_peer(nvml, dev, link))
-            pending.append(("nvlink_info", 1, {**labels, **peer}))
+            pending.append(("nvlink_info", 1, on_link + (peer["version"], peer["remote_pci_bus_id"])))
         if speed_wanted:
             speed = values.get((FI_SPEED_MBPS, link))
-            pending.append(("nvlink_speed_bytes_per_second", None if speed is None else speed * MB, labels))
+            pending.append(("nvlink_speed_bytes_per_second", None if speed is None else speed * MB, on_link))
         for key, candidates in traffic:
-            pending.append((key, _first(values, link, candidates), labels))
-    pending.append(("nvlink_errors_total", errors, dev.labels))
-    for key, value, labels in pending:
-        samples.add(key, value, labels)
+            pending.append((key, _first(values, link, candidates), on_link))
+    pending.append(("nvlink_errors_total", errors, gpu))
+    for key, value, label_values in pending:
+        samples.add_row(key, value, label_values)
 
 
 def _unwanted_fields(samples) -> set:
