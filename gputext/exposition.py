@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .catalogue import BY_KEY, FULL, FULL_ONLY, METRICS, POD_LABELS, STANDARD_SUBSET
+from .catalogue import BY_KEY, FULL, FULL_ONLY, METRICS, POD_LABELS, STANDARD_SUBSET, written_at
 
 # NVML_VALUE_NOT_AVAILABLE as the unsigned and signed types carry it. No metric here is ever negative.
 _SENTINELS = frozenset({0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF, -1})
@@ -38,7 +38,7 @@ class Samples:
 
     def wants(self, key: str) -> bool:
         """Whether this level writes any series of `key` (a collector may skip reading what it does not)."""
-        return key not in self._left_out
+        return written_at(self.detail, key)
 
     def add(self, key: str, value, labels: Mapping[str, str]) -> None:
         """Record one sample; label values are strings. None, NaN and NVML's not-available markers are
