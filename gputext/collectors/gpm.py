@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pynvml
 
@@ -36,38 +36,49 @@ from ..catalogue import written_at
 from ..devices import Device, read_mig_devices
 from ..nvml import DeviceGone, Nvml
 
-PERCENT = 0.01  # GPM ratios are percent, 0.0-100.0
-MIB_PER_SECOND = float(1 << 20)  # GPM rates are MiB/s
 
-# GPM metric id (nvml.h NVML_GPM_METRIC_*) -> (catalogue key, extra labels, factor to base units). The
+
+def percent(value: float) -> float:
+    """GPM's ratios are percent, 0.0-100.0 (divided, not multiplied by 0.01: 70 gives 0.7, not 0.7000000000000001)."""
+    return value / 100
+
+
+def mib_per_second(value: float) -> float:
+    """GPM's rates are MiB/s."""
+    return value * (1 << 20)
+
+
+Metric = Tuple[str, Dict[str, str], Callable[[float], float]]  # catalogue key, labels, conversion
+
+# GPM metric id (nvml.h NVML_GPM_METRIC_*) -> (catalogue key, extra labels, conversion to base units). The
 # ids are numbers: pynvml lacks some constants (DMMA before 13.615, NVOFA_1 before 12.570, C2C before
 # 12.575), and the ids are fixed by nvml.h.
-INSTANCE_METRICS: Dict[int, Tuple[str, Dict[str, str], float]] = {
-    1: ("graphics_active_ratio", {}, PERCENT),
-    2: ("sm_active_ratio", {}, PERCENT),
-    3: ("sm_occupancy_ratio", {}, PERCENT),
-    4: ("integer_active_ratio", {}, PERCENT),
-    5: ("tensor_active_ratio", {}, PERCENT),
-    6: ("tensor_pipe_active_ratio", {"pipe": "dfma"}, PERCENT),
-    7: ("tensor_pipe_active_ratio", {"pipe": "hmma"}, PERCENT),
-    8: ("tensor_pipe_active_ratio", {"pipe": "dmma"}, PERCENT),
-    9: ("tensor_pipe_active_ratio", {"pipe": "imma"}, PERCENT),
-    10: ("dram_active_ratio", {}, PERCENT),
-    11: ("fp_pipe_active_ratio", {"precision": "fp64"}, PERCENT),
-    12: ("fp_pipe_active_ratio", {"precision": "fp32"}, PERCENT),
-    13: ("fp_pipe_active_ratio", {"precision": "fp16"}, PERCENT),
-    **{30 + n: ("nvdec_active_ratio", {"engine": str(n)}, PERCENT) for n in range(8)},
-    **{40 + n: ("nvjpg_active_ratio", {"engine": str(n)}, PERCENT) for n in range(8)},
-    **{50 + n: ("nvofa_active_ratio", {"engine": str(n)}, PERCENT) for n in range(2)},
+INSTANCE_METRICS: Dict[int, Metric] = {
+    1: ("graphics_active_ratio", {}, percent),
+    2: ("sm_active_ratio", {}, percent),
+    3: ("sm_occupancy_ratio", {}, percent),
+    4: ("integer_active_ratio", {}, percent),
+    5: ("tensor_active_ratio", {}, percent),
+    6: ("tensor_pipe_active_ratio", {"pipe": "dfma"}, percent),
+    7: ("tensor_pipe_active_ratio", {"pipe": "hmma"}, percent),
+    8: ("tensor_pipe_active_ratio", {"pipe": "dmma"}, percent),
+    9: ("tensor_pipe_active_ratio", {"pipe": "imma"}, percent),
+    10: ("dram_active_ratio", {}, percent),
+    11: ("fp_pipe_active_ratio", {"precision": "fp64"}, percent),
+    12: ("fp_pipe_active_ratio", {"precision": "fp32"}, percent),
+    13: ("fp_pipe_active_ratio", {"precision": "fp16"}, percent),
+    **{30 + n: ("nvdec_active_ratio", {"engine": str(n)}, percent) for n in range(8)},
+    **{40 + n: ("nvjpg_active_ratio", {"engine": str(n)}, percent) for n in range(8)},
+    **{50 + n: ("nvofa_active_ratio", {"engine": str(n)}, percent) for n in range(2)},
 }
 # Whole-GPU rates: a GPU instance has none of its own.
-GPU_METRICS: Dict[int, Tuple[str, Dict[str, str], float]] = {
-    20: ("gpm_pcie_transmit_bytes_per_second", {}, MIB_PER_SECOND),
-    21: ("gpm_pcie_receive_bytes_per_second", {}, MIB_PER_SECOND),
-    60: ("gpm_nvlink_receive_bytes_per_second", {}, MIB_PER_SECOND),
-    61: ("gpm_nvlink_transmit_bytes_per_second", {}, MIB_PER_SECOND),
-    100: ("gpm_c2c_transmit_bytes_per_second", {}, MIB_PER_SECOND),  # C2C_TOTAL_TX_PER_SEC
-    101: ("gpm_c2c_receive_bytes_per_second", {}, MIB_PER_SECOND),  # C2C_TOTAL_RX_PER_SEC
+GPU_METRICS: Dict[int, Metric] = {
+    20: ("gpm_pcie_transmit_bytes_per_second", {}, mib_per_second),
+    21: ("gpm_pcie_receive_bytes_per_second", {}, mib_per_second),
+    60: ("gpm_nvlink_receive_bytes_per_second", {}, mib_per_second),
+    61: ("gpm_nvlink_transmit_bytes_per_second", {}, mib_per_second),
+    100: ("gpm_c2c_transmit_bytes_per_second", {}, mib_per_second),  # C2C_TOTAL_TX_PER_SEC
+    101: ("gpm_c2c_receive_bytes_per_second", {}, mib_per_second),  # C2C_TOTAL_RX_PER_SEC
 }
 LINK_RECEIVE, LINK_TRANSMIT = "gpm_nvlink_link_receive_bytes_per_second", "gpm_nvlink_link_transmit_bytes_per_second"
 
@@ -91,7 +102,7 @@ class Target:
     dev: Device
     gpu_instance: Optional[int]  # None: the whole GPU
     window_labels: Dict[str, str]
-    metrics: Dict[int, Tuple[str, Dict[str, str], float]] = field(default_factory=dict)  # id -> key, labels, factor
+    metrics: Dict[int, Metric] = field(default_factory=dict)  # by GPM metric id
 
 
 class Sampler:
@@ -190,8 +201,8 @@ class Sampler:
             for index, metric_id in enumerate(chunk):
                 answer = request.metrics[index]
                 if answer.nvmlReturn == pynvml.NVML_SUCCESS:
-                    key, labels, factor = target.metrics[metric_id]
-                    emitted.append((key, answer.value * factor, labels))
+                    key, labels, convert = target.metrics[metric_id]
+                    emitted.append((key, convert(answer.value), labels))
         if emitted:  # the window of values that were written
             emitted.insert(0, ("gpm_window_seconds", seconds, target.window_labels))
         return emitted
@@ -250,15 +261,15 @@ def _targets(ctx, dev: Device) -> List[Target]:
         return written_at(ctx.options.detail, key)
 
     device_labels = dev.labels
-    gpu_rates = {metric_id: (key, {**device_labels, **extra}, factor)
-                 for metric_id, (key, extra, factor) in GPU_METRICS.items() if wants(key)}
+    gpu_rates = {metric_id: (key, {**device_labels, **extra}, convert)
+                 for metric_id, (key, extra, convert) in GPU_METRICS.items() if wants(key)}
     if wants(LINK_RECEIVE) or wants(LINK_TRANSMIT):
         gpu_rates.update(_link_metrics(ctx, dev, wants))
 
     def activity(mig_labels: Dict[str, str]):
         labels = {**device_labels, **mig_labels}
-        return {metric_id: (key, {**labels, **extra}, factor)
-                for metric_id, (key, extra, factor) in INSTANCE_METRICS.items() if wants(key)}
+        return {metric_id: (key, {**labels, **extra}, convert)
+                for metric_id, (key, extra, convert) in INSTANCE_METRICS.items() if wants(key)}
 
     whole = {"gpu_instance": "", "mig_device": ""}
     key: Key = (dev.uuid, "", ())
@@ -283,7 +294,7 @@ def _targets(ctx, dev: Device) -> List[Target]:
     return targets
 
 
-def _link_metrics(ctx, dev: Device, wants) -> Dict[int, Tuple[str, Dict[str, str], float]]:
+def _link_metrics(ctx, dev: Device, wants) -> Dict[int, Metric]:
     from .nvlink import present_links  # the links the nvlink collector found, cached alike
 
     try:
@@ -295,7 +306,7 @@ def _link_metrics(ctx, dev: Device, wants) -> Dict[int, Tuple[str, Dict[str, str
         receive, transmit = link_metric_ids(link)
         labels = {**dev.labels, "link": str(link)}
         if wants(LINK_RECEIVE):
-            metrics[receive] = (LINK_RECEIVE, labels, MIB_PER_SECOND)
+            metrics[receive] = (LINK_RECEIVE, labels, mib_per_second)
         if wants(LINK_TRANSMIT):
-            metrics[transmit] = (LINK_TRANSMIT, labels, MIB_PER_SECOND)
+            metrics[transmit] = (LINK_TRANSMIT, labels, mib_per_second)
     return metrics
