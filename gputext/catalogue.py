@@ -17,6 +17,8 @@ from typing import Dict, FrozenSet, Iterable, Tuple
 DEVICE_LABELS = ("gpu", "uuid")
 PROCESS_LABELS = ("pid", "process_name", "pod", "namespace", "container")
 POD_LABELS = ("pod", "namespace", "container")
+# GPM series of a whole GPU have them empty; those of a MIG GPU instance name it as allocation_info does
+MIG_LABELS = ("gpu_instance", "mig_device")
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,52 @@ METRICS: Tuple[Metric, ...] = (
             "time-sliced GPU) or a MIG device of it (gpu_instance and mig_device, else empty); the value "
             "is always 1.", ["pod", "namespace", "container", "resource", "gpu_instance", "mig_device"],
             source="kubernetes"),
+    # profiling (GPM, Hopper and newer): averages over gpm_window_seconds, per GPU or MIG GPU instance
+    _device("gpm_window_seconds", G, "seconds", "Time between the two GPM samples the profiling ratios "
+            "and rates of this GPU or GPU instance average over.", MIG_LABELS, source="gpm"),
+    _device("graphics_active_ratio", G, "ratio", "Fraction of time any graphics or compute engine was "
+            "active (GPM).", MIG_LABELS, source="gpm"),
+    _device("sm_active_ratio", G, "ratio", "Fraction of time the SMs were busy, averaged over all SMs: how "
+            "much of the GPU the work fills (GPM).", MIG_LABELS, source="gpm"),
+    _device("sm_occupancy_ratio", G, "ratio", "Resident warps as a fraction of the SMs' maximum, averaged "
+            "over time and SMs (GPM).", MIG_LABELS, source="gpm"),
+    _device("integer_active_ratio", G, "ratio", "Fraction of time the SMs ran integer instructions (GPM).",
+            MIG_LABELS, source="gpm"),
+    _device("tensor_active_ratio", G, "ratio", "Fraction of time the SMs ran any tensor-core instruction "
+            "(GPM; DCGM's PIPE_TENSOR_ACTIVE).", MIG_LABELS, source="gpm"),
+    _device("tensor_pipe_active_ratio", G, "ratio", "Fraction of time the SMs ran tensor instructions of one "
+            "kind: dfma (FP64 FMA), hmma (half precision), dmma (FP64 MMA), imma (integer) (GPM).",
+            ("pipe",) + MIG_LABELS, source="gpm"),
+    _device("dram_active_ratio", G, "ratio", "Device memory bandwidth used, as a fraction of its maximum "
+            "(GPM).", MIG_LABELS, source="gpm"),
+    _device("fp_pipe_active_ratio", G, "ratio", "Fraction of time the SMs ran non-tensor floating-point "
+            "instructions of the precision (GPM).", ("precision",) + MIG_LABELS, source="gpm"),
+    _device("nvdec_active_ratio", G, "ratio", "Utilisation of the video decoder engine (GPM).",
+            ("engine",) + MIG_LABELS, source="gpm"),
+    _device("nvjpg_active_ratio", G, "ratio", "Utilisation of the JPEG decoder engine (GPM).",
+            ("engine",) + MIG_LABELS, source="gpm"),
+    _device("nvofa_active_ratio", G, "ratio", "Utilisation of the optical flow accelerator engine (GPM).",
+            ("engine",) + MIG_LABELS, source="gpm"),
+    _device("gpm_pcie_transmit_bytes_per_second", G, "bytes_per_second",
+            "PCIe send rate, headers included, averaged over gpm_window_seconds (GPM; whole GPU only).",
+            source="gpm"),
+    _device("gpm_pcie_receive_bytes_per_second", G, "bytes_per_second",
+            "PCIe receive rate, headers included, averaged over gpm_window_seconds (GPM; whole GPU only).",
+            source="gpm"),
+    _device("gpm_nvlink_transmit_bytes_per_second", G, "bytes_per_second",
+            "NVLink send rate of all links, averaged over gpm_window_seconds (GPM; whole GPU only).",
+            source="gpm"),
+    _device("gpm_nvlink_receive_bytes_per_second", G, "bytes_per_second",
+            "NVLink receive rate of all links, averaged over gpm_window_seconds (GPM; whole GPU only).",
+            source="gpm"),
+    _device("gpm_nvlink_link_transmit_bytes_per_second", G, "bytes_per_second",
+            "NVLink send rate of one link, averaged over gpm_window_seconds (GPM).", ["link"], source="gpm"),
+    _device("gpm_nvlink_link_receive_bytes_per_second", G, "bytes_per_second",
+            "NVLink receive rate of one link, averaged over gpm_window_seconds (GPM).", ["link"], source="gpm"),
+    _device("gpm_c2c_transmit_bytes_per_second", G, "bytes_per_second",
+            "Chip-to-chip (Grace to GPU) send rate, averaged over gpm_window_seconds (GPM).", source="gpm"),
+    _device("gpm_c2c_receive_bytes_per_second", G, "bytes_per_second",
+            "Chip-to-chip (Grace to GPU) receive rate, averaged over gpm_window_seconds (GPM).", source="gpm"),
     # gputext about itself
     _self("gputext_collector_success", G, "", "1 when the collector ran without error, 0 when it failed.",
           ["collector"]),
@@ -277,6 +325,13 @@ FULL_ONLY = frozenset({
     "pcie_replay_rollovers_total", "pcie_errors_total", "pcie_link_generation", "pcie_link_max_generation",
     "pcie_link_width", "pcie_link_max_width",
     "process_encoder_utilization_ratio", "process_decoder_utilization_ratio",
+    # GPM: standard keeps SM active and occupancy, tensor and DRAM activity, and their window
+    "graphics_active_ratio", "integer_active_ratio", "tensor_pipe_active_ratio", "fp_pipe_active_ratio",
+    "nvdec_active_ratio", "nvjpg_active_ratio", "nvofa_active_ratio", "gpm_pcie_transmit_bytes_per_second",
+    "gpm_pcie_receive_bytes_per_second", "gpm_nvlink_transmit_bytes_per_second",
+    "gpm_nvlink_receive_bytes_per_second", "gpm_nvlink_link_transmit_bytes_per_second",
+    "gpm_nvlink_link_receive_bytes_per_second", "gpm_c2c_transmit_bytes_per_second",
+    "gpm_c2c_receive_bytes_per_second",
     "gputext_collector_duration_seconds",
 })
 # Rows that standard writes for some values of one label only: key -> (label, values).
@@ -286,6 +341,11 @@ STANDARD_SUBSET: Dict[str, Tuple[str, FrozenSet[str]]] = {
     "ecc_errors_total": ("type", frozenset({"uncorrected"})),
     "temperature_threshold_celsius": ("threshold", frozenset({"slowdown"})),
 }
+
+
+def written_at(detail: str, key: str) -> bool:
+    """Whether the detail level writes any series of `key` (a collector may skip reading what it does not)."""
+    return detail == FULL or key not in FULL_ONLY
 
 
 def detail_of(metric: Metric) -> str:

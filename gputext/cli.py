@@ -91,6 +91,7 @@ class UsageProblem(Exception):
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}
 DURATION_FORMS = "a duration such as 5s, 250ms, 5m or 1h (a bare number is seconds)"
+GPM_MIN_WINDOW_SECONDS = 0.1  # nvml.h: two GPM samples "should be greater than 100ms" apart
 
 
 class Values:
@@ -189,6 +190,13 @@ class Values:
             return type(counters)((), (), counters.fields, (), counters.source)
         return counters
 
+    def gpm_window(self) -> float:
+        seconds = self.seconds("gpm_window")
+        if seconds <= GPM_MIN_WINDOW_SECONDS:
+            self.bad("gpm_window", "NVML needs more than 100ms between two GPM samples; use, say, 1s")
+            seconds = self.seconds("gpm_window")
+        return seconds
+
     def prefix(self) -> str:
         prefix = self.raw("prefix")
         if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", prefix) or prefix.startswith("__"):
@@ -216,6 +224,7 @@ def run_options(values: Values, state_dir: Optional[str] = None):
         kubelet_timeout_seconds=values.seconds("kubelet_timeout", positive=True),
         gpu_resource_names=tuple(n.strip() for n in names["gpu_resource_names"].split(",") if n.strip()),
         pod_cache_ttl_seconds=values.seconds("pod_cache_ttl"),
+        gpm_window_seconds=values.gpm_window(),
         # show writes nothing that is stored, so it reads everything (its tables use full's series)
         detail=values.detail() if "detail" in names else FULL,
         naming=naming, counters=values.counters(naming) if "counters" in names else None,
@@ -288,6 +297,8 @@ def collect(
                                       "that are GPUs (nvidia.com/gpu and nvidia.com/mig-* always are)."),
     pod_cache_ttl: str = _option("30s", "--pod-cache-ttl", help="How long the kubelet's answer is reused (0: "
                                  "ask every run)."),
+    gpm_window: str = _option("1s", "--gpm-window", help="Time between the two GPM samples of a one-shot run "
+                              "(above 100ms); the repeating mode diffs against its previous cycle instead."),
     debug: bool = _option(False, "--debug", help="Show tracebacks of failing collectors."),
     interval: Optional[str] = _option(None, "--interval", help="Repeat every INTERVAL (e.g. 5s; a bare number "
                                       "is seconds) in one process until stopped (SIGTERM/SIGINT), --count or "
@@ -413,7 +424,8 @@ def dashboard(
 # The collect options that make up gputext.run.Options: show and doctor take them too (same flags,
 # variables, defaults and help), so they look at what a collect with the same environment would use.
 RUN_OPTIONS = ("collectors", "host_root", "retention", "max_processes", "dcgm_host", "dcgm_bindings",
-               "pod_resources_socket", "kubelet_timeout", "gpu_resource_names", "pod_cache_ttl", "debug")
+               "pod_resources_socket", "kubelet_timeout", "gpu_resource_names", "pod_cache_ttl", "gpm_window",
+               "debug")
 
 
 def _collect_parameters(names):
@@ -465,8 +477,8 @@ def show(
              "socket, the output directory and node_exporter reading it, the state directory. Takes collect's "
              "options and variables, so it checks what the timer uses; without --out it checks the file the "
              "systemd units write by default. Exit code 0 when everything enabled is ready, 1 otherwise.")
-@_with_collect_options("out", "prefix", "detail", "naming", "counters", "state_dir", *RUN_OPTIONS, "interval", "count", "duration",
-                       "lock_timeout")
+@_with_collect_options("out", "prefix", "detail", "naming", "counters", "state_dir", *RUN_OPTIONS, "interval",
+                       "count", "duration", "lock_timeout")
 def doctor(ctx: typer.Context, **_values) -> None:
     from .doctor import diagnose, passed, report
 

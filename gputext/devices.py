@@ -65,6 +65,20 @@ def _cuda_version(raw: Optional[int]) -> str:
     return f"{raw // 1000}.{(raw % 1000) // 10}"  # NVML encodes 12.4 as 12040
 
 
+def read_mig_devices(nvml, dev: Device) -> List[Tuple[int, str, str]]:
+    """[(slot, MIG device UUID, GPU instance ID)] of a GPU; empty where MIG is off or unsupported."""
+    count = nvml.call(pynvml.nvmlDeviceGetMaxMigDeviceCount, dev.handle, device=dev.name) or 0
+    found = []
+    for slot in range(int(count)):
+        handle = nvml.call(pynvml.nvmlDeviceGetMigDeviceHandleByIndex, dev.handle, slot, device=dev.name)
+        if handle is None:
+            continue  # an empty slot
+        uuid = text(nvml.call(pynvml.nvmlDeviceGetUUID, handle, device=dev.name))
+        gi = nvml.call(pynvml.nvmlDeviceGetGpuInstanceId, handle, device=dev.name)
+        found.append((slot, uuid, "" if gi is None else str(int(gi))))
+    return found
+
+
 def read_system(nvml: Nvml) -> System:
     return System(
         driver_version=text(nvml.call(pynvml.nvmlSystemGetDriverVersion)),

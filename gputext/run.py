@@ -38,6 +38,8 @@ class Options:
     kubelet_timeout_seconds: float = 2.0
     gpu_resource_names: Sequence[str] = ()  # beyond nvidia.com/gpu and nvidia.com/mig-*
     pod_cache_ttl_seconds: float = 30.0
+    # gpm: the wait between a one-shot run's two samples (NVML needs more than 100 ms)
+    gpm_window_seconds: float = 1.0
     detail: str = "standard"  # catalogue.DETAILS
     naming: str = "gputext"  # or "dcgm": dcgm-exporter's names (gputext.dcgm_exporter)
     counters: Any = None  # dcgm_exporter.Counters: the DCGM series --naming dcgm writes, and NVML fields
@@ -73,6 +75,7 @@ class Context:
         self._nvml = None
         self._inventory = None
         self.dcgm_nvlink_sums: Dict[str, list] = {}  # --naming dcgm without state: last cycle's NVLink sums
+        self._kept: Dict[str, Any] = {}
         self.new_cycle()
 
     def new_cycle(self) -> None:
@@ -144,6 +147,14 @@ class Context:
         """A static value of a device, cached across runs (see Inventory.static)."""
         return self._inventory.static(dev, name, read)
 
+    def kept(self, name: str, make: Callable[[], Any]) -> Any:
+        """An object a collector keeps for the life of this process, across the cycles of the repeating
+        mode (GPM's samples, which live inside NVML and cannot be saved in the state); made on first
+        use, and closed (its close()) before NVML shuts down."""
+        if name not in self._kept:
+            self._kept[name] = make()
+        return self._kept[name]
+
     @property
     def nvml_unavailable(self) -> bool:
         return self._nvml_error is not None
@@ -156,6 +167,9 @@ class Context:
 
     def close(self) -> None:
         self.end_cycle()
+        kept, self._kept = self._kept, {}
+        for thing in kept.values():
+            thing.close()
         if self._nvml is not None:
             self._nvml.stop()
             self._nvml = None
@@ -236,10 +250,27 @@ def collect(ctx: Context) -> Result:
 
     samples = _samples(ctx.options)
     explicit = bool(ctx.options.collectors)
+    names = ctx.options.collectors or tuple(REGISTRY)
+    # A collector that has to wait (GPM, between its two samples) has a begin(ctx) step: it starts
+    # before any collector runs and finishes in its turn (last), so the wait overlaps the others' work.
+    # What begin raises is handled in that turn, as if collect had raised it.
+    begun: Dict[str, Tuple[float, Optional[Exception]]] = {}
+    for name in names:
+        begin = getattr(load(name), "begin", None)
+        if begin is not None:
+            started = time.perf_counter()
+            try:
+                begin(ctx)
+                begun[name] = (time.perf_counter() - started, None)
+            except Exception as err:  # noqa: BLE001 - reported in the collector's turn below
+                begun[name] = (time.perf_counter() - started, err)
     failed = []
-    for name in ctx.options.collectors or tuple(REGISTRY):
+    for name in names:
+        spent, begin_error = begun.get(name, (0.0, None))
         started = time.perf_counter()
         try:
+            if begin_error is not None:
+                raise begin_error
             load(name).collect(ctx, samples)
             success = 1
         except NotApplicable as err:
@@ -260,7 +291,8 @@ def collect(ctx: Context) -> Result:
         if not success:
             failed.append(name)
         samples.add("gputext_collector_success", success, {"collector": name})
-        samples.add("gputext_collector_duration_seconds", time.perf_counter() - started, {"collector": name})
+        samples.add("gputext_collector_duration_seconds", spent + time.perf_counter() - started,
+                    {"collector": name})
     samples.add("gputext_build_info", 1, {"version": __version__})
     dcgm = _dcgm_naming(ctx, samples) if ctx.options.naming == "dcgm" else None
     return Result(samples, ctx.nvml_unavailable, failed, ctx.pod_labels, dcgm)

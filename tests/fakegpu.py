@@ -17,6 +17,8 @@ Value forms: numbers, ``step(base, s)``, or raw strings ("0x4", "10 step 2");
 where value is a number, ``step(...)``, ``Field(...)`` or ``(value, type[, step])``;
 ``processes``/``process_samples``/``accounting`` take lists of dicts (see
 :func:`h100`); ``mig_devices`` takes ``{slot: {"uuid", "gi", "ci"[, "profile"]}}``;
+``gpm_metrics`` takes ``{GPM metric id: value or Field(error=CODE)}`` and ``gpm_mig_metrics``
+``{gpu instance id: {metric id: ...}}`` (with ``gpm_supported: 1``, see :func:`with_gpm`);
 ``errors`` takes ``{c_function_name: code}``; ``lost`` a bool; ``extra`` raw lines.
 """
 
@@ -170,6 +172,14 @@ def _field_val(v: Any) -> str:
     return _val(v)
 
 
+def _gpm_val(v: Any) -> str:
+    if isinstance(v, Field):
+        if v.error is None:
+            raise ValueError("a GPM metric is a number or Field(error=CODE)")
+        return f"error {int(v.error)}"
+    return _num(float(v))
+
+
 def _text(v: Any, key: str) -> str:
     s = str(v)
     if "\n" in s or not s.strip():
@@ -192,7 +202,7 @@ DEVICE_NUMBER_KEYS = (
     "clock_graphics", "clock_sm", "clock_memory", "clock_video",
     "max_clock_graphics", "max_clock_sm", "max_clock_memory", "max_clock_video",
     "clocks_event_reasons", "pstate", "fan_count", "persistence_mode", "accounting_mode",
-    "compute_mode", "mig_max", "power_usage", "power_limit", "energy",
+    "compute_mode", "mig_max", "gpm_supported", "power_usage", "power_limit", "energy",
     "pcie_gen", "pcie_gen_max", "pcie_width", "pcie_width_max",
     "pcie_tx_kbps", "pcie_rx_kbps", "pcie_replays",
 )
@@ -201,7 +211,7 @@ DEVICE_PAIR_KEYS = ("mig_mode", "ecc_mode")  # (current, pending)
 DEVICE_INDEXED_KEYS = ("fan_speed", "nvlink_state", "nvlink_version", "nvlink_remote_type")
 DEVICE_OTHER_KEYS = (
     "nvlink_remote_pci", "ecc_errors", "fields", "processes", "process_samples",
-    "accounting", "mig_devices", "errors", "lost", "extra",
+    "accounting", "mig_devices", "gpm_metrics", "gpm_mig_metrics", "errors", "lost", "extra",
 )
 DEVICE_KEYS = frozenset(
     DEVICE_STRING_KEYS + DEVICE_NUMBER_KEYS + DEVICE_PAIR_KEYS + DEVICE_INDEXED_KEYS + DEVICE_OTHER_KEYS
@@ -300,6 +310,11 @@ def render_device(dev: Mapping[str, Any]) -> list[str]:
         if m.get("profile"):
             line += f" {m['profile']}"
         lines.append(line)
+    for fid, v in (g("gpm_metrics") or {}).items():
+        lines.append(f"gpm_metric {int(fid)} {_gpm_val(v)}")
+    for gi, metrics in sorted((g("gpm_mig_metrics") or {}).items()):
+        for fid, v in metrics.items():
+            lines.append(f"gpm_mig_metric {int(gi)} {int(fid)} {_gpm_val(v)}")
     lines += _render_errors(g("errors"), "")
     if g("lost"):
         lines.append("lost")
@@ -485,6 +500,31 @@ def h100(index: int = 0, **overrides: Any) -> dict[str, Any]:
         "lost": False,
     }
     dev.update(overrides)
+    return dev
+
+
+# GPM metric ids (nvml.h NVML_GPM_METRIC_*) that tests set, and what an H100 training job shows
+GPM_SM_ACTIVE, GPM_SM_OCCUPANCY, GPM_TENSOR_ACTIVE, GPM_DRAM_ACTIVE = 2, 3, 5, 10
+H100_GPM = {
+    1: 92.0, GPM_SM_ACTIVE: 80.0, GPM_SM_OCCUPANCY: 35.5, 4: 12.0, GPM_TENSOR_ACTIVE: 40.0,
+    6: 0.0, 7: 38.0, 8: 0.0, 9: 2.0, GPM_DRAM_ACTIVE: 30.0, 11: 0.5, 12: 9.0, 13: 4.0,
+    20: 2384.0, 21: 8680.0,                              # PCIe TX/RX, MiB/s
+    **{30 + k: 0.0 for k in range(7)}, **{40 + k: 0.0 for k in range(7)}, 50: 0.0,  # NVDEC, NVJPG, NVOFA
+    60: 18000.0, 61: 18900.0,                            # NVLink total RX/TX, MiB/s
+    **{62 + 2 * link: 1000.0 + link for link in range(H100_NVLINKS)},  # per-link RX
+    **{63 + 2 * link: 1050.0 + link for link in range(H100_NVLINKS)},  # per-link TX
+}
+
+
+def with_gpm(dev: dict[str, Any], metrics: Mapping[int, Any] | None = None,
+             mig: Mapping[int, Mapping[int, Any]] | None = None) -> dict[str, Any]:
+    """The device with GPM supported and `metrics` (default H100_GPM) as its whole-GPU values;
+    ``mig={gi: {id: value}}`` for its GPU instances."""
+    dev = dict(dev)
+    dev["gpm_supported"] = 1
+    dev["gpm_metrics"] = dict(H100_GPM if metrics is None else metrics)
+    if mig:
+        dev["gpm_mig_metrics"] = {gi: dict(values) for gi, values in mig.items()}
     return dev
 
 

@@ -616,6 +616,101 @@ def test_mig_devices(libdir, tmp_path):
 
 
 # --------------------------------------------------------------------------
+# GPM
+# --------------------------------------------------------------------------
+
+GPM_PRELUDE = textwrap.dedent("""
+    def gpm(s1, s2, ids, version=N.NVML_GPM_METRICS_GET_VERSION):
+        mg = N.c_nvmlGpmMetricsGet_t()
+        mg.version, mg.numMetrics, mg.sample1, mg.sample2 = version, len(ids), s1, s2
+        for i, metric_id in enumerate(ids):
+            mg.metrics[i].metricId = metric_id
+        N.nvmlGpmMetricsGet(mg)
+        return [[mg.metrics[i].nvmlReturn, mg.metrics[i].value] for i in range(len(ids))]
+
+    def sampled(get, *args):
+        s = N.nvmlGpmSampleAlloc()
+        get(*args, s)
+        return s
+""")
+
+
+def test_gpm_support_samples_and_metrics(libdir, tmp_path):
+    gpu = fakegpu.with_gpm(h100(0), {2: 45.0, 5: 12.5, 20: 100.0, 3: Field(error=3)})
+    calls = tmp_path / "calls.txt"
+    got = run(libdir, tmp_path, GPM_PRELUDE + textwrap.dedent("""
+        N.nvmlInit()
+        h, old = N.nvmlDeviceGetHandleByIndex(0), N.nvmlDeviceGetHandleByIndex(1)
+        s1 = sampled(N.nvmlGpmSampleGet, h)
+        soon = sampled(N.nvmlGpmSampleGet, h)
+        time.sleep(0.15)
+        s2 = sampled(N.nvmlGpmSampleGet, h)
+        unfilled = N.nvmlGpmSampleAlloc()
+        other = N.nvmlGpmSampleAlloc()
+        result = {
+            "supported": [N.nvmlGpmQueryDeviceSupport(h).isSupportedDevice,
+                          N.nvmlGpmQueryDeviceSupport(old).isSupportedDevice],
+            "old_gpu": err(N.nvmlGpmSampleGet, old, other),
+            "values": gpm(s1, s2, [2, 5, 20, 3, 7]),
+            "too_soon": err(gpm, s1, soon, [2]),
+            "reversed": err(gpm, s2, s1, [2]),
+            "same": err(gpm, s1, s1, [2]),
+            "unfilled": err(gpm, s1, unfilled, [2]),
+            "version": err(gpm, s1, s2, [2], 2),
+            "none": err(gpm, s1, s2, []),
+        }
+        for s in (s1, soon, s2, unfilled, other):
+            N.nvmlGpmSampleFree(s)
+        result["freed_twice"] = err(N.nvmlGpmSampleFree, s1)
+        result["freed_used"] = err(gpm, s1, s2, [2])
+        N.nvmlShutdown()
+        out(result)
+    """), devices=[gpu, h100(1)], calls=calls)
+    assert got == {
+        "supported": [1, 0], "old_gpu": 3,
+        "values": [[0, 45.0], [0, 12.5], [0, 100.0], [3, 0.0], [3, 0.0]],
+        "too_soon": 2, "reversed": 2, "same": 2, "unfilled": 2, "version": 25, "none": 2,
+        "freed_twice": 2, "freed_used": 2,
+    }
+    system = read_call_blocks(calls)[-1]["system"]
+    assert system["gpm_samples_live"] == 0 and system["gpm_samples_peak"] == 5
+    assert read_calls(calls)[0]["nvmlGpmSampleGet"] == 3
+
+
+def test_gpm_mig_instances(libdir, tmp_path):
+    migs = {0: {"uuid": "MIG-aaaaaaaa-0000-5000-8000-000000000000", "gi": 1, "ci": 0},
+            1: {"uuid": "MIG-bbbbbbbb-0000-5000-8000-000000000000", "gi": 2, "ci": 0}}
+    gpu = fakegpu.with_gpm(h100(0, mig_mode=(1, 1), mig_devices=migs), {20: 7.0},
+                           mig={1: {2: 10.0}, 2: {2: 20.0, 10: Field(error=999)}})
+    got = run(libdir, tmp_path, GPM_PRELUDE + textwrap.dedent("""
+        N.nvmlInit()
+        h, h1 = N.nvmlDeviceGetHandleByIndex(0), N.nvmlDeviceGetHandleByIndex(1)
+        m1 = N.nvmlDeviceGetMigDeviceHandleByIndex(h, 1)
+        first = [sampled(N.nvmlGpmMigSampleGet, h, 1), sampled(N.nvmlGpmMigSampleGet, h, 2),
+                 sampled(N.nvmlGpmSampleGet, m1), sampled(N.nvmlGpmSampleGet, h)]
+        time.sleep(0.15)
+        second = [sampled(N.nvmlGpmMigSampleGet, h, 1), sampled(N.nvmlGpmMigSampleGet, h, 2),
+                  sampled(N.nvmlGpmSampleGet, m1), sampled(N.nvmlGpmSampleGet, h)]
+        spare = N.nvmlGpmSampleAlloc()
+        out({"gi1": gpm(first[0], second[0], [2]), "gi2": gpm(first[1], second[1], [2, 10]),
+             "mig_handle": gpm(first[2], second[2], [2]), "gpu": gpm(first[3], second[3], [20, 2]),
+             "mixed": err(gpm, first[0], second[1], [2]),
+             "no_gi": err(N.nvmlGpmMigSampleGet, h, 5, spare),
+             "mig_off": err(N.nvmlGpmMigSampleGet, h1, 1, spare)})
+    """), devices=[gpu, fakegpu.with_gpm(h100(1))])
+    assert got == {"gi1": [[0, 10.0]], "gi2": [[0, 20.0], [999, 0.0]], "mig_handle": [[0, 20.0]],
+                   "gpu": [[0, 7.0], [3, 0.0]], "mixed": 2, "no_gi": 2, "mig_off": 3}
+
+
+def test_gpm_scenario_lines_are_checked(libdir, tmp_path):
+    for bad in ("gpm_metric 2", "gpm_metric x 4", "gpm_metric 2 error 0", "gpm_mig_metric 2 45.0",
+                "gpm_mig_metric -1 2 45.0"):
+        proc = run(libdir, tmp_path, "N.nvmlInit()", scenario_text=f"device\nuuid GPU-1\n{bad}\n",
+                   expect_rc=1)
+        assert "scenario.txt:3: expected `gpm_" in proc.stderr or "bad error code" in proc.stderr, (bad, proc.stderr)
+
+
+# --------------------------------------------------------------------------
 # PCIe throughput timing
 # --------------------------------------------------------------------------
 

@@ -30,8 +30,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import pynvml
 
 from . import LastingFailure, NotApplicable
-from ..devices import Device
-from ..nvml import DeviceGone, text
+from ..devices import Device, read_mig_devices
+from ..nvml import DeviceGone
 
 GPU_RESOURCE = "nvidia.com/gpu"
 MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
@@ -202,7 +202,7 @@ class DeviceFinder:
     def _mig_devices(self, dev: Device) -> List[Tuple[int, str, str]]:
         if dev.index not in self._migs:
             try:
-                self._migs[dev.index] = _read_mig_devices(self.ctx.nvml, dev)
+                self._migs[dev.index] = read_mig_devices(self.ctx.nvml, dev)
             except DeviceGone:
                 self._migs[dev.index] = []
         return self._migs[dev.index]
@@ -220,17 +220,3 @@ class DeviceFinder:
                 if number is not None:
                     self._by_minor[int(number)] = dev
         return self._by_minor.get(minor)
-
-
-def _read_mig_devices(nvml, dev: Device) -> List[Tuple[int, str, str]]:
-    """[(slot, MIG device UUID, GPU instance ID)] of a GPU; empty where MIG is off or unsupported."""
-    count = nvml.call(pynvml.nvmlDeviceGetMaxMigDeviceCount, dev.handle, device=dev.name) or 0
-    found = []
-    for slot in range(int(count)):
-        handle = nvml.call(pynvml.nvmlDeviceGetMigDeviceHandleByIndex, dev.handle, slot, device=dev.name)
-        if handle is None:
-            continue  # an empty slot
-        uuid = text(nvml.call(pynvml.nvmlDeviceGetUUID, handle, device=dev.name))
-        gi = nvml.call(pynvml.nvmlDeviceGetGpuInstanceId, handle, device=dev.name)
-        found.append((slot, uuid, "" if gi is None else str(int(gi))))
-    return found

@@ -68,7 +68,7 @@ def _link_state(nvml, dev, link, values):
     return state
 
 
-def _present_links(nvml, dev):
+def present_links(nvml, dev):
     """The link indices this GPU has (active or not): those that answer a state."""
     count = nvml.fields(dev.handle, [(FI_LINK_COUNT, 0)], device=dev.name).get((FI_LINK_COUNT, 0))
     count = NVML_NVLINK_MAX_LINKS if count is None else int(count)
@@ -84,7 +84,7 @@ def _answered_fields(nvml, dev, links):
 
 def _collect_device(ctx, dev, samples) -> None:
     nvml = ctx.nvml
-    links = ctx.static(dev, "nvlink_links", lambda: _present_links(nvml, dev))
+    links = ctx.static(dev, "nvlink_links", lambda: present_links(nvml, dev))
     if not links:
         return
     fields = ctx.static(dev, "nvlink_fields", lambda: _answered_fields(nvml, dev, links))

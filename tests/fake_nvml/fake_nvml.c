@@ -186,6 +186,51 @@ typedef struct {
 } fake_accounting_stats_t;
 _Static_assert(sizeof(fake_accounting_stats_t) == 56, "nvmlAccountingStats_t layout");
 
+/* mirrors nvmlGpmSample_t (typedef struct nvmlGpmSample_st* nvmlGpmSample_t); the struct is opaque
+ * to callers, here it records what was sampled and when (see the GPM section below). */
+typedef struct nvmlGpmSample_st *nvmlGpmSample_t;
+
+/* mirrors nvmlGpmMetric_t and its metricInfo member */
+typedef struct {
+    char *shortName;
+    char *longName;
+    char *unit;
+} fake_gpm_metric_info_t;
+
+typedef struct {
+    unsigned int metricId;
+    nvmlReturn_t nvmlReturn;
+    double value;
+    fake_gpm_metric_info_t metricInfo;
+} fake_gpm_metric_t;
+_Static_assert(sizeof(fake_gpm_metric_t) == 40, "nvmlGpmMetric_t layout");
+
+/* NVML_GPM_METRIC_MAX of the CUDA 13.3 nvml.h.  It grew (98, 210, 333; pynvml 13.615 has 477) while
+ * NVML_GPM_METRICS_GET_VERSION stayed 1: the array is last and only numMetrics entries are read, so a
+ * caller's array of any of those sizes works. */
+#define GPM_METRIC_MAX 333
+
+/* mirrors nvmlGpmMetricsGet_t */
+typedef struct {
+    unsigned int version;
+    unsigned int numMetrics;
+    nvmlGpmSample_t sample1;
+    nvmlGpmSample_t sample2;
+    fake_gpm_metric_t metrics[GPM_METRIC_MAX];
+} fake_gpm_metrics_get_t;
+_Static_assert(sizeof(fake_gpm_metrics_get_t) == 24 + 40 * GPM_METRIC_MAX, "nvmlGpmMetricsGet_t layout");
+#define GPM_METRICS_GET_VERSION 1 /* NVML_GPM_METRICS_GET_VERSION */
+
+/* mirrors nvmlGpmSupport_t */
+typedef struct {
+    unsigned int version;
+    unsigned int isSupportedDevice;
+} fake_gpm_support_t;
+_Static_assert(sizeof(fake_gpm_support_t) == 8, "nvmlGpmSupport_t layout");
+#define GPM_SUPPORT_VERSION 1 /* NVML_GPM_SUPPORT_VERSION */
+/* "the interval between two nvmlGpmSampleGet() calls should be greater than 100ms" (nvml.h) */
+#define GPM_MIN_INTERVAL_NS 100000000LL
+
 #define NVLINK_MAX_LINKS 36 /* NVML_NVLINK_MAX_LINKS */
 #define CLOCK_COUNT 4       /* NVML_CLOCK_COUNT: graphics, sm, mem, video */
 #define SAMPLING_PERIOD_US 167000u
@@ -268,7 +313,13 @@ _Static_assert(sizeof(fake_accounting_stats_t) == 56, "nvmlAccountingStats_t lay
     X(nvmlDeviceGetGpuInstanceId)                    \
     X(nvmlDeviceGetComputeInstanceId)                \
     X(nvmlDeviceIsMigDeviceHandle)                   \
-    X(nvmlDeviceGetDeviceHandleFromMigDeviceHandle)
+    X(nvmlDeviceGetDeviceHandleFromMigDeviceHandle)  \
+    X(nvmlGpmQueryDeviceSupport)                     \
+    X(nvmlGpmSampleAlloc)                            \
+    X(nvmlGpmSampleFree)                             \
+    X(nvmlGpmSampleGet)                              \
+    X(nvmlGpmMigSampleGet)                           \
+    X(nvmlGpmMetricsGet)
 
 #define AS_ENUM(n) FN_##n,
 enum { FN_LIST(AS_ENUM) FN_COUNT };
@@ -347,6 +398,14 @@ typedef struct {
     unsigned int running;
 } acct_entry;
 
+/* gpm_metric ID VALUE | gpm_metric ID error CODE | gpm_mig_metric GI ID ... */
+typedef struct {
+    int gi; /* -1: the whole GPU */
+    unsigned int id;
+    int err;
+    double value;
+} gpm_entry;
+
 typedef struct {
     int present;
     char *uuid;
@@ -364,6 +423,7 @@ typedef struct {
     DYN(proc_entry, procs);
     DYN(sample_entry, samples);
     DYN(acct_entry, accts);
+    DYN(gpm_entry, gpms);
     int lost;
     mig_entry mig[MAX_MIG];
 } device_t;
@@ -379,6 +439,9 @@ static device_t g_dev[MAX_DEV];
 static struct nvmlDevice_st g_handles[MAX_DEV];
 static struct nvmlDevice_st g_mig_handles[MAX_DEV][MAX_MIG];
 static unsigned long g_counts[MAX_DEV + 1][FN_COUNT];
+/* GPM samples: allocated now, most allocated at once since the last flush, and whether any ever was */
+static unsigned long g_gpm_live, g_gpm_peak;
+static int g_gpm_used;
 
 #define LOCK() pthread_mutex_lock(&g_lock)
 #define UNLOCK() pthread_mutex_unlock(&g_lock)
@@ -475,6 +538,7 @@ static void device_free(device_t *d)
     free(d->procs);
     free(d->samples);
     free(d->accts);
+    free(d->gpms);
     memset(d, 0, sizeof(*d));
 }
 
@@ -540,6 +604,7 @@ static const key_spec key_specs[] = {
     {"compute_mode", 1, 'n', 0, 1},
     {"mig_mode", 1, 'n', 0, 2},
     {"mig_max", 1, 'n', 0, 1},
+    {"gpm_supported", 1, 'n', 0, 1},
     {"power_usage", 1, 'n', 0, 1},
     {"power_limit", 1, 'n', 0, 1},
     {"energy", 1, 'n', 0, 1},
@@ -908,6 +973,29 @@ static int parse_fixed_ints(line_t *L, int n, long long *out, const char *usage)
     return 0;
 }
 
+/* gpm_metric ID VALUE | gpm_metric ID error CODE; gpm_mig_metric GI ID VALUE | ... error CODE */
+static int parse_gpm_line(device_t *d, line_t *L)
+{
+    int mig = strcmp(L->tok[0], "gpm_mig_metric") == 0;
+    int i = mig ? 2 : 1; /* the metric id's token */
+    long long gi = -1, id, code;
+    int ok = L->n == i + 2 || (L->n == i + 3 && strcmp(L->tok[i + 1], "error") == 0);
+    if (!ok || (mig && (parse_int(L->tok[1], &gi) || gi < 0)) || parse_int(L->tok[i], &id) || id < 0)
+        return perr(mig ? "expected `gpm_mig_metric GI ID VALUE` or `gpm_mig_metric GI ID error CODE`"
+                        : "expected `gpm_metric ID VALUE` or `gpm_metric ID error CODE`", NULL);
+    gpm_entry *g = PUSH(d, gpms);
+    g->gi = (int)gi;
+    g->id = (unsigned int)id;
+    if (L->n == i + 3) {
+        if (parse_int(L->tok[i + 2], &code) || code == 0)
+            return perr("bad error code", L->tok[i + 2]);
+        g->err = (int)code;
+    } else if (parse_double(L->tok[i + 1], &g->value)) {
+        return perr("bad GPM value", L->tok[i + 1]);
+    }
+    return 0;
+}
+
 static int parse_line(char *raw, int *cur)
 {
     line_t L;
@@ -977,6 +1065,8 @@ static int parse_line(char *raw, int *cur)
             a->time_ms = (unsigned long long)v[5];
             a->running = (unsigned int)v[6];
         }
+    } else if (strcmp(k, "gpm_metric") == 0 || strcmp(k, "gpm_mig_metric") == 0) {
+        rc = parse_gpm_line(d, &L);
     } else if (strcmp(k, "mig_device") == 0) {
         /* mig_device INDEX UUID GI CI [PROFILE...] */
         long long idx, gi, ci;
@@ -1249,6 +1339,24 @@ static void flush_counts(void)
             len += (size_t)n;
             g_counts[row][fn] = 0;
         }
+    }
+    if (any && g_gpm_used) {
+        /* not calls but state: GPM samples still allocated, and the most that were at once */
+        char line[160];
+        int n = snprintf(line, sizeof line, "system gpm_samples_live %lu\nsystem gpm_samples_peak %lu\n",
+                         g_gpm_live, g_gpm_peak);
+        if (len + (size_t)n + 8 > cap) {
+            char *nb = realloc(buf, cap + (size_t)n + 8);
+            if (!nb) {
+                free(buf);
+                return;
+            }
+            buf = nb;
+            cap += (size_t)n + 8;
+        }
+        memcpy(buf + len, line, (size_t)n);
+        len += (size_t)n;
+        g_gpm_peak = g_gpm_live;
     }
     if (any) {
         memcpy(buf + len, "end\n", 4);
@@ -2407,5 +2515,175 @@ EXPORT nvmlReturn_t nvmlDeviceGetDeviceHandleFromMigDeviceHandle(nvmlDevice_t mi
     if (!device || slot < 0)
         RETURN(NVML_ERROR_INVALID_ARGUMENT);
     *device = dev_handle((int)(d - g_dev));
+    RETURN(NVML_SUCCESS);
+}
+
+/* ------------------------------------------------------------------ */
+/* GPM                                                                 */
+/* ------------------------------------------------------------------ */
+
+/* What a sample records.  Live samples are kept in a list, so that a freed, foreign or never-allocated
+ * pointer is recognised without reading it. */
+#define GPM_UNFILLED -2
+struct nvmlGpmSample_st {
+    struct nvmlGpmSample_st *next;
+    int dev;           /* GPU index, GPM_UNFILLED until nvmlGpmSampleGet */
+    int gi;            /* GPU instance id, -1 for the whole GPU */
+    long long taken_ns; /* CLOCK_MONOTONIC */
+};
+static struct nvmlGpmSample_st *g_gpm_samples;
+
+static int gpm_live(nvmlGpmSample_t s)
+{
+    for (struct nvmlGpmSample_st *p = g_gpm_samples; p; p = p->next)
+        if (p == s)
+            return 1;
+    return 0;
+}
+
+static long long monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static int gpm_supported(device_t *d)
+{
+    num_entry *e = num_find(d, "gpm_supported", 0, 0, 0);
+    return e && num_val(e, 0) != 0;
+}
+
+EXPORT nvmlReturn_t nvmlGpmQueryDeviceSupport(nvmlDevice_t device, fake_gpm_support_t *gpmSupport)
+{
+    DEV_BEGIN(nvmlGpmQueryDeviceSupport, device, MIG_OK);
+    if (!gpmSupport)
+        RETURN(NVML_ERROR_INVALID_ARGUMENT);
+    if (gpmSupport->version != GPM_SUPPORT_VERSION)
+        RETURN(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+    gpmSupport->isSupportedDevice = gpm_supported(d) ? 1u : 0u;
+    RETURN(NVML_SUCCESS);
+}
+
+EXPORT nvmlReturn_t nvmlGpmSampleAlloc(nvmlGpmSample_t *gpmSample)
+{
+    LOCK();
+    nvmlReturn_t rc = sys_enter(FN_nvmlGpmSampleAlloc);
+    if (rc)
+        RETURN(rc);
+    if (!gpmSample)
+        RETURN(NVML_ERROR_INVALID_ARGUMENT);
+    struct nvmlGpmSample_st *s = calloc(1, sizeof *s);
+    if (!s)
+        RETURN(20); /* NVML_ERROR_MEMORY */
+    s->dev = GPM_UNFILLED;
+    s->next = g_gpm_samples;
+    g_gpm_samples = s;
+    g_gpm_used = 1;
+    if (++g_gpm_live > g_gpm_peak)
+        g_gpm_peak = g_gpm_live;
+    *gpmSample = s;
+    RETURN(NVML_SUCCESS);
+}
+
+EXPORT nvmlReturn_t nvmlGpmSampleFree(nvmlGpmSample_t gpmSample)
+{
+    LOCK();
+    nvmlReturn_t rc = sys_enter(FN_nvmlGpmSampleFree);
+    if (rc)
+        RETURN(rc);
+    for (struct nvmlGpmSample_st **p = &g_gpm_samples; *p; p = &(*p)->next) {
+        if (*p == gpmSample) {
+            *p = gpmSample->next;
+            free(gpmSample);
+            g_gpm_live--;
+            RETURN(NVML_SUCCESS);
+        }
+    }
+    RETURN(NVML_ERROR_INVALID_ARGUMENT); /* not a live sample: freed twice, or never allocated */
+}
+
+static nvmlReturn_t gpm_fill(device_t *d, int gi, nvmlGpmSample_t s)
+{
+    if (!gpm_live(s))
+        return NVML_ERROR_INVALID_ARGUMENT;
+    if (!gpm_supported(d))
+        return NVML_ERROR_NOT_SUPPORTED;
+    s->dev = (int)(d - g_dev);
+    s->gi = gi;
+    s->taken_ns = monotonic_ns();
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlGpmSampleGet(nvmlDevice_t device, nvmlGpmSample_t gpmSample)
+{
+    /* "supports the device handle and MIG device handle": a MIG device samples its GPU instance */
+    DEV_BEGIN(nvmlGpmSampleGet, device, MIG_OK);
+    RETURN(gpm_fill(d, slot >= 0 ? (int)d->mig[slot].gi : -1, gpmSample));
+}
+
+static int mig_on(device_t *d)
+{
+    num_entry *e = num_find(d, "mig_mode", 0, 0, 0);
+    return e && num_val(e, 0) == 1;
+}
+
+EXPORT nvmlReturn_t nvmlGpmMigSampleGet(nvmlDevice_t device, unsigned int gpuInstanceId, nvmlGpmSample_t gpmSample)
+{
+    DEV_BEGIN(nvmlGpmMigSampleGet, device, MIG_NO);
+    if (!mig_on(d))
+        RETURN(NVML_ERROR_NOT_SUPPORTED);
+    for (int k = 0; k < MAX_MIG; k++)
+        if (d->mig[k].present && d->mig[k].gi == gpuInstanceId)
+            RETURN(gpm_fill(d, (int)gpuInstanceId, gpmSample));
+    RETURN(NVML_ERROR_INVALID_ARGUMENT); /* no such GPU instance */
+}
+
+static gpm_entry *gpm_find(device_t *d, int gi, unsigned int id)
+{
+    for (size_t k = d->n_gpms; k-- > 0;) /* last definition wins */
+        if (d->gpms[k].gi == gi && d->gpms[k].id == id)
+            return &d->gpms[k];
+    return NULL;
+}
+
+/* Values come from the scenario (`gpm_metric`, `gpm_mig_metric`) as they are, whatever the window; a
+ * metric the scenario does not name is NOT_SUPPORTED in its own entry.  The call refuses (2) two
+ * samples that are not live, are one and the same, belong to different GPUs or GPU instances, or were
+ * not taken in order more than 100 ms apart: nvml.h asks for that interval and does not say what
+ * happens otherwise, so the fake makes a caller that does not wait fail loudly. */
+EXPORT nvmlReturn_t nvmlGpmMetricsGet(fake_gpm_metrics_get_t *metricsGet)
+{
+    LOCK();
+    nvmlGpmSample_t s1 = metricsGet ? metricsGet->sample1 : NULL;
+    nvmlGpmSample_t s2 = metricsGet ? metricsGet->sample2 : NULL;
+    int live = s1 && gpm_live(s1) && s2 && gpm_live(s2);
+    int row = live && s1->dev >= 0 && s1->dev < g_ndev ? s1->dev : SYS_SLOT;
+    count_call(FN_nvmlGpmMetricsGet, row);
+    if (g_refcount <= 0)
+        RETURN(NVML_ERROR_UNINITIALIZED);
+    device_t *d = row == SYS_SLOT ? NULL : &g_dev[row];
+    int c = override_code(d, FN_nvmlGpmMetricsGet);
+    if (c)
+        RETURN(c);
+    if (!metricsGet)
+        RETURN(NVML_ERROR_INVALID_ARGUMENT);
+    if (metricsGet->version != GPM_METRICS_GET_VERSION)
+        RETURN(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+    if (!live || s1 == s2 || !d || s1->dev != s2->dev || s1->gi != s2->gi)
+        RETURN(NVML_ERROR_INVALID_ARGUMENT);
+    if (s2->taken_ns - s1->taken_ns <= GPM_MIN_INTERVAL_NS)
+        RETURN(NVML_ERROR_INVALID_ARGUMENT);
+    if (metricsGet->numMetrics == 0 || metricsGet->numMetrics > GPM_METRIC_MAX)
+        RETURN(NVML_ERROR_INVALID_ARGUMENT);
+    if (d->lost)
+        RETURN(NVML_ERROR_GPU_IS_LOST);
+    for (unsigned int i = 0; i < metricsGet->numMetrics; i++) {
+        fake_gpm_metric_t *m = &metricsGet->metrics[i];
+        gpm_entry *g = gpm_find(d, s1->gi, m->metricId);
+        m->nvmlReturn = !g ? NVML_ERROR_NOT_SUPPORTED : g->err;
+        m->value = g && !g->err ? g->value : 0.0;
+        m->metricInfo.shortName = m->metricInfo.longName = m->metricInfo.unit = NULL;
+    }
     RETURN(NVML_SUCCESS);
 }
