@@ -17,6 +17,7 @@ from typing import Dict, FrozenSet, Iterable, Tuple
 DEVICE_LABELS = ("gpu", "uuid")
 PROCESS_LABELS = ("pid", "process_name", "pod", "namespace", "container")
 POD_LABELS = ("pod", "namespace", "container")
+XID_LABELS = ("xid", "gpu_instance", "compute_instance")
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,13 @@ METRICS: Tuple[Metric, ...] = (
             "time-sliced GPU) or a MIG device of it (gpu_instance and mig_device, else empty); the value "
             "is always 1.", ["pod", "namespace", "container", "resource", "gpu_instance", "mig_device"],
             source="kubernetes"),
+    # XID errors, from the kernel log (collector xid); MIG instances where the record names them, else ""
+    _device("xid_errors_total", C, "", "XID errors the driver reported for the GPU in this boot, by code "
+            "(and MIG GPU/compute instance), from the kernel log.", XID_LABELS, source="xid"),
+    _device("xid_last_time_seconds", G, "seconds", "When the GPU's last XID of the code happened (Unix "
+            "time, from the kernel log record).", XID_LABELS, source="xid"),
+    _device("xid_info", G, "", "What an XID code the GPU had means and what to do; the value is always 1.",
+            ["xid", "description", "action", "severity"], source="xid"),
     # gputext about itself
     _self("gputext_collector_success", G, "", "1 when the collector ran without error, 0 when it failed.",
           ["collector"]),

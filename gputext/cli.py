@@ -187,6 +187,7 @@ def run_options(values: Values, state_dir: Optional[str] = None):
         kubelet_timeout_seconds=values.seconds("kubelet_timeout", positive=True),
         gpu_resource_names=tuple(n.strip() for n in names["gpu_resource_names"].split(",") if n.strip()),
         pod_cache_ttl_seconds=values.seconds("pod_cache_ttl"),
+        kmsg=Path(names["kmsg"]) if names["kmsg"] else None,
         # show writes nothing that is stored, so it reads everything (its tables use full's series)
         detail=values.detail() if "detail" in names else FULL,
     )
@@ -253,6 +254,9 @@ def collect(
                                       "that are GPUs (nvidia.com/gpu and nvidia.com/mig-* always are)."),
     pod_cache_ttl: str = _option("30s", "--pod-cache-ttl", help="How long the kubelet's answer is reused (0: "
                                  "ask every run)."),
+    kmsg: Optional[str] = _option(None, "--kmsg", help="The kernel log the xid collector counts XIDs in: "
+                                  "/dev/kmsg, or a file of records in its format [default: /dev/kmsg under "
+                                  "--host-root]."),
     debug: bool = _option(False, "--debug", help="Show tracebacks of failing collectors."),
     interval: Optional[str] = _option(None, "--interval", help="Repeat every INTERVAL (e.g. 5s; a bare number "
                                       "is seconds) in one process until stopped (SIGTERM/SIGINT), --count or "
@@ -328,7 +332,8 @@ def metrics(
 # The collect options that make up gputext.run.Options: show and doctor take them too (same flags,
 # variables, defaults and help), so they look at what a collect with the same environment would use.
 RUN_OPTIONS = ("collectors", "host_root", "retention", "max_processes", "dcgm_host", "dcgm_bindings",
-               "pod_resources_socket", "kubelet_timeout", "gpu_resource_names", "pod_cache_ttl", "debug")
+               "pod_resources_socket", "kubelet_timeout", "gpu_resource_names", "pod_cache_ttl", "kmsg",
+               "debug")
 
 
 def _collect_parameters(names):

@@ -39,6 +39,8 @@ class Options:
     gpu_resource_names: Sequence[str] = ()  # beyond nvidia.com/gpu and nvidia.com/mig-*
     pod_cache_ttl_seconds: float = 30.0
     detail: str = "standard"  # catalogue.DETAILS
+    # xid
+    kmsg: Optional[Path] = None  # None: /dev/kmsg under host_root
 
     def host_path(self, path: str) -> Path:
         """A host path such as /proc/1/cgroup, under --host-root."""
@@ -70,6 +72,8 @@ class Context:
         self.state = State(options.state_dir, warn, note=self.note_once)
         self._nvml = None
         self._inventory = None
+        # what a collector keeps for the next cycle of the repeating mode (an open kernel log)
+        self.kept: Dict[str, object] = {}
         self.new_cycle()
 
     def new_cycle(self) -> None:
@@ -153,6 +157,10 @@ class Context:
 
     def close(self) -> None:
         self.end_cycle()
+        for kept in self.kept.values():
+            if hasattr(kept, "close"):  # an open log
+                kept.close()
+        self.kept.clear()
         if self._nvml is not None:
             self._nvml.stop()
             self._nvml = None

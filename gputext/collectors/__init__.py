@@ -22,6 +22,7 @@ REGISTRY: Dict[str, str] = {
     "processes": "gputext.collectors.processes",
     "dcgm": "gputext.collectors.dcgm",
     "kubernetes": "gputext.collectors.kubernetes",
+    "xid": "gputext.collectors.xid",
 }
 
 
