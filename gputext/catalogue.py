@@ -36,6 +36,7 @@ class Dcgm:
 
     def covers(self, labels) -> bool:
         return all(labels.get(label) == value for label, value in self.where)
+XID_LABELS = ("xid", "gpu_instance", "compute_instance")
 
 
 @dataclass(frozen=True)
@@ -293,6 +294,13 @@ METRICS: Tuple[Metric, ...] = (
             "Chip-to-chip (Grace to GPU) send rate, averaged over gpm_window_seconds (GPM).", source="gpm"),
     _device("gpm_c2c_receive_bytes_per_second", G, "bytes_per_second",
             "Chip-to-chip (Grace to GPU) receive rate, averaged over gpm_window_seconds (GPM).", source="gpm"),
+    # XID errors, from the kernel log (collector xid); MIG instances where the record names them, else ""
+    _device("xid_errors_total", C, "", "XID errors the driver reported for the GPU in this boot, by code "
+            "(and MIG GPU/compute instance), from the kernel log.", XID_LABELS, source="xid"),
+    _device("xid_last_time_seconds", G, "seconds", "When the GPU's last XID of the code happened (Unix "
+            "time, from the kernel log record).", XID_LABELS, source="xid"),
+    _device("xid_info", G, "", "What an XID code the GPU had means and what to do; the value is always 1.",
+            ["xid", "description", "action", "severity"], source="xid"),
     # gputext about itself
     _self("gputext_collector_success", G, "", "1 when the collector ran without error, 0 when it failed.",
           ["collector"]),

@@ -225,6 +225,7 @@ def run_options(values: Values, state_dir: Optional[str] = None):
         gpu_resource_names=tuple(n.strip() for n in names["gpu_resource_names"].split(",") if n.strip()),
         pod_cache_ttl_seconds=values.seconds("pod_cache_ttl"),
         gpm_window_seconds=values.gpm_window(),
+        kmsg=Path(names["kmsg"]) if names["kmsg"] else None,
         # show writes nothing that is stored, so it reads everything (its tables use full's series)
         detail=values.detail() if "detail" in names else FULL,
         naming=naming, counters=values.counters(naming) if "counters" in names else None,
@@ -299,6 +300,9 @@ def collect(
                                  "ask every run)."),
     gpm_window: str = _option("1s", "--gpm-window", help="Time between the two GPM samples of a one-shot run "
                               "(above 100ms); the repeating mode diffs against its previous cycle instead."),
+    kmsg: Optional[str] = _option(None, "--kmsg", help="The kernel log the xid collector counts XIDs in: "
+                                  "/dev/kmsg, or a file of records in its format [default: /dev/kmsg under "
+                                  "--host-root]."),
     debug: bool = _option(False, "--debug", help="Show tracebacks of failing collectors."),
     interval: Optional[str] = _option(None, "--interval", help="Repeat every INTERVAL (e.g. 5s; a bare number "
                                       "is seconds) in one process until stopped (SIGTERM/SIGINT), --count or "
@@ -425,7 +429,7 @@ def dashboard(
 # variables, defaults and help), so they look at what a collect with the same environment would use.
 RUN_OPTIONS = ("collectors", "host_root", "retention", "max_processes", "dcgm_host", "dcgm_bindings",
                "pod_resources_socket", "kubelet_timeout", "gpu_resource_names", "pod_cache_ttl", "gpm_window",
-               "debug")
+               "kmsg", "debug")
 
 
 def _collect_parameters(names):

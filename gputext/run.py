@@ -43,6 +43,8 @@ class Options:
     detail: str = "standard"  # catalogue.DETAILS
     naming: str = "gputext"  # or "dcgm": dcgm-exporter's names (gputext.dcgm_exporter)
     counters: Any = None  # dcgm_exporter.Counters: the DCGM series --naming dcgm writes, and NVML fields
+    # xid
+    kmsg: Optional[Path] = None  # None: /dev/kmsg under host_root
 
     def host_path(self, path: str) -> Path:
         """A host path such as /proc/1/cgroup, under --host-root."""
@@ -76,6 +78,9 @@ class Context:
         self._inventory = None
         self.dcgm_nvlink_sums: Dict[str, list] = {}  # --naming dcgm without state: last cycle's NVLink sums
         self._kept: Dict[str, Any] = {}
+        # what the xid collector keeps for the next cycle of the repeating mode (an open kernel log, the
+        # boot time, counts without state); its open log is closed with the context
+        self.held: Dict[str, object] = {}
         self.new_cycle()
 
     def new_cycle(self) -> None:
@@ -170,6 +175,10 @@ class Context:
         kept, self._kept = self._kept, {}
         for thing in kept.values():
             thing.close()
+        for held in self.held.values():
+            if hasattr(held, "close"):  # an open log
+                held.close()
+        self.held.clear()
         if self._nvml is not None:
             self._nvml.stop()
             self._nvml = None

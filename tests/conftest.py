@@ -69,11 +69,15 @@ def host_untouched(tmp_path_factory):
     """No test writes outside its temp directories, by construction: every gputext run, in a subprocess
     or in this process, that is given no --state-dir uses STATE_DIRECTORY, which points into the session's
     temp directory (as systemd's StateDirectory= would). The locale and width are fixed so that `show`
-    prints the same on every machine. The host's own state directory is checked at the end."""
+    prints the same on every machine. The xid collector reads an empty kernel log (GPUTEXT_KMSG), not the
+    host's, unless a test gives it one. The host's own state directory is checked at the end."""
     before = _snapshot(HOST_STATE_DIR)
     patch = pytest.MonkeyPatch()
     default_state = tmp_path_factory.mktemp("default-state")
     patch.setenv("STATE_DIRECTORY", str(default_state))
+    empty_log = tmp_path_factory.mktemp("kmsg") / "kmsg"
+    empty_log.write_bytes(b"")
+    patch.setenv("GPUTEXT_KMSG", str(empty_log))
     patch.setenv("LANG", "C.UTF-8")
     for name in ("LC_ALL", "LC_CTYPE", "COLUMNS", "NO_COLOR"):
         patch.delenv(name, raising=False)

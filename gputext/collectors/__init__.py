@@ -23,6 +23,7 @@ REGISTRY: Dict[str, str] = {
     "processes": "gputext.collectors.processes",
     "dcgm": "gputext.collectors.dcgm",
     "kubernetes": "gputext.collectors.kubernetes",
+    "xid": "gputext.collectors.xid",
     "gpm": "gputext.collectors.gpm",  # last: it waits for what is left of its window
 }
 

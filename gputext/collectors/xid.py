@@ -1,0 +1,163 @@
+"""XID errors: the NVIDIA driver's reports of GPU faults, counted from the kernel log.
+
+dcgm-exporter's DCGM_FI_DEV_XID_ERRORS is a gauge of the last code only: it never returns to 0, two equal
+XIDs look like one, and a 62 followed by a 45 shows only the 45. Here every XID in the kernel log is
+counted, per GPU, code and (MIG) GPU/compute instance, with the time of the last one.
+
+The counts live in the state with the boot id and the sequence number of the last record read, so that a
+restart neither resets them nor counts an old record twice; a new boot starts afresh (the kernel's
+sequence numbers do too). They are keyed by the PCI address the record names, not by UUID: a GPU that
+fell off the bus (XID 79) may no longer tell NVML its UUID. Each run maps addresses to GPUs with NVML's
+bus ids, and remembers the map for the boot, so such a GPU keeps its labels. An address that is no GPU
+NVML has listed this boot is kept in the state and written once it maps.
+
+Unreadable log (kernel.dmesg_restrict=1 without CAP_SYSLOG): not applicable, said once per boot.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+from . import LastingFailure, NotApplicable
+from ..kmsg import KmsgReader, KmsgUnreadable, pci_address, pci_text
+from ..state import StateUnavailable, boot_id
+
+# What the driver's codes mean and what to do, for gpu_xid_info (NVIDIA's XID catalogue as NVSentinel
+# maps it; severity "fatal": the GPU or node needs action, "application": the job's own fault, the GPU is
+# healthy (the Kubernetes device plugin ignores these), "nonfatal": worth watching).
+CODES: Dict[int, Tuple[str, str, str]] = {
+    8: ("GPU stopped processing (channel idle timeout)", "restart the application", "nonfatal"),
+    13: ("graphics engine exception", "restart the application", "application"),
+    31: ("GPU memory page fault", "restart the application", "application"),
+    43: ("GPU stopped processing", "restart the application", "application"),
+    45: ("preemptive cleanup, due to previous errors", "restart the application; look for an earlier XID",
+         "application"),
+    48: ("double-bit ECC error", "reset the GPU if it repeats; check remapped rows", "fatal"),
+    61: ("internal micro-controller breakpoint/warning", "reset the GPU; report to NVIDIA", "fatal"),
+    62: ("internal micro-controller halt", "reset the GPU", "fatal"),
+    63: ("ECC page retirement or row remapping event", "none (recorded); reset the GPU when convenient",
+         "nonfatal"),
+    64: ("ECC page retirement or row remapping failure", "reset the GPU", "fatal"),
+    68: ("NVDEC0 exception", "restart the application", "application"),
+    74: ("NVLink error", "check the NVLink links; reset the GPU", "fatal"),
+    79: ("GPU has fallen off the bus", "reboot the node", "fatal"),
+    92: ("high single-bit ECC error rate", "none; watch for 48, 63, 64", "nonfatal"),
+    94: ("contained ECC error", "restart the application", "nonfatal"),
+    95: ("uncontained ECC error", "reset the GPU", "fatal"),
+    109: ("context switch timeout", "reset the GPU", "fatal"),
+    119: ("GSP RPC timeout", "reset the GPU", "fatal"),
+    120: ("GSP error", "reset the GPU", "fatal"),
+    121: ("C2C link error", "none; watch for repeats", "nonfatal"),
+    136: ("ALI training failure", "reset the GPU", "fatal"),
+    140: ("unrecovered ECC error", "reset the GPU", "fatal"),
+    143: ("GPU initialisation failure", "reset the GPU", "fatal"),
+    154: ("GPU recovery action changed", "follow the action of the XID that caused it", "nonfatal"),
+}
+
+SECTION = "xid"
+
+
+def collect(ctx, samples) -> None:
+    path = ctx.options.kmsg or ctx.options.host_path("/dev/kmsg")
+    section = _section(ctx)
+    reader = ctx.held.get("kmsg")
+    saved = section.get("seq")
+    # A reader kept from the last cycle is positioned after what it read; a state that has not counted
+    # that far (moved aside, or written by an older run) needs the log from its start again.
+    if reader is not None and (reader.path != path or saved is None or saved < (reader.last_seq or -1)):
+        reader.close()
+        reader = None
+    if reader is None:
+        reader = KmsgReader(path)
+    try:
+        xids, lost = reader.new_xids(saved)
+    except FileNotFoundError:
+        reader.close()
+        raise NotApplicable(f"no kernel log at {path}") from None
+    except KmsgUnreadable as err:
+        reader.close()
+        why = (f"cannot read the kernel log ({err}), so XIDs are not counted: kernel.dmesg_restrict=1 "
+               "requires CAP_SYSLOG (see 'gputext doctor')")
+        if "xid" in ctx.options.collectors:
+            raise LastingFailure(why) from None  # asked for by name: a failure, said once per boot
+        ctx.note_once(f"collector xid: {why}")
+        raise NotApplicable(why) from None
+    ctx.held["kmsg"] = reader
+    if lost:
+        ctx.warn(f"{lost} kernel log records were overwritten before gputext read them: XIDs among them "
+                 "are not counted")
+    boot = _boot_time(ctx)
+    counts = section.setdefault("counts", {})
+    for xid in xids:
+        key = "|".join((pci_text(xid.pci), str(xid.code), _id(xid.gpu_instance), _id(xid.compute_instance)))
+        entry = counts.setdefault(key, [0, None])
+        entry[0] += 1
+        if boot is not None:
+            entry[1] = boot + xid.usec / 1e6
+    if reader.last_seq is not None:
+        section["seq"] = reader.last_seq if saved is None else max(saved, reader.last_seq)
+    _write(ctx, section, samples)
+
+
+def _section(ctx) -> Dict[str, Any]:
+    """This boot's counts: from the state, or (without one) kept by this process only."""
+    try:
+        section = ctx.state.section(SECTION)
+    except StateUnavailable:
+        section = ctx.held.setdefault("xid_counts", {})
+    boot = boot_id()
+    if section.get("boot") != boot:  # a new boot: its log and sequence numbers start afresh
+        section.clear()
+        section["boot"] = boot
+    return section
+
+
+def _id(instance: Optional[int]) -> str:
+    return "" if instance is None else str(instance)
+
+
+def _boot_time(ctx) -> Optional[float]:
+    """When the host booted (Unix time), from /proc/stat's btime: a record's time is boot time plus its
+    own microseconds since boot."""
+    if "btime" not in ctx.held:
+        ctx.held["btime"] = None
+        try:
+            with open(ctx.options.host_path("/proc/stat"), "rb") as f:
+                for line in f:
+                    if line.startswith(b"btime "):
+                        ctx.held["btime"] = float(line.split()[1])
+                        break
+        except (OSError, ValueError, IndexError):
+            pass
+    return ctx.held["btime"]
+
+
+def _write(ctx, section: Dict[str, Any], samples) -> None:
+    gpus = section.setdefault("gpus", {})  # PCI address -> [gpu index, uuid], remembered for the boot
+    from ..nvml import NvmlUnavailable
+
+    try:
+        devices = ctx.devices()[1]
+    except NvmlUnavailable:
+        devices = []  # the counts still stand, under the GPUs remembered from earlier runs of this boot
+    for dev in devices:
+        pci = pci_address(dev.info.get("pci_bus_id", ""))
+        if pci is not None and dev.uuid:
+            gpus[pci_text(pci)] = [str(dev.index), dev.uuid]
+    unmapped = set()
+    for key, (count, last) in sorted(section.get("counts", {}).items()):
+        pci, code, gi, ci = key.split("|")
+        gpu = gpus.get(pci)
+        if gpu is None:
+            unmapped.add(pci)
+            continue
+        labels = {"gpu": gpu[0], "uuid": gpu[1], "xid": code, "gpu_instance": gi, "compute_instance": ci}
+        samples.add("xid_errors_total", count, labels)
+        samples.add("xid_last_time_seconds", last, labels)
+        known = CODES.get(int(code))
+        if known is not None:
+            samples.add("xid_info", 1, {"gpu": gpu[0], "uuid": gpu[1], "xid": code, "description": known[0],
+                                        "action": known[1], "severity": known[2]})
+    if unmapped:
+        ctx.note_once(f"the kernel log has XIDs for PCI {', '.join(sorted(unmapped))}, which NVML does not "
+                      "list as a GPU: they are kept and written once it does")
