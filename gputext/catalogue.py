@@ -252,22 +252,37 @@ METRICS: Tuple[Metric, ...] = (
     _device("gpm_window_seconds", G, "seconds", "Time between the two GPM samples the profiling ratios "
             "and rates of this GPU or GPU instance average over.", MIG_LABELS, source="gpm"),
     _device("graphics_active_ratio", G, "ratio", "Fraction of time any graphics or compute engine was "
-            "active (GPM).", MIG_LABELS, source="gpm"),
+            "active (GPM).", MIG_LABELS, source="gpm",
+            dcgm=[_dcgm("PROF_GR_ENGINE_ACTIVE", G, "Ratio of time the graphics engine is active.")]),
     _device("sm_active_ratio", G, "ratio", "Fraction of time the SMs were busy, averaged over all SMs: how "
-            "much of the GPU the work fills (GPM).", MIG_LABELS, source="gpm"),
+            "much of the GPU the work fills (GPM).", MIG_LABELS, source="gpm",
+            dcgm=[_dcgm("PROF_SM_ACTIVE", G,
+                  "The ratio of cycles an SM has at least 1 warp assigned.", default=False)]),
     _device("sm_occupancy_ratio", G, "ratio", "Resident warps as a fraction of the SMs' maximum, averaged "
-            "over time and SMs (GPM).", MIG_LABELS, source="gpm"),
+            "over time and SMs (GPM).", MIG_LABELS, source="gpm",
+            dcgm=[_dcgm("PROF_SM_OCCUPANCY", G,
+                  "The ratio of number of warps resident on an SM.", default=False)]),
     _device("integer_active_ratio", G, "ratio", "Fraction of time the SMs ran integer instructions (GPM).",
             MIG_LABELS, source="gpm"),
     _device("tensor_active_ratio", G, "ratio", "Fraction of time the SMs ran any tensor-core instruction "
-            "(GPM; DCGM's PIPE_TENSOR_ACTIVE).", MIG_LABELS, source="gpm"),
+            "(GPM; DCGM's PIPE_TENSOR_ACTIVE).", MIG_LABELS, source="gpm",
+            dcgm=[_dcgm("PROF_PIPE_TENSOR_ACTIVE", G, "Ratio of cycles the tensor (HMMA) pipe is active.")]),
     _device("tensor_pipe_active_ratio", G, "ratio", "Fraction of time the SMs ran tensor instructions of one "
             "kind: dfma (FP64 FMA), hmma (half precision), dmma (FP64 MMA), imma (integer) (GPM).",
             ("pipe",) + MIG_LABELS, source="gpm"),
     _device("dram_active_ratio", G, "ratio", "Device memory bandwidth used, as a fraction of its maximum "
-            "(GPM).", MIG_LABELS, source="gpm"),
+            "(GPM).", MIG_LABELS, source="gpm",
+            dcgm=[_dcgm("PROF_DRAM_ACTIVE", G,
+                  "Ratio of cycles the device memory interface is active sending or "
+                  "receiving data.")]),
     _device("fp_pipe_active_ratio", G, "ratio", "Fraction of time the SMs ran non-tensor floating-point "
-            "instructions of the precision (GPM).", ("precision",) + MIG_LABELS, source="gpm"),
+            "instructions of the precision (GPM).", ("precision",) + MIG_LABELS, source="gpm",
+            dcgm=[_dcgm("PROF_PIPE_FP64_ACTIVE", G,
+                  "Ratio of cycles the fp64 pipes are active.", default=False, precision="fp64"),
+                  _dcgm("PROF_PIPE_FP32_ACTIVE", G,
+                        "Ratio of cycles the fp32 pipes are active.", default=False, precision="fp32"),
+                  _dcgm("PROF_PIPE_FP16_ACTIVE", G,
+                        "Ratio of cycles the fp16 pipes are active.", default=False, precision="fp16")]),
     _device("nvdec_active_ratio", G, "ratio", "Utilisation of the video decoder engine (GPM).",
             ("engine",) + MIG_LABELS, source="gpm"),
     _device("nvjpg_active_ratio", G, "ratio", "Utilisation of the JPEG decoder engine (GPM).",
@@ -276,16 +291,28 @@ METRICS: Tuple[Metric, ...] = (
             ("engine",) + MIG_LABELS, source="gpm"),
     _device("gpm_pcie_transmit_bytes_per_second", G, "bytes_per_second",
             "PCIe send rate, headers included, averaged over gpm_window_seconds (GPM; whole GPU only).",
-            source="gpm"),
+            source="gpm",
+            dcgm=[_dcgm("PROF_PCIE_TX_BYTES", G,
+                  "The rate of data transmitted over the PCIe bus - including both "
+                  "protocol headers and data payloads - in bytes per second.")]),
     _device("gpm_pcie_receive_bytes_per_second", G, "bytes_per_second",
             "PCIe receive rate, headers included, averaged over gpm_window_seconds (GPM; whole GPU only).",
-            source="gpm"),
+            source="gpm",
+            dcgm=[_dcgm("PROF_PCIE_RX_BYTES", G,
+                  "The rate of data received over the PCIe bus - including both protocol "
+                  "headers and data payloads - in bytes per second.")]),
     _device("gpm_nvlink_transmit_bytes_per_second", G, "bytes_per_second",
             "NVLink send rate of all links, averaged over gpm_window_seconds (GPM; whole GPU only).",
-            source="gpm"),
+            source="gpm",
+            dcgm=[_dcgm("PROF_NVLINK_TX_BYTES", G,
+                  "The rate of data transmitted over NVLink, not including protocol "
+                  "headers, in bytes per second.", default=False)]),
     _device("gpm_nvlink_receive_bytes_per_second", G, "bytes_per_second",
             "NVLink receive rate of all links, averaged over gpm_window_seconds (GPM; whole GPU only).",
-            source="gpm"),
+            source="gpm",
+            dcgm=[_dcgm("PROF_NVLINK_RX_BYTES", G,
+                  "The rate of data received over NVLink, not including protocol headers, "
+                  "in bytes per second.", default=False)]),
     _device("gpm_nvlink_link_transmit_bytes_per_second", G, "bytes_per_second",
             "NVLink send rate of one link, averaged over gpm_window_seconds (GPM).", ["link"], source="gpm"),
     _device("gpm_nvlink_link_receive_bytes_per_second", G, "bytes_per_second",

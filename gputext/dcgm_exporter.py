@@ -36,6 +36,10 @@ LABEL_FIELDS: Dict[str, str] = {
 NVLINK_BANDWIDTH = Dcgm("DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", "counter",
                         "Total number of NVLink bandwidth counters for all lanes.")
 NVLINK_COUNTERS = ("nvlink_transmit_bytes_total", "nvlink_receive_bytes_total")
+# dcgm-exporter's XID gauge holds the code of the GPU's last XID (0 before the first): gputext takes it from
+# gpu_xid_last_time_seconds, the code whose last record is the newest, where the xid collector read the log.
+XID_ERRORS = Dcgm("DCGM_FI_DEV_XID_ERRORS", "gauge", "Value of the last XID error encountered.")
+DERIVED = (NVLINK_BANDWIDTH, XID_ERRORS)
 # dcgm-exporter's default counters file has DCGM_FI_DEV_VGPU_LICENSE_STATUS too: NVML has no such field.
 DEFAULT_LABELS = ("DCGM_FI_DRIVER_VERSION",)
 # the catalogue labels that dcgm-exporter spells its own way (MIG: the GPU instance and its profile)
@@ -88,6 +92,8 @@ class Counters:
         if NVLINK_BANDWIDTH.name in chosen:
             for key in NVLINK_COUNTERS:  # read at every level, for the rate
                 by_key.setdefault(key, [])
+        if XID_ERRORS.name in chosen:
+            by_key.setdefault("xid_last_time_seconds", [])
         return by_key
 
     def wants_nvlink_bandwidth(self) -> Optional[Dcgm]:
@@ -97,7 +103,7 @@ class Counters:
 def known() -> Dict[str, Dcgm]:
     """Every DCGM field name gputext can write, as the catalogue (and the NVLink rate) gives it."""
     names = {dcgm.name: dcgm for metric in METRICS for dcgm in metric.dcgm}
-    names[NVLINK_BANDWIDTH.name] = NVLINK_BANDWIDTH
+    names.update((dcgm.name, dcgm) for dcgm in DERIVED)
     return names
 
 
@@ -106,10 +112,12 @@ def default_counters() -> Counters:
     defaults = [dcgm for metric in METRICS for dcgm in metric.dcgm if dcgm.default]
     order = ("DEV_SM_CLOCK", "DEV_MEM_CLOCK", "DEV_MEMORY_TEMP", "DEV_GPU_TEMP", "DEV_POWER_USAGE",
              "DEV_TOTAL_ENERGY_CONSUMPTION", "DEV_PCIE_REPLAY_COUNTER", "DEV_GPU_UTIL", "DEV_MEM_COPY_UTIL",
-             "DEV_ENC_UTIL", "DEV_DEC_UTIL", "DEV_FB_FREE", "DEV_FB_USED", "DEV_FB_RESERVED")
+             "DEV_ENC_UTIL", "DEV_DEC_UTIL", "DEV_XID_ERRORS", "DEV_FB_FREE", "DEV_FB_USED", "DEV_FB_RESERVED",
+             "DEV_NVLINK_BANDWIDTH_TOTAL")
     rank = {"DCGM_FI_" + name: i for i, name in enumerate(order)}
+    defaults += DERIVED
     defaults.sort(key=lambda d: rank.get(d.name, len(rank)))
-    return Counters(tuple(defaults) + (NVLINK_BANDWIDTH,))
+    return Counters(tuple(defaults))
 
 
 def parse_counters(path: Path) -> Counters:
@@ -219,6 +227,18 @@ def nvlink_bandwidth(samples, previous: Dict[str, List[float]], now: float) -> T
     return values, {uuid: [total, now] for uuid, total in totals.items()}
 
 
+def last_xids(samples, devices: Mapping[str, Mapping[str, str]]) -> List[Tuple[str, float]]:
+    """(uuid, code of its newest XID, or 0) of every GPU, where the xid collector read the kernel log."""
+    if samples.series("gputext_collector_success").get(("xid",)) != 1:
+        return []
+    newest: Dict[str, Tuple[float, float]] = {}
+    for label_values, when in samples.series("xid_last_time_seconds").items():
+        uuid, code = label_values[1], float(label_values[2])  # gpu, uuid, xid, gpu_instance, ...
+        if uuid not in newest or when > newest[uuid][0]:
+            newest[uuid] = (when, code)
+    return [(uuid, newest[uuid][1] if uuid in newest else 0.0) for uuid in devices]
+
+
 def render(samples, counters: Counters, devices: Mapping[str, Mapping[str, str]], prefix: str,
            pod_labels: Mapping[str, Mapping[str, str]], derived: Mapping[str, float]) -> bytes:
     """The text exposition under dcgm-exporter's names: the counters' DCGM series first, in the file's
@@ -230,7 +250,7 @@ def render(samples, counters: Counters, devices: Mapping[str, Mapping[str, str]]
         gpu = devices.get(uuid, {"gpu": row_labels.get("gpu", ""), "UUID": uuid})
         labels = {k: v for k, v in gpu.items() if not k.startswith("_") and k != "Hostname"}
         for ours, theirs in MIG_LABELS:
-            if ours in row_labels:
+            if row_labels.get(ours):  # a whole GPU's series have them empty: dcgm-exporter has none then
                 labels[theirs] = row_labels[ours]
         if "Hostname" in gpu:
             labels["Hostname"] = gpu["Hostname"]
@@ -253,7 +273,9 @@ def render(samples, counters: Counters, devices: Mapping[str, Mapping[str, str]]
                 renamed.add((metric.key, label_values))
     bandwidth = counters.wants_nvlink_bandwidth()
     if bandwidth is not None:
-        families[bandwidth.name] = [(dcgm_labels(uuid, {}), value) for uuid, value in sorted(derived.items())]
+        families[bandwidth.name] = [(dcgm_labels(uuid, {}), value) for uuid, value in derived.items()]
+    if XID_ERRORS.name in families:
+        families[XID_ERRORS.name] = [(dcgm_labels(uuid, {}), code) for uuid, code in last_xids(samples, devices)]
 
     lines: List[str] = []
     for dcgm in counters.metrics:
@@ -289,6 +311,8 @@ def markdown_table(prefix: str) -> str:
             scale = "" if dcgm.factor == 1 else f" x {_factor(dcgm.factor)}"
             rows.append(f"| `{dcgm.name}` | {dcgm.type} | {series} | gputext's{scale} | "
                         f"{'yes' if dcgm.name in defaults else 'no'} |")
+    rows.append(f"| `{XID_ERRORS.name}` | gauge | `{prefix}xid_last_time_seconds{{xid}}` | the code of the "
+                f"newest XID, 0 before the first | yes |")
     rows.append(f"| `{NVLINK_BANDWIDTH.name}` | counter (a rate) | `{prefix}{NVLINK_COUNTERS[0]}` + "
                 f"`{prefix}{NVLINK_COUNTERS[1]}`, all links | their increase in KiB per second / 1000 | yes |")
     return "\n".join(rows)

@@ -94,7 +94,10 @@ def test_every_default_name_comes_from_a_catalogue_row_with_its_unit():
     defaults = [d.name for d in default_counters().metrics]
     assert defaults[:4] == ["DCGM_FI_DEV_SM_CLOCK", "DCGM_FI_DEV_MEM_CLOCK", "DCGM_FI_DEV_MEMORY_TEMP",
                             "DCGM_FI_DEV_GPU_TEMP"]
-    assert set(defaults) - set(columns) == {"DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL"}  # the one derived series
+    # the two derived series
+    assert set(defaults) - set(columns) == {"DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", "DCGM_FI_DEV_XID_ERRORS"}
+    assert {"DCGM_FI_PROF_GR_ENGINE_ACTIVE", "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", "DCGM_FI_PROF_DRAM_ACTIVE",
+            "DCGM_FI_PROF_PCIE_TX_BYTES", "DCGM_FI_PROF_PCIE_RX_BYTES"} <= set(defaults)
     factors = {d.name: d.factor for m in METRICS for d in m.dcgm}
     assert factors["DCGM_FI_DEV_FB_USED"] == 1 / MiB and factors["DCGM_FI_DEV_SM_CLOCK"] == 1e-6
     assert factors["DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"] == 1000 and factors["DCGM_FI_DEV_GPU_UTIL"] == 100
@@ -261,21 +264,24 @@ DASHBOARD_12239 = {
     "GPU SM Clocks": 'DCGM_FI_DEV_SM_CLOCK{instance=~"$instance", gpu=~"$gpu"} * 1000000',
     "GPU Utilization": 'DCGM_FI_DEV_GPU_UTIL{instance=~"$instance", gpu=~"$gpu"}',
     "GPU Framebuffer Mem Used": 'DCGM_FI_DEV_FB_USED{instance=~"$instance", gpu=~"$gpu"}',
+    "Tensor Core Utilization": 'DCGM_FI_PROF_PIPE_TENSOR_ACTIVE{instance=~"$instance", gpu=~"$gpu"}',
 }
 
 
 def test_dashboard_12239_on_a_real_prometheus(node, tmp_path):
     """Debian's Prometheus scrapes the real node_exporter reading a --naming dcgm file, and every query
     and variable of dashboard 12239 gives the values the fake GPUs hold."""
+    from fakegpu import H100_GPM, with_gpm
     from realtools import Prometheus
 
-    node.write([h100(0, temperature=45, power_usage=300_000), h100(1, temperature=51, power_usage=500_000,
-                                                                 utilization_gpu=12)])
+    node.write([with_gpm(h100(0, temperature=45, power_usage=300_000)),
+                with_gpm(h100(1, temperature=51, power_usage=500_000, utilization_gpu=12),
+                         {**H100_GPM, 5: 75.0})])  # GPM_ANY_TENSOR_UTIL
     textfiles = tmp_path / "textfile"
     textfiles.mkdir()
     (tmp_path / "prometheus").mkdir()
     proc = node.run("collect", "--naming", "dcgm", "--out", str(textfiles / "gpu.prom"), "--collectors",
-                    "nvml,nvlink,pcie")
+                    "nvml,nvlink,pcie,gpm", "--gpm-window", "200ms")
     assert proc.returncode == 0, proc.stderr
     with NodeExporter(textfiles) as exporter, \
             Prometheus(tmp_path / "prometheus", {"node": [exporter.address]}) as prom:
@@ -297,3 +303,30 @@ def test_dashboard_12239_on_a_real_prometheus(node, tmp_path):
         assert panel("GPU Utilization") == {"0": 87, "1": 12}
         used = (40 * GiB + 517 * MiB) / MiB
         assert panel("GPU Framebuffer Mem Used") == {"0": used, "1": used}
+        assert panel("Tensor Core Utilization") == pytest.approx({"0": 0.40, "1": 0.75})
+
+
+def test_profiling_and_xid_series_under_dcgm_names(node, tmp_path):
+    """PROF_* from GPM in DCGM's units (ratios, bytes per second), and XID_ERRORS the code of each GPU's
+    newest XID, 0 where it had none."""
+    from fakegpu import with_gpm
+    from test_xid import GPU0, Log, xid_515, xid_570
+
+    log = Log(tmp_path)
+    log.add(xid_570(GPU0, 62), xid_515(GPU0, 79))  # 79 is the newer one
+    node.write([with_gpm(h100(0)), h100(1)])
+    proc, s = node.collect("--naming", "dcgm", "--collectors", "nvml,xid,gpm", "--gpm-window", "200ms",
+                           "--kmsg", str(log.path), "--host-root", str(log.root))
+    assert proc.returncode == 0, proc.stderr
+    assert value(s, "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", gpu="0") == pytest.approx(0.40)
+    assert value(s, "DCGM_FI_PROF_GR_ENGINE_ACTIVE", gpu="0") == pytest.approx(0.92)
+    assert value(s, "DCGM_FI_PROF_DRAM_ACTIVE", gpu="0") == pytest.approx(0.30)
+    assert value(s, "DCGM_FI_PROF_PCIE_TX_BYTES", gpu="0") == pytest.approx(2384 * MiB)
+    assert value(s, "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", gpu="1") is None  # no GPM on GPU 1
+    labels = labels_of(s, "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", "0")
+    assert "GPU_I_ID" not in labels and labels["UUID"] == h100_uuid(0)  # a whole GPU: no MIG labels
+    # standard's GPM series without a default DCGM name keep gputext's
+    assert value(s, "gpu_sm_active_ratio", gpu="0") == pytest.approx(0.80)
+    assert value(s, "DCGM_FI_DEV_XID_ERRORS", gpu="0") == 79
+    assert value(s, "DCGM_FI_DEV_XID_ERRORS", gpu="1") == 0
+    assert value(s, "gpu_xid_errors_total", gpu="0", xid="62") == 1  # the counts stay, under gputext's names
