@@ -38,6 +38,17 @@ def promtool_check(text: bytes) -> subprocess.CompletedProcess:
     return subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=30)
 
 
+def stop(process: Optional[subprocess.Popen], timeout: float) -> None:
+    """SIGTERM, then SIGKILL after `timeout` seconds, for a server a test started."""
+    if process and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -77,13 +88,7 @@ class NodeExporter:
             return response.read().decode()
 
     def _stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop(self.process, timeout=5)
         if self.process and self.process.stderr:
             self.process.stderr.close()
 
@@ -164,13 +169,7 @@ class Prometheus:
             time.sleep(0.2)
 
     def _stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop(self.process, timeout=10)
 
     def __exit__(self, *exc) -> None:
         self._stop()
