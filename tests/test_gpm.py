@@ -89,7 +89,8 @@ def test_not_applicable_without_gpm_unless_asked_for(node):
     proc, s = node.collect("--collectors", "nvml,gpm", *FAST)
     assert proc.returncode == 0
     assert proc.stderr.splitlines() == [
-        "gputext: collector gpm: no GPU here supports GPM (NVML's profiling metrics need a Hopper or newer GPU)"]
+        "gputext: collector gpm: no GPU here supports GPM "
+        "(NVML's profiling metrics need a Hopper or newer GPU)"]
     assert value(s, "gputext_collector_success", collector="gpm") == 0
 
 
@@ -98,8 +99,8 @@ def test_a_pynvml_without_gpm_wrappers_is_not_applicable(node):
     code = ("import sys, pynvml; del pynvml.nvmlGpmMetricsGet; from gputext.cli import main; "
             "sys.argv = ['gputext'] + sys.argv[1:]; main()")
     args = ["collect", "--out", "-", "--state-dir", str(node.state_dir), *FAST]
-    quiet = subprocess.run([sys.executable, "-c", code, *args], env=node.env(), capture_output=True, text=True,
-                           timeout=60)
+    quiet = subprocess.run([sys.executable, "-c", code, *args], env=node.env(), capture_output=True,
+                           text=True, timeout=60)
     assert quiet.returncode == 0 and "gpm" not in quiet.stderr.lower(), quiet.stderr
     assert gpm_names(parse_exposition(quiet.stdout)) == set()
     asked = subprocess.run([sys.executable, "-c", code, *args, "--collectors", "gpm"], env=node.env(),
@@ -127,16 +128,17 @@ def test_gpm_window_must_be_above_100ms(node):
         proc = node.run("collect", "--out", "-", "--gpm-window", window)
         assert proc.returncode == 2 and proc.stdout == ""
         assert proc.stderr.splitlines() == [
-            f"gputext: invalid --gpm-window '{window}': NVML needs more than 100ms between two GPM samples; use, "
-            "say, 1s (see 'gputext collect --help')"]
+            f"gputext: invalid --gpm-window '{window}': NVML needs more than 100ms between two GPM "
+            "samples; use, say, 1s (see 'gputext collect --help')"]
     env = {**node.env(), "GPUTEXT_GPM_WINDOW": "soon"}
-    proc = subprocess.run([sys.executable, "-m", "gputext", "collect", "--out", "-"], env=env, capture_output=True,
-                          text=True, timeout=60)
+    command = [sys.executable, "-m", "gputext", "collect", "--out", "-"]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("gputext: invalid GPUTEXT_GPM_WINDOW='soon' (from the environment): use a duration")
+    assert proc.stderr.startswith(
+        "gputext: invalid GPUTEXT_GPM_WINDOW='soon' (from the environment): use a duration")
     env["GPUTEXT_GPM_WINDOW"] = "200ms"
-    proc = subprocess.run([sys.executable, "-m", "gputext", "collect", "--out", "-", "--collectors", "gpm"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(command + ["--collectors", "gpm"], env=env, capture_output=True, text=True,
+                          timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert 0.2 <= value(parse_exposition(proc.stdout), "gpu_gpm_window_seconds", gpu="0") < 5
 
@@ -144,8 +146,8 @@ def test_gpm_window_must_be_above_100ms(node):
 def test_repeating_mode_diffs_against_the_previous_cycle(node, tmp_path):
     node.write([with_gpm(h100(0), TRAINING), with_gpm(h100(1), TRAINING)])
     out = tmp_path / "gpu.prom"
-    proc = node.run("collect", "--out", str(out), "--collectors", "gpm", "--interval", "400ms", "--count", "4",
-                    *FAST)
+    proc = node.run("collect", "--out", str(out), "--collectors", "gpm", "--interval", "400ms",
+                    "--count", "4", *FAST)
     assert proc.returncode == 0, proc.stderr
     s = parse_exposition(out.read_text())
     # the last file's values cover the interval between two cycles, not a new 150 ms window
@@ -177,14 +179,15 @@ def test_a_failing_metrics_call_frees_its_samples(node):
     proc, s = node.collect("--collectors", "gpm", *FAST)
     assert proc.returncode == 0
     assert proc.stderr.splitlines() == ["gputext: GPU 0: nvmlGpmMetricsGet failed: Unknown Error"]
-    assert value(s, "gpu_sm_active_ratio", gpu="0") is None and value(s, "gpu_gpm_window_seconds", gpu="0") is None
+    assert value(s, "gpu_sm_active_ratio", gpu="0") is None
+    assert value(s, "gpu_gpm_window_seconds", gpu="0") is None
     assert value(s, "gpu_sm_active_ratio", gpu="1", **WHOLE) == 0.8
     assert gpm_samples(node)["live"] == 0
 
 
 def mig_gpu(index):
-    return with_gpm(h100(index, accounting_mode=1, mig_mode=(1, 1),
-                         mig_devices={0: {"uuid": MIG_A, "gi": 1, "ci": 0}, 1: {"uuid": MIG_B, "gi": 2, "ci": 0}}),
+    slots = {0: {"uuid": MIG_A, "gi": 1, "ci": 0}, 1: {"uuid": MIG_B, "gi": 2, "ci": 0}}
+    return with_gpm(h100(index, accounting_mode=1, mig_mode=(1, 1), mig_devices=slots),
                     {20: 100.0, GPM_SM_ACTIVE: 99.0},  # GPU level: only PCIe and NVLink are asked for
                     mig={1: {GPM_SM_ACTIVE: 10.0, GPM_DRAM_ACTIVE: 5.0, 20: 1.0},
                          2: {GPM_SM_ACTIVE: 70.0, GPM_DRAM_ACTIVE: 55.0}})
@@ -213,14 +216,15 @@ def test_mig_series_join_allocation_info(node):
     from fakekubelet import kubelet_socket, pod, serve
 
     node.write([mig_gpu(0)])
-    with kubelet_socket() as socket, serve(socket, [pod("small", "ml", {"main": {"nvidia.com/mig-1g.10gb": [MIG_B]}})]):
+    holder = pod("small", "ml", {"main": {"nvidia.com/mig-1g.10gb": [MIG_B]}})
+    with kubelet_socket() as socket, serve(socket, [holder]):
         proc, s = node.collect("--collectors", "kubernetes,gpm", "--pod-resources-socket", str(socket), *FAST)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     joined = [(name, dict(labels)) for name, labels in s if name == "gpu_allocation_info"]
     assert len(joined) == 1
     keys = {k: joined[0][1][k] for k in ("gpu", "uuid", "gpu_instance", "mig_device")}
     assert keys == {"gpu": "0", "uuid": h100_uuid(0), "gpu_instance": "2", "mig_device": MIG_B}
-    assert value(s, "gpu_sm_active_ratio", **keys) == 0.7  # the pod's slice, found by allocation_info's labels
+    assert value(s, "gpu_sm_active_ratio", **keys) == 0.7  # the pod's slice, by allocation_info's labels
 
 
 def test_a_new_mig_layout_gets_new_baselines_and_the_old_ones_are_freed(node):
@@ -247,7 +251,8 @@ sampler.begin(recreated)
 print(json.dumps({"first": first, "again": sorted(sampler.fresh), "kept": sorted(sampler.baselines)}))
 ctx.close()
 """
-    proc = subprocess.run([sys.executable, "-c", code], env=node.env(), capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], env=node.env(), capture_output=True, text=True,
+                          timeout=60)
     assert proc.returncode == 0, proc.stderr
     import json
 
@@ -260,3 +265,13 @@ ctx.close()
     assert calls[0]["nvmlGpmMigSampleGet"] == 5  # 2 first, 2 second, 1 for the new layout
     assert calls["system"]["nvmlGpmSampleAlloc"] == calls["system"]["nvmlGpmSampleFree"] == 5
     assert gpm_samples(node) == {"live": 0, "peak": 3}
+
+
+def test_a_gpu_lost_to_gpm_does_not_hide_the_others(node):
+    node.write([with_gpm(h100(0, errors={"nvmlGpmSampleGet": 15}), TRAINING), with_gpm(h100(1), TRAINING)])
+    proc, s = node.collect("--collectors", "gpm", *FAST)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert value(s, "gpu_sm_active_ratio", gpu="0") is None
+    assert value(s, "gpu_sm_active_ratio", gpu="1", **WHOLE) == 0.8
+    assert value(s, "gputext_collector_success", collector="gpm") == 1
+    assert gpm_samples(node)["live"] == 0

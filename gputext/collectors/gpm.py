@@ -37,9 +37,9 @@ from ..devices import Device, read_mig_devices
 from ..nvml import DeviceGone, Nvml
 
 
-
 def percent(value: float) -> float:
-    """GPM's ratios are percent, 0.0-100.0 (divided, not multiplied by 0.01: 70 gives 0.7, not 0.7000000000000001)."""
+    """GPM's ratios are percent, 0.0-100.0. Divided, not multiplied by 0.01: 70 gives 0.7, not
+    0.7000000000000001."""
     return value / 100
 
 
@@ -80,7 +80,8 @@ GPU_METRICS: Dict[int, Metric] = {
     100: ("gpm_c2c_transmit_bytes_per_second", {}, mib_per_second),  # C2C_TOTAL_TX_PER_SEC
     101: ("gpm_c2c_receive_bytes_per_second", {}, mib_per_second),  # C2C_TOTAL_RX_PER_SEC
 }
-LINK_RECEIVE, LINK_TRANSMIT = "gpm_nvlink_link_receive_bytes_per_second", "gpm_nvlink_link_transmit_bytes_per_second"
+LINK_RECEIVE = "gpm_nvlink_link_receive_bytes_per_second"
+LINK_TRANSMIT = "gpm_nvlink_link_transmit_bytes_per_second"
 
 
 def link_metric_ids(link: int) -> Tuple[int, int]:
@@ -124,7 +125,10 @@ class Sampler:
         for target in targets:
             if target.key in self.baselines:
                 continue
-            taken = self._sample(target)
+            try:
+                taken = self._sample(target)
+            except DeviceGone:
+                continue  # the nvml collector reports the GPU down; the others go on
             if taken is not None:
                 self.baselines[target.key] = taken
                 self.fresh.add(target.key)

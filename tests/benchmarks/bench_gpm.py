@@ -16,14 +16,15 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from common import alternate, bench_env, gputext_command, timed, write_scenario, fake_gpus
+from common import alternate, bench_env, fake_gpus, gputext_command, timed
 from fakegpu import h100, read_call_blocks, with_gpm
 
 ALL_BUT_GPM = "nvml,nvlink,pcie,processes,dcgm,kubernetes"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--window", default="1s")
     parser.add_argument("--cycles", type=int, default=200)
@@ -53,7 +54,8 @@ def main() -> None:
 
     shot_wall, shot_cpu = med(wall["with gpm"]), med(cpu["with gpm"])
     calls = work / "calls.txt"
-    print(f"{'repeating, per cycle':24}{'wall ms':>10}{'cpu ms':>10}   ({args.cycles} cycles, --interval 1ms)")
+    print(f"{'repeating, per cycle':24}{'wall ms':>10}{'cpu ms':>10}   "
+          f"({args.cycles} cycles, --interval 1ms)")
     for name, cmd in variants.items():
         calls.unlink(missing_ok=True)
         w, c, code = timed(cmd + ["--interval", "1ms", "--count", str(args.cycles)],
@@ -61,7 +63,8 @@ def main() -> None:
         if code != 0:
             raise SystemExit(f"repeating run exited {code}")
         one_wall, one_cpu = (shot_wall, shot_cpu) if name == "with gpm" else (med(wall[name]), med(cpu[name]))
-        print(f"{'  ' + name:24}{(w - one_wall) / args.cycles * 1e3:10.2f}{(c - one_cpu) / args.cycles * 1e3:10.2f}")
+        per_wall, per_cpu = (w - one_wall) / args.cycles, (c - one_cpu) / args.cycles
+        print(f"{'  ' + name:24}{per_wall * 1e3:10.2f}{per_cpu * 1e3:10.2f}")
         if name == "with gpm":
             system = read_call_blocks(calls)[-1]["system"]
             print(f"  GPM samples left allocated at exit: {system['gpm_samples_live']}, "
