@@ -255,7 +255,8 @@ def collect(
     pod_cache_ttl: str = _option("30s", "--pod-cache-ttl", help="How long the kubelet's answer is reused (0: "
                                  "ask every run)."),
     kmsg: Optional[str] = _option(None, "--kmsg", help="The kernel log the xid collector counts XIDs in: "
-                                  "/dev/kmsg, or a file of records in its format [default: /dev/kmsg under "
+                                  "/dev/kmsg, a file of records in its format, or - for standard input as "
+                                  "opened by the caller (the systemd units) [default: /dev/kmsg under "
                                   "--host-root]."),
     debug: bool = _option(False, "--debug", help="Show tracebacks of failing collectors."),
     interval: Optional[str] = _option(None, "--interval", help="Repeat every INTERVAL (e.g. 5s; a bare number "
