@@ -301,7 +301,8 @@ def collect(
     gpm_window: str = _option("1s", "--gpm-window", help="Time between the two GPM samples of a one-shot run "
                               "(above 100ms); the repeating mode diffs against its previous cycle instead."),
     kmsg: Optional[str] = _option(None, "--kmsg", help="The kernel log the xid collector counts XIDs in: "
-                                  "/dev/kmsg, or a file of records in its format [default: /dev/kmsg under "
+                                  "/dev/kmsg, a file of records in its format, or - for standard input as "
+                                  "opened by the caller (the systemd units) [default: /dev/kmsg under "
                                   "--host-root]."),
     debug: bool = _option(False, "--debug", help="Show tracebacks of failing collectors."),
     interval: Optional[str] = _option(None, "--interval", help="Repeat every INTERVAL (e.g. 5s; a bare number "

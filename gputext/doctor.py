@@ -62,7 +62,7 @@ def diagnose(options: Options, out: Optional[str], problems: Sequence[str] = ())
         checks.append(Check(INFO, "user", f"running as uid {os.geteuid()}, the units run as root: files, "
                             "sockets and processes may look different to them; run doctor as root"))
     checks += check_nvml(options)
-    checks += [check_dcgm(options), check_kubelet(options)]
+    checks += [check_dcgm(options), check_kubelet(options), check_kmsg(options)]
     named = out or str(UNITS_OUT)
     target = _replaced_file(named)
     exporters = node_exporters(options)
@@ -138,6 +138,44 @@ def _loaded_library() -> str:
 
 
 # --- optional sources ----------------------------------------------------------------------------------
+
+def check_kmsg(options: Options) -> Check:
+    """Can the xid collector read the kernel log? `--kmsg -` (the units: systemd opens /dev/kmsg for
+    the service) is checked as the host's /dev/kmsg, which a person running doctor opens alike."""
+    from .kmsg import STANDARD_INPUT, KmsgReader, KmsgUnreadable
+
+    if not enabled(options, "xid"):
+        return Check(INFO, "kernel log", "not enabled (--collectors)")
+    given = options.kmsg
+    path = options.host_path("/dev/kmsg") if given is None or str(given) == STANDARD_INPUT else given
+    reader = KmsgReader(path)
+    try:
+        xids, _ = reader.new_xids(None)
+    except FileNotFoundError:
+        return Check(FAIL if named(options, "xid") else INFO, "kernel log", f"no kernel log at {path}, so no "
+                     "XIDs; fix: in a container, mount the host's /dev/kmsg, or set GPUTEXT_KMSG")
+    except KmsgUnreadable as err:
+        restrict = _read_text(options.host_path("/proc/sys/kernel/dmesg_restrict"))
+        return Check(FAIL if named(options, "xid") else WARN, "kernel log",
+                     f"cannot read {err}, so XIDs are not counted (kernel.dmesg_restrict={restrict or '?'}: "
+                     "opening the log needs CAP_SYSLOG); fix: the systemd units have systemd open it "
+                     "(StandardInput=file:/dev/kmsg, GPUTEXT_KMSG=-); elsewhere run gputext as root with "
+                     "CAP_SYSLOG, pass the log opened on standard input with --kmsg -, or set "
+                     "kernel.dmesg_restrict=0")
+    except OSError as err:
+        return Check(FAIL, "kernel log", f"cannot read {path}: {err.strerror or err}; fix: set GPUTEXT_KMSG "
+                     "to /dev/kmsg")
+    finally:
+        reader.close()
+    return Check(OK, "kernel log", f"{path} is readable; {len(xids)} XIDs in it this boot")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
 
 def check_dcgm(options: Options) -> Check:
     if not enabled(options, "dcgm"):

@@ -30,6 +30,8 @@ READ_SIZE = 1 << 16
 MAX_LINE = 1 << 14
 # Only records holding this are decoded and parsed.
 MARKER = b"NVRM: Xid ("
+# --kmsg - : the log is the standard input gputext was started with (see _open_standard_input)
+STANDARD_INPUT = "-"
 
 # Drivers 515-560: `NVRM: Xid (PCI:0000:3b:00): 79, pid='<unknown>', name=<unknown>, text`;
 # 570 and newer: `NVRM: Xid (PCI:0000:3b:00 GPU-I:01 GPU-CI:00): 79, pid=1234, name=python3, text`, where
@@ -103,6 +105,29 @@ def _last_record_seq(lines: bytes) -> Optional[int]:
     return None
 
 
+def _open_path(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except PermissionError as err:
+        raise KmsgUnreadable(f"{path}: {err.strerror}") from None
+
+
+def _open_standard_input() -> int:
+    """The log as opened by whoever started gputext: systemd's StandardInput=file:/dev/kmsg opens it with
+    its own right to (CAP_SYSLOG), and /dev/kmsg checks that right only at open(). Reopening /dev/stdin
+    would check it again, so the descriptor itself is used (a copy, rewound to the first record)."""
+    try:
+        fd = os.dup(0)
+    except OSError:
+        raise FileNotFoundError(errno.ENOENT, "no standard input") from None
+    os.set_blocking(fd, False)
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)  # /dev/kmsg: the first record; a file: its start
+    except OSError:
+        pass  # a FIFO cannot seek: it is read from where it is
+    return fd
+
+
 class KmsgReader:
     """The records of one log, read from its start. The descriptor stays open between reads, so the
     repeating mode reads only what was added since its last cycle."""
@@ -122,10 +147,7 @@ class KmsgReader:
 
     def _open(self) -> int:
         if self._fd is None:
-            try:
-                self._fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            except PermissionError as err:
-                raise KmsgUnreadable(f"{self.path}: {err.strerror}") from None
+            self._fd = _open_standard_input() if str(self.path) == STANDARD_INPUT else _open_path(self.path)
             self._device = stat.S_ISCHR(os.fstat(self._fd).st_mode)
         return self._fd
 

@@ -5,6 +5,8 @@ import os
 import re
 import socket
 import stat
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -55,6 +57,27 @@ def test_ready_node_passes(node, tmp_path, shared_dir):
     assert by_name["kubelet"].startswith("info  kubelet: no pod-resources socket at ")
     assert by_name["state"] == f"ok    state: {tmp_path / 'state'} will be created by the first run"
     assert not (tmp_path / "state").exists()  # doctor changes nothing
+    assert by_name["kernel"].startswith("ok    kernel log: ") and by_name["kernel"].endswith(" 0 XIDs in it this boot")
+
+
+def test_kernel_log_readable_or_not(node, tmp_path):
+    node.write([h100(0)])
+    log = tmp_path / "kmsg"
+    log.write_text("4,0,1000,-;NVRM: Xid (PCI:0000:18:00): 79, pid='<unknown>', name=<unknown>, off the bus\n"
+                   "6,1,2000,-;eth0: link up\n")
+    proc, by_name = run_doctor(node, tmp_path, "--kmsg", str(log))
+    assert by_name["kernel"] == f"ok    kernel log: {log} is readable; 1 XIDs in it this boot"
+    log.chmod(0)
+    caps = "-dac_override,-dac_read_search"  # the tests run as root, who reads any file
+    proc = subprocess.run(["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", sys.executable, "-m",
+                           "gputext", "doctor", "--kmsg", str(log), "--host-root", str(tmp_path / "host"),
+                           "--state-dir", str(tmp_path / "state")], env=node.env(), capture_output=True,
+                          text=True, timeout=60)
+    (line,) = [line for line in proc.stdout.splitlines() if "kernel log:" in line]
+    assert line.startswith(f"warn  kernel log: cannot read {log}: Permission denied, so XIDs are not counted")
+    assert "CAP_SYSLOG" in line and "StandardInput=file:/dev/kmsg" in line
+    proc, by_name = run_doctor(node, tmp_path, "--kmsg", str(tmp_path / "none"), "--collectors", "nvml,xid")
+    assert by_name["kernel"].startswith(f"FAIL  kernel log: no kernel log at {tmp_path / 'none'}")
 
 
 def test_no_nvml_fails(node, tmp_path, shared_dir):

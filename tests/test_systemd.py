@@ -107,7 +107,11 @@ def test_both_services_have_the_same_sandbox():
 
 def test_units_and_doctor_agree():
     for service in SERVICES:
-        assert values(service, "Environment") == [f"GPUTEXT_OUT={doctor.UNITS_OUT}"]
+        # the kernel log comes as standard input, opened by systemd (see the units' sandbox section)
+        assert values(service, "Environment") == [f"GPUTEXT_OUT={doctor.UNITS_OUT}", "GPUTEXT_KMSG=-"]
+        assert values(service, "StandardInput") == ["file:/dev/kmsg"]
+        assert "/dev/kmsg r" in values(service, "DeviceAllow")
+        assert values(service, "CapabilityBoundingSet") == [""] and values(service, "ProtectKernelLogs") == ["yes"]
         assert values(service, "EnvironmentFile") == ["-/etc/default/gputext"]
         (command,) = values(service, "ExecStart")
         assert command.split()[:2] == [INSTALLED, "collect"]

@@ -306,6 +306,24 @@ def test_an_unreadable_log_is_said_once_per_boot(node, log):
     assert value(series, "gpu_up", gpu="0") == 1
 
 
+def test_the_log_as_standard_input_needs_no_right_to_open_it(node, log):
+    """`--kmsg -` reads the descriptor it was given (systemd's StandardInput=file:/dev/kmsg), from its first
+    record, even where gputext itself may not open the log."""
+    node.write([h100(0)])
+    log.add(xid_515(GPU0, 79), xid_515(GPU0, 79))
+    with open(log.path, "rb") as given:
+        given.seek(0, os.SEEK_END)  # rewound by gputext
+        log.path.chmod(0)
+        caps = "-dac_override,-dac_read_search"
+        proc = subprocess.run(["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", sys.executable, "-m",
+                               "gputext", "collect", "--out", "-", "--state-dir", str(node.state_dir),
+                               "--collectors", "xid", "--host-root", str(log.root)],
+                              env={**node.env(), "GPUTEXT_KMSG": "-"}, stdin=given, capture_output=True,
+                              text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert xids(parse_exposition(proc.stdout)) == {("0", "79", "", ""): 2}
+
+
 def test_no_log_at_all_does_not_apply(node, log, tmp_path):
     node.write([h100(0, accounting_mode=1)])
     where = ["--kmsg", str(tmp_path / "none"), "--host-root", str(log.root)]

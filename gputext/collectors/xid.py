@@ -77,8 +77,8 @@ def collect(ctx, samples) -> None:
     except KmsgUnreadable as err:
         reader.close()
         why = (f"cannot read the kernel log ({err}), so XIDs are not counted: with kernel.dmesg_restrict=1 "
-               "reading it needs CAP_SYSLOG, and the systemd units' ProtectKernelLogs= hides it; fix: a "
-               "drop-in with ProtectKernelLogs=no and CapabilityBoundingSet=CAP_SYSLOG (README, \"XID errors\")")
+               "opening it needs CAP_SYSLOG; the systemd units open it for gputext (StandardInput=, --kmsg -); "
+               "see 'gputext doctor'")
         if "xid" in ctx.options.collectors:
             raise LastingFailure(why) from None  # asked for by name: a failure, said once per boot
         ctx.note_once(f"collector xid: {why}")
