@@ -121,15 +121,12 @@ def _boot_time(ctx) -> Optional[float]:
     """When the host booted (Unix time), from /proc/stat's btime: a record's time is boot time plus its
     own microseconds since boot."""
     if "btime" not in ctx.held:
-        ctx.held["btime"] = None
+        from ..procinfo import ProcessTable  # the processes collector reads the boot time the same way
+
         try:
-            with open(ctx.options.host_path("/proc/stat"), "rb") as f:
-                for line in f:
-                    if line.startswith(b"btime "):
-                        ctx.held["btime"] = float(line.split()[1])
-                        break
+            ctx.held["btime"] = ProcessTable(ctx.options.host_path("/proc")).boot_time()
         except (OSError, ValueError, IndexError):
-            pass
+            ctx.held["btime"] = None
     return ctx.held["btime"]
 
 
