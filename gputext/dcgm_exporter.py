@@ -17,6 +17,7 @@ import csv
 import re
 import socket
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -79,6 +80,7 @@ class Counters:
     skipped: Tuple[str, ...] = ()
     source: str = "dcgm-exporter's default counters"
 
+    @cached_property  # asked by every run (and by the gpm collector for every GPU): built once
     def selected(self) -> Dict[str, List[Dcgm]]:
         """Catalogue key -> the chosen DCGM names of its series, with their `where`s."""
         chosen = {d.name: d for d in self.metrics}
@@ -243,7 +245,7 @@ def render(samples, counters: Counters, devices: Mapping[str, Mapping[str, str]]
            pod_labels: Mapping[str, Mapping[str, str]], derived: Mapping[str, float]) -> bytes:
     """The text exposition under dcgm-exporter's names: the counters' DCGM series first, in the file's
     order and with its types and help, then every other series under gputext's name."""
-    selected = counters.selected()
+    selected = counters.selected
     families: Dict[str, List[Tuple[Dict[str, str], float]]] = {d.name: [] for d in counters.metrics}
 
     def dcgm_labels(uuid: str, row_labels: Mapping[str, str]) -> Dict[str, str]:

@@ -214,7 +214,7 @@ def _samples(options: Options) -> Samples:
     """The samples of a run: at the chosen detail level, plus the series --naming dcgm writes."""
     if options.naming != "dcgm":
         return Samples(options.detail)
-    selected = options.counters.selected()
+    selected = options.counters.selected
     return Samples(options.detail, keep=lambda key, labels: any(d.covers(labels) for d in selected[key]),
                    keep_keys=frozenset(selected))
 
