@@ -81,6 +81,9 @@ class Context:
         # what the xid collector keeps for the next cycle of the repeating mode (an open kernel log, the
         # boot time, counts without state); its open log is closed with the context
         self.held: Dict[str, object] = {}
+        # XID events (events.XidEvent) the repeating mode's NVML event set received since the xid
+        # collector last ran; None where no event set is watched (one-shot runs, no NVML events)
+        self.xid_events: Optional[list] = None
         self.new_cycle()
 
     def new_cycle(self) -> None:

@@ -91,31 +91,91 @@ def once(ctx: Context, output: Output) -> int:
 
 def repeat(ctx: Context, output: Output, interval: float, count: int = 0, duration: float = 0.0) -> int:
     """Collect every `interval` seconds until count cycles, duration or a signal; returns the exit code
-    of the last cycle."""
+    of the last cycle. Between cycles it waits on NVML events (gputext.events) where the GPUs have
+    them: an XID or ECC error starts the next cycle at once, though not sooner than EARLIEST_SECONDS
+    after the previous one started (a storm of events must not become a storm of cycles), and the
+    regular ticks go on as before."""
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     started = time.monotonic()
     next_tick = started
     cycles, code = 0, EXIT_OK
+    watch = None
     try:
+        # registered before the first cycle reads the kernel log, so that no XID falls between the two
+        watch = _watch(ctx, None)
         while not stop.is_set():
-            try:
-                code = once(ctx, output)
-            except OutputLocked:
-                raise
-            except OSError as err:
-                ctx.warn(not_written(output, err))
-                code = EXIT_NOT_WRITTEN
-            except Exception as err:  # noqa: BLE001 - one bad cycle must not end a long-running collector
-                ctx.warn(f"cycle failed: {type(err).__name__}: {err}")
-                code = EXIT_NOT_WRITTEN
+            cycle_started = time.monotonic()
+            code = _cycle(ctx, output)
             cycles += 1
-            next_tick = max(next_tick + interval, time.monotonic())  # missed ticks are skipped, not bunched
+            if cycle_started >= next_tick:  # a regular cycle, not one an event brought forward
+                next_tick = max(next_tick + interval, time.monotonic())  # missed ticks are skipped
             if (count and cycles >= count) or (duration and next_tick - started > duration):
                 break
-            stop.wait(next_tick - time.monotonic())
+            watch = _watch(ctx, watch)
+            if watch is None:
+                stop.wait(next_tick - time.monotonic())
+            else:
+                watch = _wait_for_events(ctx, watch, stop, next_tick,
+                                         cycle_started + min(interval, EARLIEST_SECONDS))
             ctx.new_cycle()
     finally:
+        if watch is not None:
+            watch.close()
+        ctx.xid_events = None
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return code
+
+
+# An event starts a cycle at once, but no sooner than this after the previous cycle started.
+EARLIEST_SECONDS = 1.0
+
+
+def _cycle(ctx: Context, output: Output) -> int:
+    try:
+        return once(ctx, output)
+    except OutputLocked:
+        raise
+    except OSError as err:
+        ctx.warn(not_written(output, err))
+    except Exception as err:  # noqa: BLE001 - one bad cycle must not end a long-running collector
+        ctx.warn(f"cycle failed: {type(err).__name__}: {err}")
+    return EXIT_NOT_WRITTEN
+
+
+def _watch(ctx: Context, watch):
+    """The NVML event watch for the GPUs of the cycle that just ended, where the collectors that write
+    what events announce (xid, nvml) run."""
+    chosen = ctx.options.collectors
+    if chosen and "xid" not in chosen and "nvml" not in chosen:
+        return None
+    from .events import watch as watch_events
+
+    watch = watch_events(ctx, watch)
+    ctx.xid_events = (ctx.xid_events or []) if watch is not None else None
+    return watch
+
+
+def _wait_for_events(ctx: Context, watch, stop: threading.Event, next_tick: float, earliest: float):
+    """Wait on the event set until the next tick, or until an event (and `earliest`) has come; the
+    watch to go on with (None once it broke: the rest of this wait, and the cycles until a new one
+    works, sleep)."""
+    from .events import SLICE_SECONDS, WatchBroken
+
+    woken = False
+    while not stop.is_set():
+        until = earliest if woken else next_tick
+        left = until - time.monotonic()
+        if left <= 0:
+            return watch
+        try:
+            xids, arrived = watch.wait(min(left, SLICE_SECONDS))
+        except WatchBroken as err:
+            ctx.note_once(f"NVML events stopped ({err}): waiting for the next cycle instead", per_boot=False)
+            watch.close()  # the XID events it had received stay for the next cycle to count
+            stop.wait(next_tick - time.monotonic())
+            return None
+        ctx.xid_events.extend(xids)
+        woken = woken or arrived > 0
+    return watch

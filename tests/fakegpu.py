@@ -191,7 +191,7 @@ def _text(v: Any, key: str) -> str:
 # rendering
 # --------------------------------------------------------------------------
 
-SYSTEM_STRING_KEYS = ("driver_version", "nvml_version")
+SYSTEM_STRING_KEYS = ("driver_version", "nvml_version", "event_source")
 SYSTEM_NUMBER_KEYS = ("cuda_driver_version", "init_error")
 
 DEVICE_STRING_KEYS = ("uuid", "name", "serial", "vbios_version", "pci_bus_id")
@@ -202,11 +202,11 @@ DEVICE_NUMBER_KEYS = (
     "clock_graphics", "clock_sm", "clock_memory", "clock_video",
     "max_clock_graphics", "max_clock_sm", "max_clock_memory", "max_clock_video",
     "clocks_event_reasons", "pstate", "fan_count", "persistence_mode", "accounting_mode",
-    "compute_mode", "mig_max", "gpm_supported", "power_usage", "power_limit", "energy",
+    "compute_mode", "mig_max", "gpm_supported", "event_types", "power_usage", "power_limit", "energy",
     "pcie_gen", "pcie_gen_max", "pcie_width", "pcie_width_max",
     "pcie_tx_kbps", "pcie_rx_kbps", "pcie_replays",
 )
-_HEX_KEYS = ("pci_device_id", "pci_sub_system_id", "clocks_event_reasons")
+_HEX_KEYS = ("pci_device_id", "pci_sub_system_id", "clocks_event_reasons", "event_types")
 DEVICE_PAIR_KEYS = ("mig_mode", "ecc_mode")  # (current, pending)
 DEVICE_INDEXED_KEYS = ("fan_speed", "nvlink_state", "nvlink_version", "nvlink_remote_type")
 DEVICE_OTHER_KEYS = (
@@ -462,6 +462,8 @@ def h100(index: int = 0, **overrides: Any) -> dict[str, Any]:
         "max_clock_memory": 2619,
         "max_clock_video": 1755,
         "clocks_event_reasons": 0,
+        # NVML events it can send: single and double bit ECC, P-state, XID (nvmlEventType*)
+        "event_types": 0xF,
         "pstate": 0,
         "fan_count": 0,
         "fan_speed": {},

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -708,6 +709,71 @@ def test_gpm_scenario_lines_are_checked(libdir, tmp_path):
         proc = run(libdir, tmp_path, "N.nvmlInit()", scenario_text=f"device\nuuid GPU-1\n{bad}\n",
                    expect_rc=1)
         assert "scenario.txt:3: expected `gpm_" in proc.stderr or "bad error code" in proc.stderr, (bad, proc.stderr)
+
+
+# --------------------------------------------------------------------------
+# events
+# --------------------------------------------------------------------------
+
+def test_event_sets_register_wait_and_free(libdir, tmp_path):
+    fifo = tmp_path / "events"
+    os.mkfifo(fifo)
+    keep = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # holds the FIFO open so the lines stay in it
+    os.write(keep, b"1 8 79\n0 1 0\n0 8 94 3 1\n")  # GPU 1 is not registered: dropped
+    calls = tmp_path / "calls.txt"
+    try:
+        got = run(libdir, tmp_path, """
+            N.nvmlInit()
+            h, h1, h2 = (N.nvmlDeviceGetHandleByIndex(i) for i in range(3))
+            s = N.nvmlEventSetCreate()
+            result = {"layout": ctypes.sizeof(N.c_nvmlEventData_t),
+                      "supported": [N.nvmlDeviceGetSupportedEventTypes(h),
+                                    err(N.nvmlDeviceGetSupportedEventTypes, h2)],
+                      "unsupported_type": err(N.nvmlDeviceRegisterEvents, h, 0x10, s),
+                      "gpu_without_events": err(N.nvmlDeviceRegisterEvents, h2, 0x8, s)}
+            N.nvmlDeviceRegisterEvents(h, 0x9, s)
+            got = []
+            for _ in range(2):
+                d = N.nvmlEventSetWait_v2(s, 2000)
+                got.append([ctypes.cast(d.device, ctypes.c_void_p).value == ctypes.cast(h, ctypes.c_void_p).value,
+                            d.eventType, d.eventData, d.gpuInstanceId, d.computeInstanceId])
+            result["events"] = got
+            started = time.monotonic()
+            result["timeout"] = err(N.nvmlEventSetWait_v2, s, 200)
+            result["waited"] = round(time.monotonic() - started, 1)
+            N.nvmlEventSetFree(s)
+            result["freed_twice"] = err(N.nvmlEventSetFree, s)
+            N.nvmlShutdown()
+            out(result)
+        """, devices=[h100(0), h100(1), h100(2, event_types=None)],
+                  system={"event_source": str(fifo)}, calls=calls)
+    finally:
+        os.close(keep)
+    assert got == {"layout": 32, "supported": [0xF, 3], "unsupported_type": 3, "gpu_without_events": 3,
+                   "events": [[True, 1, 0, 0xFFFFFFFF, 0xFFFFFFFF], [True, 8, 94, 3, 1]],
+                   "timeout": 10, "waited": 0.2, "freed_twice": 2}
+    assert read_call_blocks(calls)[-1]["system"]["event_sets_live"] == 0
+
+
+def test_a_lost_gpu_in_an_event_set_fails_the_wait(libdir, tmp_path):
+    got = run(libdir, tmp_path, """
+        N.nvmlInit()
+        s = N.nvmlEventSetCreate()
+        N.nvmlDeviceRegisterEvents(N.nvmlDeviceGetHandleByIndex(0), 0x8, s)
+        out({"no_source": err(N.nvmlEventSetWait_v2, s, 50)})
+    """, devices=[h100(0)])
+    assert got == {"no_source": 10}  # without an event source, every wait times out
+    scenario = tmp_path / "scenario.txt"
+    got = run(libdir, tmp_path, f"""
+        N.nvmlInit()
+        s = N.nvmlEventSetCreate()
+        N.nvmlDeviceRegisterEvents(N.nvmlDeviceGetHandleByIndex(0), 0x8, s)
+        with open({str(scenario)!r}, "a") as f:
+            f.write("lost\\n")  # re-read at the next init: GPU 0 is lost from then on
+        N.nvmlShutdown(); N.nvmlInit()
+        out({{"lost": err(N.nvmlEventSetWait_v2, s, 50)}})
+    """, devices=[h100(0)])
+    assert got == {"lost": 15}
 
 
 # --------------------------------------------------------------------------

@@ -11,11 +11,19 @@ fell off the bus (XID 79) may no longer tell NVML its UUID. Each run maps addres
 bus ids, and remembers the map for the boot, so such a GPU keeps its labels. An address that is no GPU
 NVML has listed this boot is kept in the state and written once it maps.
 
-Unreadable log (kernel.dmesg_restrict=1 without CAP_SYSLOG): not applicable, said once per boot.
+In the repeating mode NVML's XID events (gputext.events) start a cycle as soon as the driver reports
+one. Each event is counted when it arrives and waits (`unconfirmed`) for the kernel-log record of the same
+XID, which is then not counted again; a record counted first waits (`unpaired`) for its event the same
+way. So the log stays the record and every XID counts once, whichever source sees it first, and an event
+whose record never comes (an unreadable log) still counts.
+
+Unreadable log (kernel.dmesg_restrict=1 without CAP_SYSLOG): not applicable, said once per boot (unless
+events are watched: then they count alone, and that is said).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Dict, Optional, Tuple
 
 from . import LastingFailure, NotApplicable
@@ -57,9 +65,52 @@ CODES: Dict[int, Tuple[str, str, str]] = {
 SECTION = "xid"
 
 
+# An XID event and the kernel-log record of the same XID (same GPU and code) are paired when they are
+# this close in time: the record's time is boot time plus the kernel's clock, which drifts from the wall
+# clock by up to seconds over a long uptime. Pairing a wrong one of two equal XIDs changes nothing.
+PAIR_SECONDS = 60.0
+# At most this many events (records) wait for their record (event): an XID storm must not grow the state.
+MAX_WAITING = 1000
+
+
 def collect(ctx, samples) -> None:
-    path = ctx.options.kmsg or ctx.options.host_path("/dev/kmsg")
     section = _section(ctx)
+    now = time.time()
+    counts = section.setdefault("counts", {})
+    events = ctx.xid_events  # None: no NVML events are watched (one-shot, or none on this node)
+    if events:
+        _count_events(section, counts, events)
+        del events[:]
+    unreadable = _count_log(ctx, section, counts, watching=events is not None)
+    if unreadable is not None:
+        if events is None:
+            raise unreadable
+        ctx.note_once(f"collector xid: {unreadable}; XIDs are counted from NVML events alone, which miss "
+                      "those from while gputext was not running", per_boot=False)
+    for waiting in ("unconfirmed", "unpaired"):
+        kept = [entry for entry in section.get(waiting, ()) if entry[2] >= now - PAIR_SECONDS]
+        section[waiting] = kept[-MAX_WAITING:]
+    _write(ctx, section, samples)
+
+
+def _count_events(section: Dict[str, Any], counts: Dict[str, list], events) -> None:
+    """Count the XID events the repeating mode received, except those whose kernel-log record was
+    counted already (`unpaired`); the others wait for their record (`unconfirmed`)."""
+    unpaired = section.setdefault("unpaired", [])
+    unconfirmed = section.setdefault("unconfirmed", [])
+    for event in events:
+        if _pair(unpaired, event.pci, event.code, event.time):
+            continue
+        key = _key(event.pci, event.code, event.gpu_instance, event.compute_instance)
+        _add(counts, key, event.time)
+        unconfirmed.append([event.pci, event.code, event.time])
+
+
+def _count_log(ctx, section: Dict[str, Any], counts: Dict[str, list], watching: bool):
+    """Count the XIDs of the kernel-log records not read before, except those an NVML event counted
+    already (`unconfirmed`). Where events are watched, a counted record waits for its event
+    (`unpaired`). Returns the NotApplicable or LastingFailure to raise where there is no log to read."""
+    path = ctx.options.kmsg or ctx.options.host_path("/dev/kmsg")
     reader = ctx.held.get("kmsg")
     saved = section.get("seq")
     # A reader kept from the last cycle is positioned after what it read; a state that has not counted
@@ -73,31 +124,56 @@ def collect(ctx, samples) -> None:
         xids, lost = reader.new_xids(saved)
     except FileNotFoundError:
         reader.close()
-        raise NotApplicable(f"no kernel log at {path}") from None
+        return NotApplicable(f"no kernel log at {path}")
     except KmsgUnreadable as err:
         reader.close()
         why = (f"cannot read the kernel log ({err}), so XIDs are not counted: with kernel.dmesg_restrict=1 "
                "opening it needs CAP_SYSLOG; the systemd units open it for gputext (StandardInput=, --kmsg -); "
                "see 'gputext doctor'")
         if "xid" in ctx.options.collectors:
-            raise LastingFailure(why) from None  # asked for by name: a failure, said once per boot
+            return LastingFailure(why)  # asked for by name: a failure, said once per boot
         ctx.note_once(f"collector xid: {why}")
-        raise NotApplicable(why) from None
+        return NotApplicable(why)
     ctx.held["kmsg"] = reader
     if lost:
         ctx.warn(f"{lost} kernel log records were overwritten before gputext read them: XIDs among them "
                  "are not counted")
     boot = _boot_time(ctx)
-    counts = section.setdefault("counts", {})
+    unconfirmed = section.setdefault("unconfirmed", [])
+    unpaired = section.setdefault("unpaired", [])
     for xid in xids:
-        key = "|".join((pci_text(xid.pci), str(xid.code), _id(xid.gpu_instance), _id(xid.compute_instance)))
-        entry = counts.setdefault(key, [0, None])
-        entry[0] += 1
-        if boot is not None:
-            entry[1] = boot + xid.usec / 1e6
+        pci = pci_text(xid.pci)
+        when = None if boot is None else boot + xid.usec / 1e6
+        if _pair(unconfirmed, pci, xid.code, when):
+            continue
+        _add(counts, _key(pci, xid.code, xid.gpu_instance, xid.compute_instance), when)
+        if watching and when is not None:
+            unpaired.append([pci, xid.code, when])
     if reader.last_seq is not None:
         section["seq"] = reader.last_seq if saved is None else max(saved, reader.last_seq)
-    _write(ctx, section, samples)
+    return None
+
+
+def _key(pci: str, code: int, gpu_instance: Optional[int], compute_instance: Optional[int]) -> str:
+    return "|".join((pci, str(code), _id(gpu_instance), _id(compute_instance)))
+
+
+def _add(counts: Dict[str, list], key: str, when: Optional[float]) -> None:
+    entry = counts.setdefault(key, [0, None])
+    entry[0] += 1
+    if when is not None:
+        entry[1] = when if entry[1] is None else max(entry[1], when)
+
+
+def _pair(waiting: list, pci: str, code: int, when: Optional[float]) -> bool:
+    """Take the oldest entry of `waiting` ([pci, code, time]) that is the same XID as (pci, code, when),
+    if there is one. GPU and compute instance are not compared: drivers before 570 do not print them."""
+    for index, (other_pci, other_code, other_time) in enumerate(waiting):
+        if other_pci == pci and other_code == code and (
+                when is None or abs(other_time - when) <= PAIR_SECONDS):
+            del waiting[index]
+            return True
+    return False
 
 
 def _section(ctx) -> Dict[str, Any]:

@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -319,7 +320,12 @@ _Static_assert(sizeof(fake_gpm_support_t) == 8, "nvmlGpmSupport_t layout");
     X(nvmlGpmSampleFree)                             \
     X(nvmlGpmSampleGet)                              \
     X(nvmlGpmMigSampleGet)                           \
-    X(nvmlGpmMetricsGet)
+    X(nvmlGpmMetricsGet)                             \
+    X(nvmlDeviceGetSupportedEventTypes)              \
+    X(nvmlDeviceRegisterEvents)                      \
+    X(nvmlEventSetCreate)                            \
+    X(nvmlEventSetFree)                              \
+    X(nvmlEventSetWait_v2)
 
 #define AS_ENUM(n) FN_##n,
 enum { FN_LIST(AS_ENUM) FN_COUNT };
@@ -442,6 +448,9 @@ static unsigned long g_counts[MAX_DEV + 1][FN_COUNT];
 /* GPM samples: allocated now, most allocated at once since the last flush, and whether any ever was */
 static unsigned long g_gpm_live, g_gpm_peak;
 static int g_gpm_used;
+/* event sets: created and not freed now, and whether any ever was */
+static unsigned long g_event_sets_live;
+static int g_event_sets_used;
 
 #define LOCK() pthread_mutex_lock(&g_lock)
 #define UNLOCK() pthread_mutex_unlock(&g_lock)
@@ -605,6 +614,8 @@ static const key_spec key_specs[] = {
     {"mig_mode", 1, 'n', 0, 2},
     {"mig_max", 1, 'n', 0, 1},
     {"gpm_supported", 1, 'n', 0, 1},
+    {"event_types", 1, 'n', 0, 1},
+    {"event_source", 2, 's', 0, 0},
     {"power_usage", 1, 'n', 0, 1},
     {"power_limit", 1, 'n', 0, 1},
     {"energy", 1, 'n', 0, 1},
@@ -1306,6 +1317,25 @@ static nvmlReturn_t sys_enter(int fn)
 /* call-count file                                                     */
 /* ------------------------------------------------------------------ */
 
+/* Appends n bytes of line to buf (length *len, capacity *cap), keeping room for "end\n"; 0 on success,
+ * -1 (buf freed) when memory runs out. */
+static int append(char **buf, size_t *len, size_t *cap, const char *line, int n)
+{
+    if (*len + (size_t)n + 8 > *cap) {
+        size_t bigger = *cap * 2 + (size_t)n;
+        char *nb = realloc(*buf, bigger);
+        if (!nb) {
+            free(*buf);
+            return -1;
+        }
+        *buf = nb;
+        *cap = bigger;
+    }
+    memcpy(*buf + *len, line, (size_t)n);
+    *len += (size_t)n;
+    return 0;
+}
+
 static void flush_counts(void)
 {
     const char *path = getenv("FAKE_NVML_CALLS");
@@ -1316,47 +1346,33 @@ static void flush_counts(void)
     if (!buf)
         return;
     int any = 0;
+    char line[160];
     for (int row = 0; row <= MAX_DEV; row++) {
         for (int fn = 0; fn < FN_COUNT; fn++) {
             unsigned long c = g_counts[row][fn];
             if (!c)
                 continue;
             any = 1;
-            char line[160];
             int n = row == SYS_SLOT
                         ? snprintf(line, sizeof line, "system %s %lu\n", fn_names[fn], c)
                         : snprintf(line, sizeof line, "device %d %s %lu\n", row, fn_names[fn], c);
-            if (len + (size_t)n + 8 > cap) {
-                char *nb = realloc(buf, cap * 2 + (size_t)n);
-                if (!nb) {
-                    free(buf);
-                    return;
-                }
-                buf = nb;
-                cap = cap * 2 + (size_t)n;
-            }
-            memcpy(buf + len, line, (size_t)n);
-            len += (size_t)n;
+            if (append(&buf, &len, &cap, line, n))
+                return;
             g_counts[row][fn] = 0;
         }
     }
     if (any && g_gpm_used) {
         /* not calls but state: GPM samples still allocated, and the most that were at once */
-        char line[160];
         int n = snprintf(line, sizeof line, "system gpm_samples_live %lu\nsystem gpm_samples_peak %lu\n",
                          g_gpm_live, g_gpm_peak);
-        if (len + (size_t)n + 8 > cap) {
-            char *nb = realloc(buf, cap + (size_t)n + 8);
-            if (!nb) {
-                free(buf);
-                return;
-            }
-            buf = nb;
-            cap += (size_t)n + 8;
-        }
-        memcpy(buf + len, line, (size_t)n);
-        len += (size_t)n;
+        if (append(&buf, &len, &cap, line, n))
+            return;
         g_gpm_peak = g_gpm_live;
+    }
+    if (any && g_event_sets_used) {
+        int n = snprintf(line, sizeof line, "system event_sets_live %lu\n", g_event_sets_live);
+        if (append(&buf, &len, &cap, line, n))
+            return;
     }
     if (any) {
         memcpy(buf + len, "end\n", 4);
@@ -2686,4 +2702,185 @@ EXPORT nvmlReturn_t nvmlGpmMetricsGet(fake_gpm_metrics_get_t *metricsGet)
         m->metricInfo.shortName = m->metricInfo.longName = m->metricInfo.unit = NULL;
     }
     RETURN(NVML_SUCCESS);
+}
+
+/* ------------------------------------------------------------------ */
+/* events                                                              */
+/* ------------------------------------------------------------------ */
+
+/* mirrors nvmlEventData_t */
+typedef struct {
+    nvmlDevice_t device;
+    unsigned long long eventType;
+    unsigned long long eventData;      /* the XID, for nvmlEventTypeXidCriticalError */
+    unsigned int gpuInstanceId;        /* 0xFFFFFFFF where not attributable to a GPU instance */
+    unsigned int computeInstanceId;
+} fake_event_data_t;
+_Static_assert(sizeof(fake_event_data_t) == 32, "nvmlEventData_t layout");
+#define NVML_ERROR_TIMEOUT 10
+
+/* an opaque nvmlEventSet_t: what each device registered */
+struct nvmlEventSet_st {
+    unsigned long long mask[MAX_DEV];
+    struct nvmlEventSet_st *next;
+};
+static struct nvmlEventSet_st *g_event_sets;
+
+/* Events come from the FIFO the scenario names (`system event_source PATH`), one line each:
+ * `GPU TYPE DATA [GI CI]`.  It is opened once, read and write and non-blocking, so that a writer never
+ * blocks and the fake never sees end-of-file; a line is delivered by nvmlEventSetWait_v2 to a set that
+ * registered TYPE for GPU, and dropped otherwise (as NVML records only registered events). */
+static int g_event_fd = -1;
+static char g_event_buf[4096];
+static size_t g_event_len;
+
+static int event_set_live(struct nvmlEventSet_st *set)
+{
+    for (struct nvmlEventSet_st *p = g_event_sets; p; p = p->next)
+        if (p == set)
+            return 1;
+    return 0;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t device, unsigned long long *eventTypes)
+{
+    DEV_BEGIN(nvmlDeviceGetSupportedEventTypes, device, MIG_NO);
+    if (!eventTypes)
+        RETURN(NVML_ERROR_INVALID_ARGUMENT);
+    long long mask;
+    rc = scalar(d, "event_types", &mask);
+    if (rc == NVML_SUCCESS)
+        *eventTypes = (unsigned long long)mask;
+    RETURN(rc);
+}
+
+/* "If function reports NVML_ERROR_NOT_SUPPORTED, event set can still be used. None of the requested
+ * eventTypes are registered in that case." (nvml.h) */
+EXPORT nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t device, unsigned long long eventTypes,
+                                             struct nvmlEventSet_st *set)
+{
+    DEV_BEGIN(nvmlDeviceRegisterEvents, device, MIG_NO);
+    if (!event_set_live(set))
+        RETURN(NVML_ERROR_INVALID_ARGUMENT);
+    long long mask;
+    if (scalar(d, "event_types", &mask) != NVML_SUCCESS || (eventTypes & ~(unsigned long long)mask))
+        RETURN(NVML_ERROR_NOT_SUPPORTED);
+    set->mask[d - g_dev] |= eventTypes;
+    RETURN(NVML_SUCCESS);
+}
+
+EXPORT nvmlReturn_t nvmlEventSetCreate(struct nvmlEventSet_st **set)
+{
+    LOCK();
+    nvmlReturn_t rc = sys_enter(FN_nvmlEventSetCreate);
+    if (rc)
+        RETURN(rc);
+    if (!set)
+        RETURN(NVML_ERROR_INVALID_ARGUMENT);
+    struct nvmlEventSet_st *s = calloc(1, sizeof *s);
+    if (!s)
+        RETURN(20); /* NVML_ERROR_MEMORY */
+    s->next = g_event_sets;
+    g_event_sets = s;
+    g_event_sets_live++;
+    g_event_sets_used = 1;
+    *set = s;
+    RETURN(NVML_SUCCESS);
+}
+
+EXPORT nvmlReturn_t nvmlEventSetFree(struct nvmlEventSet_st *set)
+{
+    LOCK();
+    nvmlReturn_t rc = sys_enter(FN_nvmlEventSetFree);
+    if (rc)
+        RETURN(rc);
+    for (struct nvmlEventSet_st **p = &g_event_sets; *p; p = &(*p)->next) {
+        if (*p == set) {
+            *p = set->next;
+            free(set);
+            g_event_sets_live--;
+            RETURN(NVML_SUCCESS);
+        }
+    }
+    RETURN(NVML_ERROR_INVALID_ARGUMENT); /* freed twice, or never created */
+}
+
+/* The next whole line from the event FIFO, waiting at most until deadline_ns; 0 if none came. */
+static int event_line(char *line, size_t size, long long deadline_ns)
+{
+    for (;;) {
+        char *nl = memchr(g_event_buf, '\n', g_event_len);
+        if (nl) {
+            size_t n = (size_t)(nl - g_event_buf);
+            size_t keep = n < size ? n : size - 1;
+            memcpy(line, g_event_buf, keep);
+            line[keep] = 0;
+            g_event_len -= n + 1;
+            memmove(g_event_buf, nl + 1, g_event_len);
+            return 1;
+        }
+        if (g_event_len == sizeof g_event_buf)
+            g_event_len = 0; /* a line longer than the buffer: dropped */
+        long long left_ns = deadline_ns - monotonic_ns();
+        if (left_ns <= 0)
+            return 0;
+        if (g_event_fd < 0) {
+            struct timespec ts = {left_ns / 1000000000LL, left_ns % 1000000000LL};
+            nanosleep(&ts, NULL);
+            return 0;
+        }
+        struct pollfd pfd = {g_event_fd, POLLIN, 0};
+        int timeout_ms = (int)((left_ns + 999999) / 1000000);
+        if (poll(&pfd, 1, timeout_ms) <= 0)
+            continue;
+        ssize_t got = read(g_event_fd, g_event_buf + g_event_len, sizeof g_event_buf - g_event_len);
+        if (got > 0)
+            g_event_len += (size_t)got;
+    }
+}
+
+/* "If some events are ready to be delivered at the time of the call, function returns immediately. If
+ * there are no events ready to be delivered, function sleeps till event arrives but not longer than
+ * specified timeout." Returns TIMEOUT (10) when none came, and GPU_IS_LOST where a registered GPU is
+ * lost. The lock is not held while waiting, so other threads' calls go on. */
+EXPORT nvmlReturn_t nvmlEventSetWait_v2(struct nvmlEventSet_st *set, fake_event_data_t *data,
+                                        unsigned int timeoutms)
+{
+    LOCK();
+    nvmlReturn_t rc = sys_enter(FN_nvmlEventSetWait_v2);
+    if (rc)
+        RETURN(rc);
+    if (!event_set_live(set) || !data)
+        RETURN(NVML_ERROR_INVALID_ARGUMENT);
+    for (int i = 0; i < g_ndev; i++)
+        if (set->mask[i] && g_dev[i].lost)
+            RETURN(NVML_ERROR_GPU_IS_LOST);
+    if (g_event_fd < 0) {
+        str_entry *e = str_find(&g_sys, "event_source", 0, 0);
+        if (e)
+            g_event_fd = open(e->s, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    }
+    UNLOCK();
+    long long deadline = monotonic_ns() + (long long)timeoutms * 1000000LL;
+    char line[256];
+    while (event_line(line, sizeof line, deadline)) {
+        unsigned int gpu, gi = 0xFFFFFFFFu, ci = 0xFFFFFFFFu;
+        long long type, value;
+        int n = sscanf(line, "%u %lli %lli %u %u", &gpu, &type, &value, &gi, &ci);
+        if (n != 3 && n != 5)
+            continue;
+        LOCK();
+        if (!event_set_live(set))
+            RETURN(NVML_ERROR_INVALID_ARGUMENT);
+        if ((int)gpu < g_ndev && (set->mask[gpu] & (unsigned long long)type)) {
+            data->device = dev_handle((int)gpu);
+            data->eventType = (unsigned long long)type;
+            data->eventData = (unsigned long long)value;
+            data->gpuInstanceId = gi;
+            data->computeInstanceId = ci;
+            RETURN(NVML_SUCCESS);
+        }
+        UNLOCK();
+    }
+    return NVML_ERROR_TIMEOUT;
 }
