@@ -225,10 +225,19 @@ class Sampler:
         self.targets = []
 
 
+def wrappers_missing() -> Optional[str]:
+    """What to do where the installed pynvml has no GPM functions (nvidia-ml-py before 11.515), else
+    None."""
+    if hasattr(pynvml, "nvmlGpmMetricsGet"):
+        return None
+    return (f"this nvidia-ml-py ({getattr(pynvml, '__version__', 'old')}) has no GPM functions: upgrade "
+            "it (pip install -U nvidia-ml-py)")
+
+
 def begin(ctx) -> None:
-    if not hasattr(pynvml, "nvmlGpmMetricsGet"):
-        raise NotApplicable(f"this nvidia-ml-py ({getattr(pynvml, '__version__', 'old')}) has no GPM "
-                            "functions: upgrade it (pip install -U nvidia-ml-py)")
+    missing = wrappers_missing()
+    if missing:
+        raise NotApplicable(missing)
     _, devices = ctx.devices()
     sampler = ctx.kept("gpm", lambda: Sampler(ctx.nvml))
     supported = [dev for dev in devices if _supported(ctx, dev)]
