@@ -1,8 +1,9 @@
 """`gputext show`: this node's GPUs as tables, for a person at a terminal.
 
 It runs the collectors of `gputext collect` (gputext.run) twice, --sample apart, in one NVML session, and
-reads their samples: gauges from the second run; NVLink and PCIe rates from the byte counters' increase
-over the time between the two runs (where a GPU has no PCIe byte counters, the driver's own sampled rate).
+reads their samples: gauges from the second run (and SM activity, where GPM gives it); NVLink and PCIe
+rates from the byte counters' increase over the time between the two runs (where a GPU has no PCIe byte
+counters, the driver's own sampled rate).
 It keeps no state, so a run by hand never disturbs the timer's, and it gathers the collectors' warnings
 to print them below the tables instead of on stderr. Tables fit the terminal's width (COLUMNS, else 100
 where the output is not a terminal), names cut to fit; "°C" and "…" become ASCII where the locale cannot

@@ -226,8 +226,7 @@ class Sampler:
 
 
 def wrappers_missing() -> Optional[str]:
-    """What to do where the installed pynvml has no GPM functions (nvidia-ml-py before 11.515), else
-    None."""
+    """What to do where the installed pynvml is older than NVML's GPM functions, else None."""
     if hasattr(pynvml, "nvmlGpmMetricsGet"):
         return None
     return (f"this nvidia-ml-py ({getattr(pynvml, '__version__', 'old')}) has no GPM functions: upgrade "
