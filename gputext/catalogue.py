@@ -17,7 +17,7 @@ from typing import Dict, FrozenSet, Iterable, Tuple
 DEVICE_LABELS = ("gpu", "uuid")
 PROCESS_LABELS = ("pid", "process_name", "pod", "namespace", "container")
 POD_LABELS = ("pod", "namespace", "container")
-# GPM series of a whole GPU have them empty; those of a MIG GPU instance name it as allocation_info does
+# MIG GPU instance series name it as allocation_info does; GPM series of a whole GPU have them empty
 MIG_LABELS = ("gpu_instance", "mig_device")
 
 
@@ -85,6 +85,11 @@ def _violation(reason, name, what):
     return _dcgm(f"DEV_{name}_VIOLATION", C, f"Throttling duration due to {what} (in ns).", 1e9, False,
                  reason=reason)
 
+# dcgm-exporter writes the framebuffer fields of a MIG GPU's GPU instances (GPU_I_ID) beside the
+# GPU's: under one DCGM name, two rows, the GPU's and its instances'
+FB_TOTAL = _dcgm("DEV_FB_TOTAL", G, "Framebuffer memory total (in MiB).", 1 / MIB, default=False)
+FB_USED = _dcgm("DEV_FB_USED", G, "Framebuffer memory used (in MiB).", 1 / MIB)
+
 METRICS: Tuple[Metric, ...] = (
     # identity and health
     _device("info", G, "", "GPU identity; the value is always 1.",
@@ -105,13 +110,16 @@ METRICS: Tuple[Metric, ...] = (
     _device("energy_joules_total", C, "joules", "Energy used by the GPU since the driver was loaded.",
             dcgm=[_dcgm("DEV_TOTAL_ENERGY_CONSUMPTION", C, "Total energy consumption since boot (in mJ).", 1e3)]),
     # memory
-    _device("memory_total_bytes", G, "bytes", "Total GPU memory."),
-    _device("memory_used_bytes", G, "bytes", "GPU memory allocated by processes.",
-            dcgm=[_dcgm("DEV_FB_USED", G, "Framebuffer memory used (in MiB).", 1 / MIB)]),
+    _device("memory_total_bytes", G, "bytes", "Total GPU memory.", dcgm=[FB_TOTAL]),
+    _device("memory_used_bytes", G, "bytes", "GPU memory allocated by processes.", dcgm=[FB_USED]),
     _device("memory_free_bytes", G, "bytes", "GPU memory free for allocation.",
             dcgm=[_dcgm("DEV_FB_FREE", G, "Framebuffer memory free (in MiB).", 1 / MIB)]),
     _device("memory_reserved_bytes", G, "bytes", "GPU memory reserved by the driver and firmware.",
             dcgm=[_dcgm("DEV_FB_RESERVED", G, "Framebuffer memory reserved (in MiB).", 1 / MIB)]),
+    _device("mig_memory_total_bytes", G, "bytes", "Memory of the MIG GPU instance (one series per "
+            "GPU instance, whatever its compute instances).", MIG_LABELS, dcgm=[FB_TOTAL]),
+    _device("mig_memory_used_bytes", G, "bytes", "Memory of the MIG GPU instance allocated by its "
+            "processes.", MIG_LABELS, dcgm=[FB_USED]),
     # utilisation, sampled by the driver over its own window
     _device("utilization_ratio", G, "ratio", "Fraction of the last sample period during which a kernel ran.",
             dcgm=[_dcgm("DEV_GPU_UTIL", G, "GPU utilization (in %).", 100)]),

@@ -111,7 +111,9 @@ def known() -> Dict[str, Dcgm]:
 
 def default_counters() -> Counters:
     """dcgm-exporter's default counters file, as far as NVML gives it, in that file's order."""
-    defaults = [dcgm for metric in METRICS for dcgm in metric.dcgm if dcgm.default]
+    # a name two rows share (a GPU's and its MIG instances') once
+    defaults = list({dcgm.name: dcgm for metric in METRICS for dcgm in metric.dcgm
+                     if dcgm.default}.values())
     order = ("DEV_SM_CLOCK", "DEV_MEM_CLOCK", "DEV_MEMORY_TEMP", "DEV_GPU_TEMP", "DEV_POWER_USAGE",
              "DEV_TOTAL_ENERGY_CONSUMPTION", "DEV_PCIE_REPLAY_COUNTER", "DEV_GPU_UTIL", "DEV_MEM_COPY_UTIL",
              "DEV_ENC_UTIL", "DEV_DEC_UTIL", "DEV_XID_ERRORS", "DEV_FB_FREE", "DEV_FB_USED", "DEV_FB_RESERVED",

@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import pynvml
 
@@ -65,8 +65,16 @@ def _cuda_version(raw: Optional[int]) -> str:
     return f"{raw // 1000}.{(raw % 1000) // 10}"  # NVML encodes 12.4 as 12040
 
 
-def read_mig_devices(nvml, dev: Device) -> List[Tuple[int, str, str]]:
-    """[(slot, MIG device UUID, GPU instance ID)] of a GPU; empty where MIG is off or unsupported."""
+class MigDevice(NamedTuple):
+    slot: int
+    uuid: str
+    gpu_instance: str  # the GPU instance ID as a label value; "" where NVML does not give it
+    handle: Any
+
+
+def read_mig_devices(nvml, dev: Device) -> List[MigDevice]:
+    """The MIG devices of a GPU, by slot; empty where MIG is off or unsupported. Raises DeviceGone.
+    Collectors share one reading per run through Context.mig_devices."""
     count = nvml.call(pynvml.nvmlDeviceGetMaxMigDeviceCount, dev.handle, device=dev.name) or 0
     found = []
     for slot in range(int(count)):
@@ -75,8 +83,26 @@ def read_mig_devices(nvml, dev: Device) -> List[Tuple[int, str, str]]:
             continue  # an empty slot
         uuid = text(nvml.call(pynvml.nvmlDeviceGetUUID, handle, device=dev.name))
         gi = nvml.call(pynvml.nvmlDeviceGetGpuInstanceId, handle, device=dev.name)
-        found.append((slot, uuid, "" if gi is None else str(int(gi))))
+        found.append(MigDevice(slot, uuid, "" if gi is None else str(int(gi)), handle))
     return found
+
+
+def gpu_instances(mig_devices: List[MigDevice]) -> List[Tuple[str, List[MigDevice]]]:
+    """[(GPU instance ID, its MIG devices)] in ID order: a GPU instance has one MIG device per
+    compute instance. MIG devices without a GPU instance ID are left out."""
+    instances: Dict[str, List[MigDevice]] = {}
+    for mig_device in mig_devices:
+        if mig_device.gpu_instance:
+            instances.setdefault(mig_device.gpu_instance, []).append(mig_device)
+    return sorted(instances.items(), key=lambda item: int(item[0]))
+
+
+def instance_labels(gpu_instance: str, members: List[MigDevice]) -> Dict[str, str]:
+    """The labels of a GPU instance's series, as gpu_allocation_info's. A GPU instance with several
+    compute instances has several MIG devices; its values belong to none of them alone, so
+    mig_device is empty there."""
+    mig_device = members[0].uuid if len(members) == 1 else ""
+    return {"gpu_instance": gpu_instance, "mig_device": mig_device}
 
 
 def read_system(nvml: Nvml) -> System:

@@ -89,6 +89,7 @@ def check_nvml(options: Options) -> List[Check]:
     ctx = Context(replace(options, state_dir=None), warnings.append)  # no state: doctor changes nothing
     try:
         system, devices = ctx.devices()
+        gpm = check_gpm(ctx, system, [dev for dev in devices if dev.up])
     except NvmlUnavailable as err:
         return [Check(FAIL, "nvml", str(err))]
     finally:
@@ -111,7 +112,69 @@ def check_nvml(options: Options) -> List[Check]:
         up, "accounting_mode", "accounting", WARN if enabled(options, "processes") else INFO,
         "processes that start and exit between two runs are missed and start times are first-seen times; "
         "fix: nvidia-smi -am 1 (as root; MIG keeps it off)"))
+    checks.append(gpm)
     return [check for check in checks if check is not None]
+
+
+def check_gpm(ctx: Context, system, devices: Sequence) -> Optional[Check]:
+    """Which GPUs give the gpm collector's profiling metrics. Missing GPM is info (it needs a Hopper or
+    newer GPU), unless --collectors names gpm and no GPU has it: collect would fail then."""
+    import pynvml
+
+    from .collectors.gpm import wrappers_missing
+    from .nvml import DeviceGone
+
+    options = ctx.options
+    if not enabled(options, "gpm"):
+        return Check(INFO, "gpm", "not enabled (--collectors)")
+    if not devices:
+        return None  # no GPU answers: the lines above say why
+    missing = FAIL if named(options, "gpm") else INFO
+    wrappers = wrappers_missing()
+    if wrappers:
+        return Check(missing, "gpm", f"no profiling metrics: {wrappers}")
+    supported, lacking = [], []
+    no_function = object()
+    for dev in devices:
+        try:
+            answer = ctx.nvml.call(pynvml.nvmlGpmQueryDeviceSupport, dev.handle, device=dev.name,
+                                   no_function=no_function)
+        except DeviceGone:
+            continue  # reported by the nvml collector's next run
+        if answer is no_function:
+            return Check(missing, "gpm", f"driver {system.driver_version or '?'} has no GPM "
+                         "(nvmlGpmQueryDeviceSupport), so no profiling metrics; they need a Hopper or "
+                         "newer GPU and a driver of CUDA 11.8 (R520) or newer")
+        (supported if answer is not None and answer.isSupportedDevice else lacking).append(dev)
+    if not supported and not lacking:
+        return None
+    if not lacking:
+        return Check(OK, "gpm", f"supported on {_all_gpus(supported)}: a one-shot run waits "
+                     f"--gpm-window ({options.gpm_window_seconds:g}s) for its second sample")
+    by_model: dict = {}
+    for dev in lacking:
+        by_model.setdefault(dev.info.get("name") or "?", []).append(dev.index)
+    none = "; ".join(f"GPU {_indexes(indexes)} ({model}) {'has' if len(indexes) == 1 else 'have'} none"
+                     for model, indexes in by_model.items())
+    if not supported:
+        return Check(missing, "gpm", f"GPM profiling metrics need Hopper or newer; {none}")
+    return Check(INFO, "gpm", f"supported on GPU {_indexes([dev.index for dev in supported])}; {none}: "
+                 "GPM profiling metrics need Hopper or newer")
+
+
+def _all_gpus(devices: Sequence) -> str:
+    return "all " + str(len(devices)) + " GPUs" if len(devices) > 1 else f"GPU {devices[0].index}"
+
+
+def _indexes(indexes: Sequence[int]) -> str:
+    """`0..3, 6`: runs of three or more GPUs as first..last."""
+    runs: List[List[int]] = []
+    for index in sorted(indexes):
+        if runs and index == runs[-1][-1] + 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return ", ".join(f"{run[0]}..{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)) for run in runs)
 
 
 def _mode_check(devices: Sequence, setting: str, name: str, off_status: str, off_means: str) -> Optional[Check]:

@@ -99,11 +99,14 @@ class Nvml:
             except pynvml.NVMLError:
                 pass
 
-    def call(self, fn: Callable, *args: Any, device: str = "", not_found: Any = None) -> Any:
+    def call(self, fn: Callable, *args: Any, device: str = "", not_found: Any = None,
+             no_function: Any = None) -> Any:
         """fn(*args), or None where the value does not exist. Raises DeviceGone.
 
         For queries that list things (samples, records), NVML answers NOT_FOUND when there are none:
         `not_found` is returned then (say, []) so that "none" stays apart from "cannot be asked".
+        `no_function` is returned where the driver predates the function (FUNCTION_NOT_FOUND), for a
+        caller that tells a person so.
 
         Numbers come back cleaned of NVML's not-available markers; structs are returned as they are and
         their members pass through exposition.clean when they become samples."""
@@ -118,6 +121,8 @@ class Nvml:
             # when a sizing call finds nothing to size
             if code in (pynvml.NVML_ERROR_NOT_FOUND, pynvml.NVML_SUCCESS):
                 return not_found
+            if code == pynvml.NVML_ERROR_FUNCTION_NOT_FOUND:
+                return no_function
             if code in _ABSENT:
                 return None
             if code in _GONE:

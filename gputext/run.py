@@ -95,6 +95,7 @@ class Context:
         # the process series of this run (collectors.processes.Process); set by the processes collector
         self.processes: Optional[list] = None
         self._devices = None
+        self._mig_devices: Dict[str, list] = {}  # GPU UUID -> its MIG devices, this collection
         self._nvml_error = None  # a driver that was missing may have come up since: try again
 
     def note_once(self, message: str, per_boot: bool = True) -> None:
@@ -150,6 +151,16 @@ class Context:
                 self._inventory = Inventory(self.nvml, self.options.state_dir)
             self._devices = self._inventory.discover(self.now)
         return self._devices
+
+    def mig_devices(self, dev) -> list:
+        """The MIG devices of a GPU (devices.MigDevice), read once per collection for every
+        collector that needs them; not kept across collections, since MIG devices can be re-created
+        at any time. Raises DeviceGone."""
+        if dev.uuid not in self._mig_devices:
+            from .devices import read_mig_devices
+
+            self._mig_devices[dev.uuid] = read_mig_devices(self.nvml, dev)
+        return self._mig_devices[dev.uuid]
 
     def static(self, dev, name: str, read):
         """A static value of a device, cached across runs (see Inventory.static)."""

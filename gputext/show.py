@@ -1,8 +1,9 @@
 """`gputext show`: this node's GPUs as tables, for a person at a terminal.
 
 It runs the collectors of `gputext collect` (gputext.run) twice, --sample apart, in one NVML session, and
-reads their samples: gauges from the second run; NVLink and PCIe rates from the byte counters' increase
-over the time between the two runs (where a GPU has no PCIe byte counters, the driver's own sampled rate).
+reads their samples: gauges from the second run (and SM activity, where GPM gives it); NVLink and PCIe
+rates from the byte counters' increase over the time between the two runs (where a GPU has no PCIe byte
+counters, the driver's own sampled rate).
 It keeps no state, so a run by hand never disturbs the timer's, and it gathers the collectors' warnings
 to print them below the tables instead of on stderr. Tables fit the terminal's width (COLUMNS, else 100
 where the output is not a terminal), names cut to fit; "°C" and "…" become ASCII where the locale cannot
@@ -102,6 +103,7 @@ class Row:
     memory_used: Optional[float] = None
     memory_total: Optional[float] = None
     utilization: Optional[float] = None
+    sm_active: Optional[float] = None  # GPM, Hopper and newer
     memory_utilization: Optional[float] = None
     links_up: Optional[int] = None
     links: Optional[int] = None
@@ -126,6 +128,9 @@ def gpu_rows(s: Sampled) -> List[Row]:
         "memory_used": per_gpu(last, "memory_used_bytes"),
         "memory_total": per_gpu(last, "memory_total_bytes"),
         "utilization": per_gpu(last, "utilization_ratio"),
+        # the whole GPU's (a MIG GPU has its GPU instances' only: none for the GPU)
+        "sm_active": {labels["gpu"]: value for labels, value in labelled(last, "sm_active_ratio")
+                      if not labels["gpu_instance"]},
         "memory_utilization": per_gpu(last, "memory_utilization_ratio"),
         "nvlink_tx": rate(s.first, last, "nvlink_transmit_bytes_total", s.seconds),
         "nvlink_rx": rate(s.first, last, "nvlink_receive_bytes_total", s.seconds),
@@ -327,18 +332,20 @@ def _summary(samples: Samples, rows: List[Row]) -> str:
 
 
 def _device_table(rows: List[Row], style: Style) -> List[str]:
+    # SM ACTIVE (GPM) where any GPU has it: a node before Hopper gets no column of dashes
+    gpm = any(row.sm_active is not None for row in rows)
     columns = [Column("GPU", right=True), Column("NAME", shrinks=True), Column("TEMP", right=True),
                Column("POWER W", right=True), Column("MEMORY GiB", right=True), Column("UTIL", right=True),
-               Column("MEM UTIL", right=True)]
+               *([Column("SM ACTIVE", right=True)] if gpm else []), Column("MEM UTIL", right=True)]
     cells = []
     for row in rows:
         if not row.up:
-            cells.append([row.gpu, "not answering", "", "", "", "", ""])
+            cells.append([row.gpu, "not answering"] + [""] * (len(columns) - 2))
             continue
         cells.append([row.gpu, row.name, "-" if row.temperature is None else f"{row.temperature:.0f}{style.celsius}",
                       _pair(_number(row.power), _number(row.power_limit)),
-                      _pair(_gib(row.memory_used), _gib(row.memory_total)),
-                      _percent(row.utilization), _percent(row.memory_utilization)])
+                      _pair(_gib(row.memory_used), _gib(row.memory_total)), _percent(row.utilization),
+                      *([_percent(row.sm_active)] if gpm else []), _percent(row.memory_utilization)])
 
     def paint(n: int, column: int, text: str) -> str:
         row = rows[n]

@@ -16,7 +16,8 @@ Value forms: numbers, ``step(base, s)``, or raw strings ("0x4", "10 step 2");
 ``{(type, counter): value}``; ``fields`` takes ``{id or (id, scope): value}``
 where value is a number, ``step(...)``, ``Field(...)`` or ``(value, type[, step])``;
 ``processes``/``process_samples``/``accounting`` take lists of dicts (see
-:func:`h100`); ``mig_devices`` takes ``{slot: {"uuid", "gi", "ci"[, "profile"]}}``;
+:func:`h100`); ``mig_devices`` takes ``{slot: {"uuid", "gi", "ci"[, "profile", "memory"]}}``, where
+``memory`` is ``(total, used[, reserved])`` in bytes or ``Field(error=CODE)``;
 ``gpm_metrics`` takes ``{GPM metric id: value or Field(error=CODE)}`` and ``gpm_mig_metrics``
 ``{gpu instance id: {metric id: ...}}`` (with ``gpm_supported: 1``, see :func:`with_gpm`);
 ``errors`` takes ``{c_function_name: code}``; ``lost`` a bool; ``extra`` raw lines.
@@ -310,6 +311,11 @@ def render_device(dev: Mapping[str, Any]) -> list[str]:
         if m.get("profile"):
             line += f" {m['profile']}"
         lines.append(line)
+        memory = m.get("memory")
+        if isinstance(memory, Field):
+            lines.append(f"mig_memory {int(idx)} error {int(memory.error)}")
+        elif memory is not None:
+            lines.append(f"mig_memory {int(idx)} " + " ".join(str(int(v)) for v in memory))
     for fid, v in (g("gpm_metrics") or {}).items():
         lines.append(f"gpm_metric {int(fid)} {_gpm_val(v)}")
     for gi, metrics in sorted((g("gpm_mig_metrics") or {}).items()):

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from conftest import names_for_gpu, parse_exposition, value
-from fakegpu import h100
+from fakegpu import Field, GiB, MiB, h100
 
 UUID0 = "GPU-00000000-1111-2222-3333-444444444444"
 UUID1 = "GPU-11111111-1111-2222-3333-444444444444"
@@ -151,6 +151,40 @@ def test_enums_are_state_sets_and_mig_pending_is_its_own_series(node):
     assert value(s, "gpu_mig_mode", gpu="0") == 0 and value(s, "gpu_mig_mode_pending", gpu="0") == 1
     # a mode newer than gputext's table is left out rather than written as a wrong name
     assert "gpu_compute_mode" not in names_for_gpu(s, "1")
+
+
+def mig_slot(n, gi, ci=0, memory=None):
+    uuid = f"MIG-{n:08x}-2b7d-5e9f-8a1c-3d5f7b9e1a3c"
+    return {"uuid": uuid, "gi": gi, "ci": ci, **({"memory": memory} if memory is not None else {})}
+
+
+def test_mig_gpu_instances_get_their_own_memory(node):
+    slots = {0: mig_slot(0, 1, memory=(40 * GiB, 3 * GiB, 10 * MiB)), 1: mig_slot(1, 2, memory=(20 * GiB, 5 * GiB)),
+             2: mig_slot(2, 3),  # NOT_SUPPORTED on this MIG device
+             3: mig_slot(3, 4, memory=Field(error=999)),  # fails on its own
+             # two compute instances of GPU instance 5, sharing its memory
+             4: mig_slot(4, 5, 0, memory=(10 * GiB, GiB)), 5: mig_slot(5, 5, 1, memory=(10 * GiB, GiB))}
+    node.write([h100(0), h100(1, mig_mode=(1, 1), mig_devices=slots, memory_total=80 * GiB,
+                              memory_used=9 * GiB)])
+    proc, s = node.collect("--collectors", "nvml")
+    assert proc.returncode == 0
+    assert proc.stderr.splitlines() == ["gputext: GPU 1 GPU instance 4: nvmlDeviceGetMemoryInfo failed: Unknown Error"]
+    mig = {(dict(labels)["gpu_instance"], dict(labels)["mig_device"], name): v for (name, labels), v in s.items()
+           if name.startswith("gpu_mig_memory_")}
+    assert mig == {
+        ("1", slots[0]["uuid"], "gpu_mig_memory_total_bytes"): 40 * GiB,
+        ("1", slots[0]["uuid"], "gpu_mig_memory_used_bytes"): 3 * GiB,
+        ("2", slots[1]["uuid"], "gpu_mig_memory_total_bytes"): 20 * GiB,
+        ("2", slots[1]["uuid"], "gpu_mig_memory_used_bytes"): 5 * GiB,
+        ("5", "", "gpu_mig_memory_total_bytes"): 10 * GiB,  # once, for the GPU instance
+        ("5", "", "gpu_mig_memory_used_bytes"): GiB,
+    }
+    assert all(dict(labels)["gpu"] == "1" for (name, labels) in s if name.startswith("gpu_mig_memory_"))
+    # the whole GPU keeps its own memory series; a GPU without MIG has no MIG ones
+    assert value(s, "gpu_memory_used_bytes", gpu="1") == 9 * GiB and value(s, "gpu_up", gpu="1") == 1
+    assert "gpu_mig_memory_used_bytes" not in names_for_gpu(s, "0")
+    calls = node.call_counts()
+    assert calls[1]["nvmlDeviceGetMemoryInfo_v2"] == 1 + 5  # the GPU, then one MIG device per GPU instance
 
 
 def test_fans_per_fan(node):

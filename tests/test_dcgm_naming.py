@@ -88,9 +88,14 @@ def test_dcgm_names_units_and_labels(node, tmp_path):
 
 
 def test_every_default_name_comes_from_a_catalogue_row_with_its_unit():
-    """One catalogue: each DCGM name is a column of a row, not a second table; none is used twice."""
+    """One catalogue: each DCGM name is a column of a row, not a second table; none is used twice, but
+    for the framebuffer's, which name a GPU's row and its MIG instances' row (gpu_mig_memory_*)."""
     columns = [dcgm.name for metric in METRICS for dcgm in metric.dcgm]
-    assert len(columns) == len(set(columns))
+    shared = {name: sorted(m.key for m in METRICS if name in {d.name for d in m.dcgm})
+              for name in columns if columns.count(name) > 1}
+    assert shared == {"DCGM_FI_DEV_FB_TOTAL": ["memory_total_bytes", "mig_memory_total_bytes"],
+                      "DCGM_FI_DEV_FB_USED": ["memory_used_bytes", "mig_memory_used_bytes"]}
+    assert len(default_counters().metrics) == len({d.name for d in default_counters().metrics})
     defaults = [d.name for d in default_counters().metrics]
     assert defaults[:4] == ["DCGM_FI_DEV_SM_CLOCK", "DCGM_FI_DEV_MEM_CLOCK", "DCGM_FI_DEV_MEMORY_TEMP",
                             "DCGM_FI_DEV_GPU_TEMP"]
@@ -330,3 +335,25 @@ def test_profiling_and_xid_series_under_dcgm_names(node, tmp_path):
     assert value(s, "DCGM_FI_DEV_XID_ERRORS", gpu="0") == 79
     assert value(s, "DCGM_FI_DEV_XID_ERRORS", gpu="1") == 0
     assert value(s, "gpu_xid_errors_total", gpu="0", xid="62") == 1  # the counts stay, under gputext's names
+
+
+def test_mig_framebuffer_per_gpu_instance(node, tmp_path):
+    """On a MIG GPU, FB_USED (and FB_TOTAL where the file asks for it) for the GPU and, with GPU_I_ID, for
+    each GPU instance, in MiB."""
+    slots = {0: {"uuid": "MIG-5c3f8e1a-2b7d-5e9f-8a1c-3d5f7b9e1a3c", "gi": 1, "ci": 0, "memory": (40 * GiB, 3 * GiB)},
+             1: {"uuid": "MIG-7e9a1c3e-5d7f-5b9a-8c1e-3f5a7c9e1b3d", "gi": 2, "ci": 0, "memory": (20 * GiB, 5 * GiB)}}
+    node.write([h100(0, mig_mode=(1, 1), mig_devices=slots, memory_used=9 * GiB)])
+    counters = tmp_path / "counters.csv"
+    counters.write_text("DCGM_FI_DEV_FB_USED, gauge, Framebuffer memory used (in MiB).\n"
+                        "DCGM_FI_DEV_FB_TOTAL, gauge, Framebuffer memory total (in MiB).\n")
+    for args in (("--naming", "dcgm"), ("--counters", str(counters))):
+        proc, s = node.collect("--collectors", "nvml", *args)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        used = {dict(labels).get("GPU_I_ID"): v for (name, labels), v in s.items() if name == "DCGM_FI_DEV_FB_USED"}
+        assert used == {None: 9 * 1024, "1": 3 * 1024, "2": 5 * 1024}
+        assert "gpu_mig_memory_used_bytes" not in {name for name, _ in s}
+    total = {dict(labels).get("GPU_I_ID"): v for (name, labels), v in s.items() if name == "DCGM_FI_DEV_FB_TOTAL"}
+    assert total == {None: 81559, "1": 40 * 1024, "2": 20 * 1024}
+    labels = next(dict(labels) for name, labels in s if name == "DCGM_FI_DEV_FB_USED" and dict(labels).get("GPU_I_ID"))
+    assert "mig_device" not in labels and labels["UUID"] == h100_uuid(0)
+    valid_but_for_dcgm_names(proc.stdout, tmp_path / "textfile")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fakegpu import h100
+from fakegpu import h100, with_gpm
 from fakehost import fake_host, node_exporter
 from gputext import doctor
 from gputext.doctor import FAIL, OK, Reader
@@ -166,6 +166,50 @@ def test_named_collectors_must_be_ready(node, tmp_path, shared_dir):
                                   "run on a Kubernetes node (kubelet 1.20 or newer), or set "
                                   "GPUTEXT_POD_RESOURCES_SOCKET")
     assert by_name["accounting"].startswith("info  accounting: ")  # the processes collector is not enabled
+
+
+A100 = "NVIDIA A100-SXM4-80GB"
+
+
+def test_gpm_support_per_gpu(node, tmp_path):
+    """ok where every GPU has GPM; info where some or none do, naming the GPUs without it."""
+    node.write([with_gpm(h100(0)), with_gpm(h100(1))])
+    _, by_name = run_doctor(node, tmp_path, "--gpm-window", "250ms")
+    assert by_name["gpm"] == ("ok    gpm: supported on all 2 GPUs: a one-shot run waits --gpm-window (0.25s) "
+                              "for its second sample")
+    node.write([h100(i, name=A100) for i in range(4)] + [with_gpm(h100(i)) for i in range(4, 6)])
+    proc, by_name = run_doctor(node, tmp_path)
+    assert by_name["gpm"] == (f"info  gpm: supported on GPU 4, 5; GPU 0..3 ({A100}) have none: GPM profiling "
+                              "metrics need Hopper or newer")
+    node.write([h100(0, name=A100), h100(1, name=A100), h100(2, name=A100), h100(3, name="Tesla V100")])
+    _, by_name = run_doctor(node, tmp_path)
+    assert by_name["gpm"] == (f"info  gpm: GPM profiling metrics need Hopper or newer; GPU 0..2 ({A100}) have "
+                              "none; GPU 3 (Tesla V100) has none")
+    # named, with no GPU to give it: collect would fail
+    proc, by_name = run_doctor(node, tmp_path, "--collectors", "nvml,gpm")
+    assert by_name["gpm"].startswith("FAIL  gpm: GPM profiling metrics need Hopper or newer; ")
+    assert proc.returncode == 1
+    _, by_name = run_doctor(node, tmp_path, "--collectors", "nvml")
+    assert by_name["gpm"] == "info  gpm: not enabled (--collectors)"
+
+
+def test_gpm_without_driver_or_pynvml_support(node, tmp_path):
+    node.write([with_gpm(h100(0, errors={"nvmlGpmQueryDeviceSupport": 13}))],  # FUNCTION_NOT_FOUND
+               system={"driver_version": "515.105.01"})
+    proc, by_name = run_doctor(node, tmp_path)
+    assert by_name["gpm"] == ("info  gpm: driver 515.105.01 has no GPM (nvmlGpmQueryDeviceSupport), so no "
+                              "profiling metrics; they need a Hopper or newer GPU and a driver of CUDA 11.8 "
+                              "(R520) or newer")
+    assert not [line for line in proc.stdout.splitlines() if line.startswith("info  nvml:")]  # no warning
+    node.write([with_gpm(h100(0))])
+    code = ("import sys, pynvml; del pynvml.nvmlGpmMetricsGet; from gputext.cli import main; "
+            "sys.argv = ['gputext'] + sys.argv[1:]; main()")
+    proc = subprocess.run([sys.executable, "-c", code, "doctor", "--host-root", str(fake_host(tmp_path / "h")),
+                           "--state-dir", str(tmp_path / "state")], env=node.env(), capture_output=True,
+                          text=True, timeout=60)
+    (line,) = [line for line in proc.stdout.splitlines() if " gpm: " in line]
+    assert line.startswith("info  gpm: no profiling metrics: this nvidia-ml-py (") and line.endswith(
+        ") has no GPM functions: upgrade it (pip install -U nvidia-ml-py)")
 
 
 def test_reachable_dcgm_and_kubelet_are_ok(node, tmp_path, shared_dir):

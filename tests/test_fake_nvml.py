@@ -616,6 +616,33 @@ def test_mig_devices(libdir, tmp_path):
     }
 
 
+def test_mig_device_memory(libdir, tmp_path):
+    migs = {0: {"uuid": "MIG-aaaaaaaa-0000-5000-8000-000000000000", "gi": 1, "ci": 0,
+                "memory": (40 << 30, 3 << 30, 1 << 20)},
+            1: {"uuid": "MIG-bbbbbbbb-0000-5000-8000-000000000000", "gi": 2, "ci": 0,
+                "memory": (20 << 30, 5 << 30)},
+            2: {"uuid": "MIG-cccccccc-0000-5000-8000-000000000000", "gi": 3, "ci": 0},
+            3: {"uuid": "MIG-dddddddd-0000-5000-8000-000000000000", "gi": 4, "ci": 0,
+                "memory": Field(error=999)}}
+    devs = [h100(0, mig_mode=(1, 1), mig_devices=migs, memory_total=80 << 30, memory_used=9 << 30)]
+    got = run(libdir, tmp_path, """
+        N.nvmlInit()
+        h = N.nvmlDeviceGetHandleByIndex(0)
+        m = [N.nvmlDeviceGetMigDeviceHandleByIndex(h, slot) for slot in range(4)]
+        v2 = N.nvmlDeviceGetMemoryInfo(m[0], N.nvmlMemory_v2)
+        v1 = N.nvmlDeviceGetMemoryInfo(m[0])
+        out({"v2": [v2.total, v2.used, v2.reserved, v2.free], "v1": [v1.total, v1.used, v1.free],
+             "other": N.nvmlDeviceGetMemoryInfo(m[1], N.nvmlMemory_v2).used,
+             "gpu": N.nvmlDeviceGetMemoryInfo(h, N.nvmlMemory_v2).used,
+             "none": err(N.nvmlDeviceGetMemoryInfo, m[2], N.nvmlMemory_v2),
+             "failing": [err(N.nvmlDeviceGetMemoryInfo, m[3], N.nvmlMemory_v2),
+                         err(N.nvmlDeviceGetMemoryInfo, m[3])]})
+    """, devices=devs)
+    assert got == {"v2": [40 << 30, 3 << 30, 1 << 20, (37 << 30) - (1 << 20)],
+                   "v1": [40 << 30, (3 << 30) + (1 << 20), (37 << 30) - (1 << 20)],
+                   "other": 5 << 30, "gpu": 9 << 30, "none": 3, "failing": [999, 999]}
+
+
 # --------------------------------------------------------------------------
 # GPM
 # --------------------------------------------------------------------------

@@ -129,6 +129,24 @@ def test_mig_devices_join_their_parent_gpu(node, socket):
     assert pod_labels(series, "1") == NO_POD  # a slice's holder does not own the GPU's series
 
 
+def test_mig_memory_joins_allocation_info_and_mig_devices_are_listed_once(node, socket):
+    gpu = mig_gpu(0)
+    gpu["mig_devices"][0]["memory"] = (40 << 30, 3 << 30)
+    gpu["mig_devices"][1]["memory"] = (20 << 30, 5 << 30)
+    node.write([gpu])
+    with serve(socket, [pod("small-b", "ml", {"main": {MIG_1G: [MIG_B]}})]):
+        proc, series = run(node, socket)
+    assert proc.stderr == ""
+    ((_, allocated),) = [(n, dict(labels)) for n, labels in series if n == "gpu_allocation_info"]
+    keys = {k: allocated[k] for k in ("gpu", "uuid", "gpu_instance", "mig_device")}
+    assert keys == {"gpu": "0", "uuid": h100_uuid(0), "gpu_instance": "2", "mig_device": MIG_B}
+    assert value(series, "gpu_mig_memory_used_bytes", **keys) == 5 << 30  # the pod's slice
+    assert value(series, "gpu_mig_memory_total_bytes", **keys) == 20 << 30
+    assert value(series, "gpu_mig_memory_used_bytes", gpu_instance="1", mig_device=MIG_A) == 3 << 30
+    # nvml and kubernetes share one listing of the MIG devices per run
+    assert node.call_counts()[0]["nvmlDeviceGetMaxMigDeviceCount"] == 1
+
+
 def test_one_mig_slice_holder_does_not_label_the_gpu(node, socket):
     node.write([mig_gpu(0), h100(1, accounting_mode=1)])
     with serve(socket, [pod("small", "ml", {"main": {MIG_1G: [MIG_B]}})]):

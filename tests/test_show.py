@@ -10,7 +10,7 @@ import sys
 import psutil
 import pytest
 
-from fakegpu import Field, h100, step
+from fakegpu import GPM_SM_ACTIVE, Field, h100, step, with_gpm
 from gputext import show
 from gputext.exposition import Samples
 
@@ -52,6 +52,25 @@ def test_values_of_the_fake_gpus(node):
     assert re.fullmatch(r"\d+\.\d MB/s", cells[2]), cells  # 18 links x 1000 KiB over about 0.3 s
     assert cells[3:] == ["0 B/s", "0 B/s", "0 B/s"]  # the other counters stand still
     assert not re.search(r"^  2 ", traffic, re.M)
+
+
+def test_sm_active_where_gpm_gives_it(node):
+    """GPM's SM activity beside the utilisation, '-' for a GPU without it (pre-Hopper, or MIG, whose GPU
+    instances have their own); no column at all on a node where no GPU has it."""
+    mig = with_gpm(h100(2, mig_mode=(1, 1), mig_devices={0: {"uuid": "MIG-a", "gi": 1, "ci": 0}}),
+                   mig={1: {GPM_SM_ACTIVE: 55.0}})
+    node.write([with_gpm(h100(0, utilization_gpu=87), {GPM_SM_ACTIVE: 64.0}), h100(1), mig])
+    proc = node.run("show", "--sample", "0.3", "--collectors", "nvml,gpm", "--gpm-window", "150ms")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    devices = sections(proc.stdout)[0]
+    assert re.split(r"\s{2,}", devices.splitlines()[1].strip())[5:] == ["UTIL", "SM ACTIVE", "MEM UTIL"]
+    assert row(devices, "0")[5:] == ["87%", "64%", "43%"]
+    assert row(devices, "1")[5:] == ["87%", "-", "43%"]
+    assert row(devices, "2")[6] == "-"
+    assert all(len(line) <= show.WIDTH for line in proc.stdout.splitlines())
+    node.write([h100(0), h100(1)])
+    proc = node.run("show", "--sample", "0", "--collectors", "nvml,gpm")
+    assert proc.returncode == 0 and "SM ACTIVE" not in proc.stdout
 
 
 def test_sampled_pcie_rate_where_counters_are_missing(node):

@@ -33,7 +33,7 @@ import pynvml
 
 from . import NotApplicable
 from ..catalogue import written_at
-from ..devices import Device, read_mig_devices
+from ..devices import Device, gpu_instances, instance_labels
 from ..nvml import DeviceGone, Nvml
 
 
@@ -225,10 +225,18 @@ class Sampler:
         self.targets = []
 
 
+def wrappers_missing() -> Optional[str]:
+    """What to do where the installed pynvml is older than NVML's GPM functions, else None."""
+    if hasattr(pynvml, "nvmlGpmMetricsGet"):
+        return None
+    return (f"this nvidia-ml-py ({getattr(pynvml, '__version__', 'old')}) has no GPM functions: upgrade "
+            "it (pip install -U nvidia-ml-py)")
+
+
 def begin(ctx) -> None:
-    if not hasattr(pynvml, "nvmlGpmMetricsGet"):
-        raise NotApplicable(f"this nvidia-ml-py ({getattr(pynvml, '__version__', 'old')}) has no GPM "
-                            "functions: upgrade it (pip install -U nvidia-ml-py)")
+    missing = wrappers_missing()
+    if missing:
+        raise NotApplicable(missing)
     _, devices = ctx.devices()
     sampler = ctx.kept("gpm", lambda: Sampler(ctx.nvml))
     supported = [dev for dev in devices if _supported(ctx, dev)]
@@ -285,19 +293,14 @@ def _targets(ctx, dev: Device) -> List[Target]:
         return [Target(key, dev, None, {**device_labels, **whole}, {**activity(whole), **gpu_rates})]
     targets = [Target(key, dev, None, {**device_labels, **whole}, gpu_rates)] if gpu_rates else []
     try:
-        mig_devices = read_mig_devices(ctx.nvml, dev)
+        mig_devices = ctx.mig_devices(dev)
     except DeviceGone:
         return []
-    instances: Dict[str, List[str]] = {}
-    for _, mig_uuid, gpu_instance in mig_devices:
-        if gpu_instance:
-            instances.setdefault(gpu_instance, []).append(mig_uuid)
-    for gpu_instance, mig_uuids in sorted(instances.items(), key=lambda item: int(item[0])):
-        # A GPU instance with several compute instances has several MIG devices: its values belong to
-        # none of them alone, so mig_device stays empty there.
-        labels = {"gpu_instance": gpu_instance, "mig_device": mig_uuids[0] if len(mig_uuids) == 1 else ""}
-        targets.append(Target((dev.uuid, gpu_instance, tuple(sorted(mig_uuids))), dev, int(gpu_instance),
-                              {**device_labels, **labels}, activity(labels)))
+    for gpu_instance, members in gpu_instances(mig_devices):
+        labels = instance_labels(gpu_instance, members)
+        key = (dev.uuid, gpu_instance, tuple(sorted(m.uuid for m in members)))
+        targets.append(Target(key, dev, int(gpu_instance), {**device_labels, **labels},
+                              activity(labels)))
     return targets
 
 

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import pynvml
 
 from . import LastingFailure, NotApplicable
-from ..devices import Device, read_mig_devices
+from ..devices import Device, MigDevice
 from ..nvml import DeviceGone
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -155,7 +155,6 @@ class DeviceFinder:
         self.by_uuid = {dev.uuid: dev for dev in self.devices}
         self.by_index = {dev.index: dev for dev in self.devices}
         self._by_minor: Optional[Dict[int, Device]] = None
-        self._migs: Dict[int, List[Tuple[int, str, str]]] = {}  # GPU index -> [(slot, MIG uuid, GI)]
 
     def find(self, device_id: str) -> Optional[Target]:
         device_id = _REPLICA.sub("", device_id.strip())
@@ -194,18 +193,16 @@ class DeviceFinder:
         itself names the GPU instance (`fallback`), that instance without a MIG UUID."""
         if dev is None:
             return None
-        for slot, uuid, gi in self._mig_devices(dev):
+        for slot, uuid, gi, _ in self._mig_devices(dev):
             if chosen(slot, uuid, gi):
                 return dev.uuid, gi, uuid
         return (dev.uuid, fallback, "") if fallback is not None else None
 
-    def _mig_devices(self, dev: Device) -> List[Tuple[int, str, str]]:
-        if dev.index not in self._migs:
-            try:
-                self._migs[dev.index] = read_mig_devices(self.ctx.nvml, dev)
-            except DeviceGone:
-                self._migs[dev.index] = []
-        return self._migs[dev.index]
+    def _mig_devices(self, dev: Device) -> List[MigDevice]:
+        try:
+            return self.ctx.mig_devices(dev)
+        except DeviceGone:
+            return []
 
     def _minor(self, minor: int) -> Optional[Device]:
         if self._by_minor is None:

@@ -11,7 +11,7 @@ from typing import Dict, Optional, Tuple
 
 import pynvml
 
-from ..devices import CLOCKS, Device
+from ..devices import CLOCKS, Device, gpu_instances, instance_labels
 from ..exposition import clean
 from ..nvml import DeviceGone, Nvml
 
@@ -102,7 +102,7 @@ def collect(ctx, samples) -> None:
         labels = dev.labels
         if dev.up:
             try:
-                _collect_device(ctx.nvml, dev, samples, extra_fields)
+                _collect_device(ctx, dev, samples, extra_fields)
             except DeviceGone as err:
                 dev.error = str(err)
                 ctx.warn(f"{dev.name} ({dev.uuid}) stopped answering: {err}")
@@ -122,9 +122,10 @@ def _info_labels(dev: Device, system) -> Dict[str, str]:
     }
 
 
-def _collect_device(nvml: Nvml, dev: Device, samples, extra_fields=()) -> None:
+def _collect_device(ctx, dev: Device, samples, extra_fields=()) -> None:
     # Everything is read before anything is added: a device that is lost half way through gives
     # `up 0` and no half set of series.
+    nvml: Nvml = ctx.nvml
     h, where = dev.handle, dev.name
     pending = []
 
@@ -199,6 +200,18 @@ def _collect_device(nvml: Nvml, dev: Device, samples, extra_fields=()) -> None:
     if mig:
         put("mig_mode", mig[0])
         put("mig_mode_pending", mig[1])
+    mig_memory = wanted("mig_memory_total_bytes") or wanted("mig_memory_used_bytes")
+    if mig and mig[0] == 1 and mig_memory:
+        for gpu_instance, members in gpu_instances(ctx.mig_devices(dev)):
+            # The memory is the GPU instance's, which its compute instances (MIG devices) share:
+            # read once, through its first MIG device, and written once, so that sums do not count
+            # it twice.
+            memory = nvml.call(pynvml.nvmlDeviceGetMemoryInfo, members[0].handle,
+                               pynvml.nvmlMemory_v2, device=f"{where} GPU instance {gpu_instance}")
+            if memory is not None:
+                labels = instance_labels(gpu_instance, members)
+                put("mig_memory_total_bytes", memory.total, **labels)
+                put("mig_memory_used_bytes", memory.used, **labels)
 
     for key, value, labels in pending:
         samples.add(key, value, labels)

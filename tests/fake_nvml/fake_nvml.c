@@ -417,6 +417,9 @@ typedef struct {
     char *uuid;
     char *profile; /* optional, for nvmlDeviceGetName on the MIG handle */
     unsigned int gi, ci;
+    /* mig_memory INDEX TOTAL USED [RESERVED] | mig_memory INDEX error CODE; without it: 3 */
+    int has_memory, memory_err;
+    unsigned long long memory_total, memory_used, memory_reserved;
 } mig_entry;
 
 #define DYN(T, name) T *name; size_t n_##name, cap_##name
@@ -1007,6 +1010,34 @@ static int parse_gpm_line(device_t *d, line_t *L)
     return 0;
 }
 
+/* mig_memory INDEX TOTAL USED [RESERVED] | mig_memory INDEX error CODE: the memory of a MIG slot */
+static int parse_mig_memory_line(device_t *d, line_t *L)
+{
+    long long idx, v[3] = {0, 0, 0};
+    int error = L->n == 4 && strcmp(L->tok[2], "error") == 0;
+    if ((L->n != 4 && L->n != 5) || parse_int(L->tok[1], &idx))
+        return perr("expected `mig_memory INDEX TOTAL USED [RESERVED]` or "
+                    "`mig_memory INDEX error CODE`", NULL);
+    if (idx < 0 || idx >= MAX_MIG)
+        return perr("mig_memory index out of range (0..15)", L->tok[1]);
+    mig_entry *m = &d->mig[idx];
+    m->has_memory = 1;
+    m->memory_err = 0;
+    if (error) {
+        if (parse_int(L->tok[3], &v[0]) || v[0] == 0)
+            return perr("bad error code", L->tok[3]);
+        m->memory_err = (int)v[0];
+        return 0;
+    }
+    for (int i = 0; i + 2 < L->n; i++)
+        if (parse_int(L->tok[i + 2], &v[i]) || v[i] < 0)
+            return perr("bad byte count", L->tok[i + 2]);
+    m->memory_total = (unsigned long long)v[0];
+    m->memory_used = (unsigned long long)v[1];
+    m->memory_reserved = (unsigned long long)v[2];
+    return 0;
+}
+
 static int parse_line(char *raw, int *cur)
 {
     line_t L;
@@ -1078,6 +1109,8 @@ static int parse_line(char *raw, int *cur)
         }
     } else if (strcmp(k, "gpm_metric") == 0 || strcmp(k, "gpm_mig_metric") == 0) {
         rc = parse_gpm_line(d, &L);
+    } else if (strcmp(k, "mig_memory") == 0) {
+        rc = parse_mig_memory_line(d, &L);
     } else if (strcmp(k, "mig_device") == 0) {
         /* mig_device INDEX UUID GI CI [PROFILE...] */
         long long idx, gi, ci;
@@ -1867,9 +1900,23 @@ EXPORT nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t device, int sensorType
 }
 
 /* total, used (allocated), reserved, free */
-static nvmlReturn_t read_memory(device_t *d, unsigned long long *total, unsigned long long *used,
-                                unsigned long long *reserved, unsigned long long *freeb)
+static nvmlReturn_t read_memory(device_t *d, int slot, unsigned long long *total,
+                                unsigned long long *used, unsigned long long *reserved,
+                                unsigned long long *freeb)
 {
+    if (slot >= 0) { /* a MIG device: its own memory, from mig_memory */
+        mig_entry *m = &d->mig[slot];
+        if (!m->has_memory)
+            return NVML_ERROR_NOT_SUPPORTED;
+        if (m->memory_err)
+            return m->memory_err;
+        *total = m->memory_total;
+        *used = m->memory_used;
+        *reserved = m->memory_reserved;
+        unsigned long long taken = *used + *reserved;
+        *freeb = taken < *total ? *total - taken : 0;
+        return NVML_SUCCESS;
+    }
     num_entry *et = num_find(d, "memory_total", 0, 0, 0);
     num_entry *eu = num_find(d, "memory_used", 0, 0, 0);
     if (!et || !eu)
@@ -1896,11 +1943,11 @@ static nvmlReturn_t read_memory(device_t *d, unsigned long long *total, unsigned
 
 EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, fake_memory_t *memory)
 {
-    DEV_BEGIN(nvmlDeviceGetMemoryInfo, device, MIG_NO);
+    DEV_BEGIN(nvmlDeviceGetMemoryInfo, device, MIG_OK);
     if (!memory)
         RETURN(NVML_ERROR_INVALID_ARGUMENT);
     unsigned long long t, u, r, f;
-    rc = read_memory(d, &t, &u, &r, &f);
+    rc = read_memory(d, slot, &t, &u, &r, &f);
     if (rc)
         RETURN(rc);
     memory->total = t;
@@ -1913,13 +1960,13 @@ EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, fake_memory_t *
 
 EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, fake_memory_v2_t *memory)
 {
-    DEV_BEGIN(nvmlDeviceGetMemoryInfo_v2, device, MIG_NO);
+    DEV_BEGIN(nvmlDeviceGetMemoryInfo_v2, device, MIG_OK);
     if (!memory)
         RETURN(NVML_ERROR_INVALID_ARGUMENT);
     if (memory->version != FAKE_MEMORY_V2)
         RETURN(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
     unsigned long long t, u, r, f;
-    rc = read_memory(d, &t, &u, &r, &f);
+    rc = read_memory(d, slot, &t, &u, &r, &f);
     if (rc)
         RETURN(rc);
     memory->total = t;
