@@ -16,13 +16,14 @@ from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Tup
 
 from .catalogue import BY_KEY, FULL, FULL_ONLY, METRICS, POD_LABELS, STANDARD_SUBSET
 
-# NVML_VALUE_NOT_AVAILABLE as the unsigned and signed types carry it. No metric here is ever negative.
-_SENTINELS = frozenset({0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF, -1})
+# NVML_VALUE_NOT_AVAILABLE as the unsigned and signed types carry it (gputext.nvml reads field values against
+# them too). No metric here is ever negative.
+NOT_AVAILABLE = frozenset({0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF, -1})
 
 
 def clean(value: Any) -> Optional[float]:
     """The value as a number fit for the textfile, or None for "not available" markers and non-numbers."""
-    if value is None or value in _SENTINELS:  # compared before float(): 2**64-1 is not exact as a float
+    if value is None or value in NOT_AVAILABLE:  # compared before float(): 2**64-1 is not exact as a float
         return None
     value = float(value)
     return value if math.isfinite(value) else None
