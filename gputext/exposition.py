@@ -112,6 +112,21 @@ class Samples:
         if value is not None:
             self._series.setdefault(key, {})[label_values] = value
 
+    def add_rows(self, key: str, rows) -> None:
+        """add_row() for many series of one key, each (label values, value)."""
+        if key in self._left_out or key in self._subset:
+            for label_values, value in rows:
+                self.add_row(key, value, label_values)
+            return
+        count = _LABEL_COUNT[key]
+        series = self._series.setdefault(key, {})
+        for label_values, value in rows:
+            if len(label_values) != count:
+                raise ValueError(f"{key}: {len(label_values)} label values, the catalogue has {count}")
+            value = clean(value)
+            if value is not None:
+                series[label_values] = value
+
     def series(self, key: str) -> Dict[Tuple[str, ...], float]:
         return dict(self._series.get(key, {}))
 
