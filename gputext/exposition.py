@@ -47,30 +47,83 @@ _LINES: Dict[Tuple[str, Tuple[str, ...]], str] = {}
 _LABEL_COUNT = {m.key: len(m.all_labels) for m in METRICS}
 
 
+class Level:
+    """Which series a run writes: those of its detail level (the catalogue's FULL_ONLY and STANDARD_SUBSET),
+    plus those --naming dcgm writes under DCGM's names whatever the level: keep(key, labels), asked only
+    for the rows in keep_keys."""
+
+    def __init__(self, detail: str = FULL, keep: Optional[Keep] = None, keep_keys: frozenset = frozenset()):
+        self.detail = detail
+        self.left_out = frozenset() if detail == FULL else FULL_ONLY
+        self.subset = {} if detail == FULL else STANDARD_SUBSET
+        self.keep, self.keep_keys = keep, keep_keys
+        # what a collector's kept label tuples depend on (Device.derived): keep follows from the options,
+        # which do not change while a device lives
+        self.key = (detail, keep_keys)
+        # STANDARD_SUBSET by the deciding label's position in the catalogue's order, for label tuples
+        self.subset_rows = {key: (BY_KEY[key].all_labels.index(label), values)
+                            for key, (label, values) in self.subset.items()}
+
+    def wants(self, key: str) -> bool:
+        return key not in self.left_out or key in self.keep_keys
+
+    def keeps(self, key: str, labels: Mapping[str, str]) -> bool:
+        subset = self.subset.get(key)
+        if key not in self.left_out and (subset is None or labels.get(subset[0]) in subset[1]):
+            return True
+        return key in self.keep_keys and self.keep(key, labels)
+
+
+    def keeps_row(self, key: str, label_values: Tuple[str, ...]) -> bool:
+        """keeps() for label values in the catalogue's order."""
+        subset = self.subset_rows.get(key)
+        if key not in self.left_out and (subset is None or label_values[subset[0]] in subset[1]):
+            return True
+        return key in self.keep_keys and self.keep(key, dict(zip(BY_KEY[key].all_labels, label_values)))
+
+
+class DeviceRows:
+    """The label values of one GPU's series, for collectors that keep them across cycles (with the
+    device, Device.derived): get(key, *values of the labels after gpu and uuid) gives the label values in
+    the catalogue's order, or None where the level does not write that series. Each is made once, so
+    only for label values from a fixed set (links, clocks, reasons), never per process."""
+
+    def __init__(self, level: Level, gpu: Tuple[str, str]):
+        self._level, self._gpu = level, gpu
+        self._rows: Dict[Tuple[str, Tuple[str, ...]], Optional[Tuple[str, ...]]] = {}
+
+    def get(self, key: str, *extra: str) -> Optional[Tuple[str, ...]]:
+        try:
+            return self._rows[key, extra]
+        except KeyError:
+            pass
+        names = BY_KEY[key].all_labels
+        label_values = self._gpu + extra
+        if len(names) != len(label_values):
+            raise ValueError(f"{key}: {len(label_values)} label values, the catalogue has {len(names)}")
+        row = self._rows[key, extra] = (label_values if self._level.keeps(key, dict(zip(names, label_values)))
+                                        else None)
+        return row
+
+
 class Samples:
     def __init__(self, detail: str = FULL, keep: Optional[Keep] = None,
                  keep_keys: frozenset = frozenset()) -> None:
         self._series: Dict[str, Dict[Tuple[str, ...], float]] = {}
         self.detail = detail
         # the catalogue's detail levels, applied as samples arrive (nothing is kept to be dropped later)
-        self._left_out = frozenset() if detail == FULL else FULL_ONLY
-        self._subset = {} if detail == FULL else STANDARD_SUBSET
-        # series written whatever the level (those --naming dcgm writes under DCGM's names): keep(key, labels),
-        # asked only for the rows in keep_keys
-        self._keep, self._keep_keys = keep, keep_keys
+        self.level = Level(detail, keep, keep_keys)
+        self._left_out, self._subset = self.level.left_out, self.level.subset
         self.extras: Dict[str, Extra] = {}
 
     def wants(self, key: str) -> bool:
         """Whether this level writes any series of `key` (a collector may skip reading what it does not)."""
-        return key not in self._left_out or key in self._keep_keys
+        return self.level.wants(key)
 
     def keeps(self, key: str, labels: Mapping[str, str]) -> bool:
         """Whether add() would keep a series of `key` with these labels (only the labels that decide:
         a collector asks before it reads a value, to read only what is written)."""
-        subset = self._subset.get(key)
-        if key not in self._left_out and (subset is None or labels.get(subset[0]) in subset[1]):
-            return True
-        return key in self._keep_keys and self._keep(key, labels)
+        return self.level.keeps(key, labels)
 
     def add_extra(self, name: str, type_: str, help_: str, value, labels: Mapping[str, str]) -> None:
         """A sample of a family outside the catalogue, left out like the others when not available."""
@@ -102,12 +155,12 @@ class Samples:
 
     def add_row(self, key: str, value, label_values: Tuple[str, ...]) -> None:
         """add() for a collector that has the label values already in the catalogue's order (the NVLink
-        collector's 440 series a cycle on 8 GPUs): no label dict is built and checked for each."""
-        if key in self._left_out or key in self._subset:  # rare: the full check
-            self.add(key, value, dict(zip(BY_KEY[key].all_labels, label_values)))
-            return
+        collector's 440 series a cycle on 8 GPUs, the device collectors' kept DeviceRows): no label dict
+        is built and checked for each."""
         if len(label_values) != _LABEL_COUNT[key]:
             raise ValueError(f"{key}: {len(label_values)} label values, the catalogue has {_LABEL_COUNT[key]}")
+        if (key in self._left_out or key in self._subset) and not self.level.keeps_row(key, label_values):
+            return
         value = clean(value)
         if value is not None:
             self._series.setdefault(key, {})[label_values] = value
