@@ -40,10 +40,12 @@ class Extra:
         self.series: Dict[Tuple[str, ...], float] = {}
 
 
-# name and label values -> the start of the line ('gpu_up{gpu="0",uuid="GPU-..."} '), as the last render
-# wrote them: the repeating mode writes the same series every cycle, and joining and escaping their labels
-# was the largest part of a render. Only the last render's lines are kept, so memory stays flat.
-_LINES: Dict[Tuple[str, Tuple[str, ...]], str] = {}
+# (name, the pod labels of the run where the family gets them) -> {label values: the start of the line
+# ('gpu_up{gpu="0",uuid="GPU-..."} ')}, as the last render wrote them: the repeating mode writes the
+# same series every cycle, and joining and escaping their labels was the largest part of a render. Only
+# the last render's lines are kept, so memory stays flat.
+_LINES: Dict[Tuple[str, Any], Dict[Tuple[str, ...], str]] = {}
+_EXACT = 2 ** 53  # integers below it are exact as floats and are written without a fraction
 _LABEL_COUNT = {m.key: len(m.all_labels) for m in METRICS}
 
 
@@ -192,7 +194,9 @@ class Samples:
         global _LINES
         lines = []
         escaped: Dict[str, str] = {}  # label values repeat on every line of a GPU: escape each once
-        lines_now: Dict[Tuple[str, Tuple[str, ...]], str] = {}
+        lines_now: Dict[Tuple[str, Any], Dict[Tuple[str, ...], str]] = {}
+        pods = tuple(sorted((uuid, tuple(extra[k] for k in POD_LABELS))
+                            for uuid, extra in pod_labels.items())) if pod_labels else None
         for metric in METRICS:
             series = self._series.get(metric.key)
             if series and skip:
@@ -202,27 +206,19 @@ class Samples:
             name = metric.name(prefix)
             lines.append(f"# HELP {name} {_escape_help(metric.help)}")
             lines.append(f"# TYPE {name} {metric.type}")
-            line = name
-            if metric.all_labels:  # e.g. 'gpu_up{gpu="%s",uuid="%s"} '
-                line += "{" + ",".join(f'{label}="%s"' for label in metric.all_labels) + "}"
-            line += " "
-            enrich = pod_labels if metric.gets_pod_labels else None
-            for label_values, value in series.items():
-                extra = enrich.get(label_values[1]) if enrich else None  # label_values[1] is the uuid
-                if extra:
-                    label_values = label_values + tuple(extra[k] for k in POD_LABELS)
-                key = (name, label_values)
-                start = _LINES.get(key)
-                if start is None:
-                    values = []
-                    for v in label_values:
-                        e = escaped.get(v)
-                        if e is None:
-                            e = escaped[v] = _escape_label_value(v)
-                        values.append(e)
-                    start = (line if not extra else _with_pod_labels(line)) % tuple(values)
-                lines_now[key] = start
-                lines.append(start + _format_number(value))
+            enrich = pod_labels if metric.gets_pod_labels and pod_labels else None
+            cache_key = (name, pods if enrich else None)
+            starts = _LINES.get(cache_key)
+            try:  # the same series as last time (a miss, or fewer: the starts are made afresh)
+                line_starts = [starts[label_values] for label_values in series] if starts else None
+            except KeyError:
+                line_starts = None
+            if line_starts is None or len(starts) != len(series):
+                starts = {label_values: (starts.get(label_values) if starts else None)
+                          or _line_start(metric, name, label_values, enrich, escaped) for label_values in series}
+                line_starts = list(starts.values())
+            lines_now[cache_key] = starts
+            lines.extend(map(str.__add__, line_starts, _format_numbers(series.values())))
         for family in self.extras.values() if extras else ():
             render_family(lines, family.name, family.type, family.help,
                           ((dict(zip(family.labels, label_values)), value)
@@ -233,6 +229,23 @@ class Samples:
         return "\n".join(lines).encode("utf-8", "replace")
 
 
+def _line_start(metric, name: str, label_values: Tuple[str, ...], pod_labels, escaped: Dict[str, str]) -> str:
+    """'name{label="value",...} ' of a series; with the pod labels of its GPU where `pod_labels` has them."""
+    extra = pod_labels.get(label_values[1]) if pod_labels else None  # label_values[1] is the uuid
+    if extra:
+        label_values = label_values + tuple(extra[k] for k in POD_LABELS)
+    if not label_values:
+        return name + " "
+    values = []
+    for v in label_values:
+        e = escaped.get(v)
+        if e is None:
+            e = escaped[v] = _escape_label_value(v)
+        values.append(e)
+    labels = metric.all_labels + (POD_LABELS if extra else ())
+    return name + "{" + ",".join(f'{label}="{value}"' for label, value in zip(labels, values)) + "} "
+
+
 def render_family(lines: List[str], name: str, type_: str, help_: str, series) -> None:
     """HELP, TYPE and one line per (labels, value) of `series` (labels a dict, in the order to write)."""
     lines.append(f"# HELP {name} {_escape_help(help_)}")
@@ -240,10 +253,6 @@ def render_family(lines: List[str], name: str, type_: str, help_: str, series) -
     for labels, value in series:
         text = ",".join(f'{label}="{_escape_label_value(v)}"' for label, v in labels.items())
         lines.append(f"{name}{{{text}}} {_format_number(value)}" if text else f"{name} {_format_number(value)}")
-
-
-def _with_pod_labels(line: str) -> str:
-    return line.replace("} ", "".join(f',{label}="%s"' for label in POD_LABELS) + "} ", 1)
 
 
 def _escape_label_value(value: str) -> str:
@@ -256,6 +265,11 @@ def _escape_help(text: str) -> str:
 
 def _format_number(value: float) -> str:
     """Integers without a fraction (readable for a person at `--out -`), everything else as repr."""
-    if value.is_integer() and abs(value) < 2 ** 53:
+    if value.is_integer() and abs(value) < _EXACT:
         return str(int(value))
     return repr(value)
+
+
+def _format_numbers(values) -> List[str]:
+    """_format_number of each value, in one comprehension (a render writes thousands)."""
+    return [str(int(v)) if v.is_integer() and -_EXACT < v < _EXACT else repr(v) for v in values]
