@@ -139,7 +139,12 @@ def _collect_device(ctx, dev, samples, level: _Level) -> None:
         if state is None:
             continue
         for candidates, summed, labels in link_error_fields:
-            count = _first(values, candidates)
+            count = None
+            for key, scale in candidates:  # the first that answers (_first, inline: 430 a cycle)
+                count = values.get(key)
+                if count is not None:
+                    count *= scale
+                    break
             if count is not None and summed:
                 errors = (errors or 0) + count
             if level.per_link_errors:
