@@ -75,7 +75,6 @@ class Level:
             return True
         return key in self.keep_keys and self.keep(key, labels)
 
-
     def keeps_row(self, key: str, label_values: Tuple[str, ...]) -> bool:
         """keeps() for label values in the catalogue's order."""
         subset = self.subset_rows.get(key)
