@@ -45,6 +45,18 @@ class Device:
     error: str = ""  # why the device did not answer; "" when it did
     info: Dict[str, Any] = field(default_factory=dict)  # static: see _read_info
     settings: Dict[str, Any] = field(default_factory=dict)  # see _read_settings
+    # name -> (what it was made from, what a collector made): see derived(); not in the cache file
+    _derived: Dict[str, Tuple[Any, Any]] = field(default_factory=dict, compare=False, repr=False)
+
+    def derived(self, name: str, made_from: Any, make: Callable[[], Any]) -> Any:
+        """What a collector computes from this device and things that rarely change (label tuples, a
+        field request list): made once and kept while this Device lives, which in the repeating mode is
+        until the inventory changes (a GPU added, lost or swapped, a new driver); made again whenever
+        `made_from`, everything else it depends on, differs from what it was made from."""
+        kept = self._derived.get(name)
+        if kept is None or kept[0] != made_from:
+            kept = self._derived[name] = (made_from, make())
+        return kept[1]
 
     @property
     def up(self) -> bool:

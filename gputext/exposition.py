@@ -16,13 +16,14 @@ from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Tup
 
 from .catalogue import BY_KEY, FULL, FULL_ONLY, METRICS, POD_LABELS, STANDARD_SUBSET
 
-# NVML_VALUE_NOT_AVAILABLE as the unsigned and signed types carry it. No metric here is ever negative.
-_SENTINELS = frozenset({0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF, -1})
+# NVML_VALUE_NOT_AVAILABLE as the unsigned and signed types carry it (gputext.nvml reads field values against
+# them too). No metric here is ever negative.
+NOT_AVAILABLE = frozenset({0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF, -1})
 
 
 def clean(value: Any) -> Optional[float]:
     """The value as a number fit for the textfile, or None for "not available" markers and non-numbers."""
-    if value is None or value in _SENTINELS:  # compared before float(): 2**64-1 is not exact as a float
+    if value is None or value in NOT_AVAILABLE:  # compared before float(): 2**64-1 is not exact as a float
         return None
     value = float(value)
     return value if math.isfinite(value) else None
@@ -39,11 +40,71 @@ class Extra:
         self.series: Dict[Tuple[str, ...], float] = {}
 
 
-# name and label values -> the start of the line ('gpu_up{gpu="0",uuid="GPU-..."} '), as the last render
-# wrote them: the repeating mode writes the same series every cycle, and joining and escaping their labels
-# was the largest part of a render. Only the last render's lines are kept, so memory stays flat.
-_LINES: Dict[Tuple[str, Tuple[str, ...]], str] = {}
+# (name, the pod labels of the run where the family gets them) -> {label values: the start of the line
+# ('gpu_up{gpu="0",uuid="GPU-..."} ')}, as the last render wrote them: the repeating mode writes the
+# same series every cycle, and joining and escaping their labels was the largest part of a render. Only
+# the last render's lines are kept, so memory stays flat.
+_LINES: Dict[Tuple[str, Any], Dict[Tuple[str, ...], str]] = {}
+_EXACT = 2 ** 53  # integers below it are exact as floats and are written without a fraction
 _LABEL_COUNT = {m.key: len(m.all_labels) for m in METRICS}
+
+
+class Level:
+    """Which series a run writes: those of its detail level (the catalogue's FULL_ONLY and STANDARD_SUBSET),
+    plus those --naming dcgm writes under DCGM's names whatever the level: keep(key, labels), asked only
+    for the rows in keep_keys."""
+
+    def __init__(self, detail: str = FULL, keep: Optional[Keep] = None, keep_keys: frozenset = frozenset()):
+        self.detail = detail
+        self.left_out = frozenset() if detail == FULL else FULL_ONLY
+        self.subset = {} if detail == FULL else STANDARD_SUBSET
+        self.keep, self.keep_keys = keep, keep_keys
+        # what a collector's kept label tuples depend on (Device.derived): keep follows from the options,
+        # which do not change while a device lives
+        self.key = (detail, keep_keys)
+        # STANDARD_SUBSET by the deciding label's position in the catalogue's order, for label tuples
+        self.subset_rows = {key: (BY_KEY[key].all_labels.index(label), values)
+                            for key, (label, values) in self.subset.items()}
+
+    def wants(self, key: str) -> bool:
+        return key not in self.left_out or key in self.keep_keys
+
+    def keeps(self, key: str, labels: Mapping[str, str]) -> bool:
+        subset = self.subset.get(key)
+        if key not in self.left_out and (subset is None or labels.get(subset[0]) in subset[1]):
+            return True
+        return key in self.keep_keys and self.keep(key, labels)
+
+    def keeps_row(self, key: str, label_values: Tuple[str, ...]) -> bool:
+        """keeps() for label values in the catalogue's order."""
+        subset = self.subset_rows.get(key)
+        if key not in self.left_out and (subset is None or label_values[subset[0]] in subset[1]):
+            return True
+        return key in self.keep_keys and self.keep(key, dict(zip(BY_KEY[key].all_labels, label_values)))
+
+
+class DeviceRows:
+    """The label values of one GPU's series, for collectors that keep them across cycles (with the
+    device, Device.derived): get(key, *values of the labels after gpu and uuid) gives the label values in
+    the catalogue's order, or None where the level does not write that series. Each is made once, so
+    only for label values from a fixed set (links, clocks, reasons), never per process."""
+
+    def __init__(self, level: Level, gpu: Tuple[str, str]):
+        self._level, self._gpu = level, gpu
+        self._rows: Dict[Tuple[str, Tuple[str, ...]], Optional[Tuple[str, ...]]] = {}
+
+    def get(self, key: str, *extra: str) -> Optional[Tuple[str, ...]]:
+        try:
+            return self._rows[key, extra]
+        except KeyError:
+            pass
+        names = BY_KEY[key].all_labels
+        label_values = self._gpu + extra
+        if len(names) != len(label_values):
+            raise ValueError(f"{key}: {len(label_values)} label values, the catalogue has {len(names)}")
+        row = self._rows[key, extra] = (label_values if self._level.keeps(key, dict(zip(names, label_values)))
+                                        else None)
+        return row
 
 
 class Samples:
@@ -52,24 +113,18 @@ class Samples:
         self._series: Dict[str, Dict[Tuple[str, ...], float]] = {}
         self.detail = detail
         # the catalogue's detail levels, applied as samples arrive (nothing is kept to be dropped later)
-        self._left_out = frozenset() if detail == FULL else FULL_ONLY
-        self._subset = {} if detail == FULL else STANDARD_SUBSET
-        # series written whatever the level (those --naming dcgm writes under DCGM's names): keep(key, labels),
-        # asked only for the rows in keep_keys
-        self._keep, self._keep_keys = keep, keep_keys
+        self.level = Level(detail, keep, keep_keys)
+        self._left_out, self._subset = self.level.left_out, self.level.subset
         self.extras: Dict[str, Extra] = {}
 
     def wants(self, key: str) -> bool:
         """Whether this level writes any series of `key` (a collector may skip reading what it does not)."""
-        return key not in self._left_out or key in self._keep_keys
+        return self.level.wants(key)
 
     def keeps(self, key: str, labels: Mapping[str, str]) -> bool:
         """Whether add() would keep a series of `key` with these labels (only the labels that decide:
         a collector asks before it reads a value, to read only what is written)."""
-        subset = self._subset.get(key)
-        if key not in self._left_out and (subset is None or labels.get(subset[0]) in subset[1]):
-            return True
-        return key in self._keep_keys and self._keep(key, labels)
+        return self.level.keeps(key, labels)
 
     def add_extra(self, name: str, type_: str, help_: str, value, labels: Mapping[str, str]) -> None:
         """A sample of a family outside the catalogue, left out like the others when not available."""
@@ -101,15 +156,30 @@ class Samples:
 
     def add_row(self, key: str, value, label_values: Tuple[str, ...]) -> None:
         """add() for a collector that has the label values already in the catalogue's order (the NVLink
-        collector's 440 series a cycle on 8 GPUs): no label dict is built and checked for each."""
-        if key in self._left_out or key in self._subset:  # rare: the full check
-            self.add(key, value, dict(zip(BY_KEY[key].all_labels, label_values)))
-            return
+        collector's 440 series a cycle on 8 GPUs, the device collectors' kept DeviceRows): no label dict
+        is built and checked for each."""
         if len(label_values) != _LABEL_COUNT[key]:
             raise ValueError(f"{key}: {len(label_values)} label values, the catalogue has {_LABEL_COUNT[key]}")
+        if (key in self._left_out or key in self._subset) and not self.level.keeps_row(key, label_values):
+            return
         value = clean(value)
         if value is not None:
             self._series.setdefault(key, {})[label_values] = value
+
+    def add_rows(self, key: str, rows) -> None:
+        """add_row() for many series of one key, each (label values, value)."""
+        if key in self._left_out or key in self._subset:
+            for label_values, value in rows:
+                self.add_row(key, value, label_values)
+            return
+        count = _LABEL_COUNT[key]
+        series = self._series.setdefault(key, {})
+        for label_values, value in rows:
+            if len(label_values) != count:
+                raise ValueError(f"{key}: {len(label_values)} label values, the catalogue has {count}")
+            value = clean(value)
+            if value is not None:
+                series[label_values] = value
 
     def series(self, key: str) -> Dict[Tuple[str, ...], float]:
         return dict(self._series.get(key, {}))
@@ -123,7 +193,9 @@ class Samples:
         global _LINES
         lines = []
         escaped: Dict[str, str] = {}  # label values repeat on every line of a GPU: escape each once
-        lines_now: Dict[Tuple[str, Tuple[str, ...]], str] = {}
+        lines_now: Dict[Tuple[str, Any], Dict[Tuple[str, ...], str]] = {}
+        pods = tuple(sorted((uuid, tuple(extra[k] for k in POD_LABELS))
+                            for uuid, extra in pod_labels.items())) if pod_labels else None
         for metric in METRICS:
             series = self._series.get(metric.key)
             if series and skip:
@@ -133,27 +205,19 @@ class Samples:
             name = metric.name(prefix)
             lines.append(f"# HELP {name} {_escape_help(metric.help)}")
             lines.append(f"# TYPE {name} {metric.type}")
-            line = name
-            if metric.all_labels:  # e.g. 'gpu_up{gpu="%s",uuid="%s"} '
-                line += "{" + ",".join(f'{label}="%s"' for label in metric.all_labels) + "}"
-            line += " "
-            enrich = pod_labels if metric.gets_pod_labels else None
-            for label_values, value in series.items():
-                extra = enrich.get(label_values[1]) if enrich else None  # label_values[1] is the uuid
-                if extra:
-                    label_values = label_values + tuple(extra[k] for k in POD_LABELS)
-                key = (name, label_values)
-                start = _LINES.get(key)
-                if start is None:
-                    values = []
-                    for v in label_values:
-                        e = escaped.get(v)
-                        if e is None:
-                            e = escaped[v] = _escape_label_value(v)
-                        values.append(e)
-                    start = (line if not extra else _with_pod_labels(line)) % tuple(values)
-                lines_now[key] = start
-                lines.append(start + _format_number(value))
+            enrich = pod_labels if metric.gets_pod_labels and pod_labels else None
+            cache_key = (name, pods if enrich else None)
+            starts = _LINES.get(cache_key)
+            try:  # the same series as last time (a miss, or fewer: the starts are made afresh)
+                line_starts = [starts[label_values] for label_values in series] if starts else None
+            except KeyError:
+                line_starts = None
+            if line_starts is None or len(starts) != len(series):
+                starts = {label_values: (starts.get(label_values) if starts else None)
+                          or _line_start(metric, name, label_values, enrich, escaped) for label_values in series}
+                line_starts = list(starts.values())
+            lines_now[cache_key] = starts
+            lines.extend(map(str.__add__, line_starts, _format_numbers(series.values())))
         for family in self.extras.values() if extras else ():
             render_family(lines, family.name, family.type, family.help,
                           ((dict(zip(family.labels, label_values)), value)
@@ -164,6 +228,23 @@ class Samples:
         return "\n".join(lines).encode("utf-8", "replace")
 
 
+def _line_start(metric, name: str, label_values: Tuple[str, ...], pod_labels, escaped: Dict[str, str]) -> str:
+    """'name{label="value",...} ' of a series; with the pod labels of its GPU where `pod_labels` has them."""
+    extra = pod_labels.get(label_values[1]) if pod_labels else None  # label_values[1] is the uuid
+    if extra:
+        label_values = label_values + tuple(extra[k] for k in POD_LABELS)
+    if not label_values:
+        return name + " "
+    values = []
+    for v in label_values:
+        e = escaped.get(v)
+        if e is None:
+            e = escaped[v] = _escape_label_value(v)
+        values.append(e)
+    labels = metric.all_labels + (POD_LABELS if extra else ())
+    return name + "{" + ",".join(f'{label}="{value}"' for label, value in zip(labels, values)) + "} "
+
+
 def render_family(lines: List[str], name: str, type_: str, help_: str, series) -> None:
     """HELP, TYPE and one line per (labels, value) of `series` (labels a dict, in the order to write)."""
     lines.append(f"# HELP {name} {_escape_help(help_)}")
@@ -171,10 +252,6 @@ def render_family(lines: List[str], name: str, type_: str, help_: str, series) -
     for labels, value in series:
         text = ",".join(f'{label}="{_escape_label_value(v)}"' for label, v in labels.items())
         lines.append(f"{name}{{{text}}} {_format_number(value)}" if text else f"{name} {_format_number(value)}")
-
-
-def _with_pod_labels(line: str) -> str:
-    return line.replace("} ", "".join(f',{label}="%s"' for label in POD_LABELS) + "} ", 1)
 
 
 def _escape_label_value(value: str) -> str:
@@ -187,6 +264,11 @@ def _escape_help(text: str) -> str:
 
 def _format_number(value: float) -> str:
     """Integers without a fraction (readable for a person at `--out -`), everything else as repr."""
-    if value.is_integer() and abs(value) < 2 ** 53:
+    if value.is_integer() and abs(value) < _EXACT:
         return str(int(value))
     return repr(value)
+
+
+def _format_numbers(values) -> List[str]:
+    """_format_number of each value, in one comprehension (a render writes thousands)."""
+    return [str(int(v)) if v.is_integer() and -_EXACT < v < _EXACT else repr(v) for v in values]

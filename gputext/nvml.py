@@ -9,13 +9,14 @@ collectors turn into `gpu_up 0` for that device alone.
 from __future__ import annotations
 
 import ctypes
+import math
 import struct
 import sys
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import pynvml
 
-from .exposition import clean
+from .exposition import NOT_AVAILABLE, clean
 
 # Codes that mean "this value does not exist here": leave it out, say nothing.
 _ABSENT = {
@@ -38,14 +39,64 @@ _TYPE_OFFSET = _FIELD.valueType.offset
 _VALUE_OFFSET = _FIELD.value.offset
 _KEY = struct.Struct("=II")  # fieldId, scopeId: the first two members
 assert _FIELD.fieldId.offset == 0 and _FIELD.scopeId.offset == 4
-# one returned entry: (valueType, nvmlReturn, the value's 8 bytes), skipping what gputext does not read
+# one returned entry's valueType, skipping the rest: read once per request, to learn the types
+_TYPE = struct.Struct(f"={_TYPE_OFFSET}xI{_FIELD_SIZE - _TYPE_OFFSET - 4}x")
 _VALUE_SIZE = ctypes.sizeof(pynvml.c_nvmlValue_t)
-_ENTRY = struct.Struct(f"={_TYPE_OFFSET}xII{_VALUE_OFFSET - _RETURN_OFFSET - 4}x{_VALUE_SIZE}s"
-                       f"{_FIELD_SIZE - _VALUE_OFFSET - _VALUE_SIZE}x")
-assert _RETURN_OFFSET == _TYPE_OFFSET + 4 and _ENTRY.size == _FIELD_SIZE
-# nvmlValueType_t -> the C type the c_nvmlValue_t union holds (native formats: "L" is C's unsigned long)
-_VALUE_FORMAT = {value_type: struct.Struct("@" + code)
-                 for value_type, code in {0: "d", 1: "I", 2: "L", 3: "Q", 4: "q", 5: "i", 6: "H"}.items()}
+assert _RETURN_OFFSET == _TYPE_OFFSET + 4 and _VALUE_OFFSET >= _RETURN_OFFSET + 4
+# nvmlValueType_t -> the C type the c_nvmlValue_t union holds, as a struct code of standard size ("=")
+_VALUE_CODE = {0: "d", 1: "I", 2: "Q" if ctypes.sizeof(ctypes.c_ulong) == 8 else "I", 3: "Q", 4: "q",
+               5: "i", 6: "H"}
+_DOUBLE = 0  # NVML_VALUE_TYPE_DOUBLE: the one type that can be NaN or infinite
+
+
+class _Answer:
+    """How to read the answer to one request (a key list) in a single struct call: one format for the
+    whole array, built from the value types its entries had the last time. The types of a GPU's fields
+    do not change, so each cycle is one unpack; an answer with other types (checked every time, in one
+    tuple comparison) makes a new _Answer."""
+
+    def __init__(self, types: Tuple[int, ...]):
+        self.types = types
+        parts, self.bits, self.known, self.doubles = [], [], [], []
+        for position, value_type in enumerate(types):
+            code = _VALUE_CODE.get(value_type)
+            if code is None:  # a type newer than this table: its entries are left out
+                code = f"{_VALUE_SIZE}s"
+            else:
+                self.known.append(position)
+                if value_type == _DOUBLE:
+                    self.doubles.append(position)
+            size = struct.calcsize("=" + code)
+            self.bits.append(size * 8)
+            parts.append(f"{_TYPE_OFFSET}xII{_VALUE_OFFSET - _RETURN_OFFSET - 4}x{code}"
+                         f"{_VALUE_SIZE - size}x{_FIELD_SIZE - _VALUE_OFFSET - _VALUE_SIZE}x")
+        self.all_known = len(self.known) == len(types)
+        self.format = struct.Struct("=" + "".join(parts))
+
+    def values(self, keys: Tuple["FieldKey", ...], flat: tuple,
+               widths: Optional[Dict["FieldKey", int]]) -> Dict["FieldKey", float]:
+        """{key: value} of the entries that answered, cleaned as exposition.clean does; `flat` is
+        (valueType, nvmlReturn, value) per entry, as self.format unpacks them."""
+        statuses, raw = flat[1::3], flat[2::3]
+        if statuses.count(pynvml.NVML_SUCCESS) == len(statuses) and self.all_known:
+            answered = zip(keys, raw)
+        else:
+            for key, status in zip(keys, statuses):
+                if status in _GONE:
+                    raise DeviceGone(f"field {key[0]}: NVML error {status}")
+            answered = ((keys[i], raw[i]) for i in self.known if statuses[i] == pynvml.NVML_SUCCESS)
+        # exposition.clean on each: the not-available markers out, numbers as floats, then (doubles
+        # only: an integer type is always finite) NaN and infinities out
+        values = {key: float(value) for key, value in answered if value not in NOT_AVAILABLE}
+        for position in self.doubles:
+            value = values.get(keys[position])
+            if value is not None and not math.isfinite(value):
+                del values[keys[position]]
+        if widths is not None:
+            bits = dict(zip(keys, self.bits))
+            widths.update((key, bits[key]) for key in values)
+        return values
+
 
 FieldKey = Tuple[int, int]  # (field id, scope id)
 
@@ -80,6 +131,7 @@ class Nvml:
         self._warn = warn
         self._warned: set = set()
         self._requests: Dict[Tuple[FieldKey, ...], bytes] = {}  # see _request
+        self._answers: Dict[Tuple[FieldKey, ...], _Answer] = {}  # see _Answer, per request
         self.started = False
 
     def start(self) -> None:
@@ -140,21 +192,13 @@ class Nvml:
         raw = self.call(nvmlDeviceGetFieldValues, handle, self._request(keys), len(keys), device=device)
         if raw is None:
             return {}
-        values = {}
-        for key, (value_type, status, raw_value) in zip(keys, _ENTRY.iter_unpack(bytes(raw))):
-            if status != pynvml.NVML_SUCCESS:
-                if status in _GONE:
-                    raise DeviceGone(f"field {key[0]}: NVML error {status}")
-                continue
-            value_format = _VALUE_FORMAT.get(value_type)
-            if value_format is None:
-                continue
-            value = clean(value_format.unpack_from(raw_value)[0])
-            if value is not None:
-                values[key] = value
-                if widths is not None:
-                    widths[key] = value_format.size * 8
-        return values
+        data = bytes(raw)
+        answer = self._answers.get(keys)
+        flat = answer.format.unpack(data) if answer is not None else None
+        if flat is None or flat[0::3] != answer.types:
+            answer = self._answers[keys] = _Answer(tuple(t for (t,) in _TYPE.iter_unpack(data)))
+            flat = answer.format.unpack(data)
+        return answer.values(keys, flat, widths)
 
     def _request(self, keys: Tuple[FieldKey, ...]) -> bytes:
         """The request array of `keys` as bytes, built once per key list: the same fields are asked of

@@ -10,6 +10,7 @@ too long, the state is unavailable: the metrics that need it are left out and st
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -25,8 +26,10 @@ LOCK_TIMEOUT_SECONDS = 2.0
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 
 
+@functools.lru_cache(maxsize=None)
 def boot_id() -> str:
-    """This boot's random ID: what was seen or said "this boot" is keyed by it ("" where unreadable)."""
+    """This boot's random ID: what was seen or said "this boot" is keyed by it ("" where unreadable).
+    Read once per process: no process outlives its boot (the repeating mode asks every cycle)."""
     try:
         with open(BOOT_ID_PATH) as f:
             return f.read().strip()

@@ -52,13 +52,53 @@ PER_LINK_FIELDS = sorted({FI_SPEED_MBPS, FI_STATE}
 
 def collect(ctx, samples) -> None:
     _, devices = ctx.devices()
+    level = _Level(samples)
     for dev in devices:
         if not dev.up:
             continue  # the nvml collector reports it down
         try:
-            _collect_device(ctx, dev, samples)
+            _collect_device(ctx, dev, samples, level)
         except DeviceGone as err:
             ctx.warn(f"{dev.name}: NVLink not read: {err}")
+
+
+class _Level:
+    """What the detail level writes of the NVLink families (the same for every GPU and cycle)."""
+
+    def __init__(self, samples):
+        self.per_link_errors = samples.wants("nvlink_link_errors_total")
+        self.speed = samples.wants("nvlink_speed_bytes_per_second")
+        self.info = samples.wants("nvlink_info")
+        self.traffic = tuple(key for key in TRAFFIC if samples.wants(key))
+        # fields that only feed series the level leaves out: not asked of the driver at all
+        self.unwanted = ({FI_SPEED_MBPS} if not self.speed else set()) | {
+            fid for key, candidates in TRAFFIC.items() if key not in self.traffic for fid, _ in candidates}
+        self.key = (self.per_link_errors, self.speed, self.info, self.traffic)
+
+
+class _Plan:
+    """A GPU's request and, per link, its label tuples and which requested field answers each series:
+    built once from its links and answered fields (static) and kept (Device.derived), so that a cycle
+    only reads the values. A candidate field the GPU does not answer is not requested, so it can never
+    have a value: leaving it out of the plan changes nothing."""
+
+    def __init__(self, dev, links, fields, level: _Level):
+        self.gpu = (str(dev.index), dev.uuid)
+        requested = [fid for fid in fields if fid not in level.unwanted]
+        self.keys = tuple((fid, link) for link in links for fid in requested)
+
+        def answering(candidates, link):
+            return tuple(((fid, link), scale) for fid, scale in candidates if fid in requested)
+
+        # (link, its label values, errors: (candidates, summed, labels), traffic: (key, candidates))
+        self.links = []
+        for link in links:
+            on_link = self.gpu + (str(link),)
+            errors = tuple((answering(candidates, link), error_type in SUMMED_ERRORS, on_link + (error_type,))
+                           for error_type, candidates in ERRORS.items())
+            traffic = tuple((key, answering(TRAFFIC[key], link)) for key in level.traffic)
+            self.links.append((link, on_link, tuple(e for e in errors if e[0]),
+                               tuple(t for t in traffic if t[1])))
 
 
 def _link_state(nvml, dev, link, values):
@@ -82,63 +122,57 @@ def _answered_fields(nvml, dev, links):
     return sorted({fid for fid, _ in values})
 
 
-def _collect_device(ctx, dev, samples) -> None:
+def _collect_device(ctx, dev, samples, level: _Level) -> None:
     nvml = ctx.nvml
     links = ctx.static(dev, "nvlink_links", lambda: present_links(nvml, dev))
     if not links:
         return
     fields = ctx.static(dev, "nvlink_fields", lambda: _answered_fields(nvml, dev, links))
-    unwanted = _unwanted_fields(samples)
-    values = nvml.fields(dev.handle, [(fid, link) for link in links for fid in fields if fid not in unwanted],
-                         device=dev.name)
-    per_link_errors = samples.wants("nvlink_link_errors_total")
-    speed_wanted = samples.wants("nvlink_speed_bytes_per_second")
-    traffic = [(key, candidates) for key, candidates in TRAFFIC.items() if samples.wants(key)]
-    pending = []  # (key, value, label values in the catalogue's order): added once all is read
-    gpu = (str(dev.index), dev.uuid)
+    plan = dev.derived("nvlink", (links, fields, level.key), lambda: _Plan(dev, links, fields, level))
+    values = nvml.fields(dev.handle, plan.keys, device=dev.name)
+    # rows per key, (label values, value), in link order: added once all is read
+    up, info, speed, link_errors = [], [], [], []
+    traffic = {key: [] for key in level.traffic}
     errors = None  # the sum over every link that answers, active or not, so that it never goes down
-    for link in links:
+    for link, on_link, link_error_fields, traffic_fields in plan.links:
         state = _link_state(nvml, dev, link, values)
         if state is None:
             continue
-        on_link = gpu + (str(link),)
-        for error_type, candidates in ERRORS.items():
-            count = _first(values, link, candidates)
-            if count is not None and error_type in SUMMED_ERRORS:
+        for candidates, summed, labels in link_error_fields:
+            count = None
+            for key, scale in candidates:  # the first that answers (_first, inline: 430 a cycle)
+                count = values.get(key)
+                if count is not None:
+                    count *= scale
+                    break
+            if count is not None and summed:
                 errors = (errors or 0) + count
-            if per_link_errors:
-                pending.append(("nvlink_link_errors_total", count, on_link + (error_type,)))
-        up = state == STATE_ACTIVE
-        pending.append(("nvlink_up", 1 if up else 0, on_link))
-        if not up:
+            if level.per_link_errors:
+                link_errors.append((labels, count))
+        if state != STATE_ACTIVE:
+            up.append((on_link, 0))
             continue
-        if samples.wants("nvlink_info"):  # the peer is read once per link, and only where it is written
+        up.append((on_link, 1))
+        if level.info:  # the peer is read once per link, and only where it is written
             peer = ctx.static(dev, f"nvlink_peer_{link}", lambda link=link: _read_peer(nvml, dev, link))
-            pending.append(("nvlink_info", 1, on_link + (peer["version"], peer["remote_pci_bus_id"])))
-        if speed_wanted:
-            speed = values.get((FI_SPEED_MBPS, link))
-            pending.append(("nvlink_speed_bytes_per_second", None if speed is None else speed * MB, on_link))
-        for key, candidates in traffic:
-            pending.append((key, _first(values, link, candidates), on_link))
-    pending.append(("nvlink_errors_total", errors, gpu))
-    for key, value, label_values in pending:
-        samples.add_row(key, value, label_values)
+            info.append((on_link + (peer["version"], peer["remote_pci_bus_id"]), 1))
+        if level.speed:
+            mbps = values.get((FI_SPEED_MBPS, link))
+            speed.append((on_link, None if mbps is None else mbps * MB))
+        for key, candidates in traffic_fields:
+            traffic[key].append((on_link, _first(values, candidates)))
+    samples.add_rows("nvlink_link_errors_total", link_errors)
+    samples.add_rows("nvlink_up", up)
+    samples.add_rows("nvlink_info", info)
+    samples.add_rows("nvlink_speed_bytes_per_second", speed)
+    for key, rows in traffic.items():
+        samples.add_rows(key, rows)
+    samples.add_row("nvlink_errors_total", errors, plan.gpu)
 
 
-def _unwanted_fields(samples) -> set:
-    """Fields that only feed series the detail level leaves out: not asked of the driver at all."""
-    unwanted = set()
-    if not samples.wants("nvlink_speed_bytes_per_second"):
-        unwanted.add(FI_SPEED_MBPS)
-    for key, candidates in TRAFFIC.items():
-        if not samples.wants(key):
-            unwanted.update(fid for fid, _ in candidates)
-    return unwanted
-
-
-def _first(values, link, candidates):
-    for fid, scale in candidates:
-        value = values.get((fid, link))
+def _first(values, candidates):
+    for key, scale in candidates:
+        value = values.get(key)
         if value is not None:
             return value * scale
     return None

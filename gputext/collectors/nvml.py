@@ -12,7 +12,7 @@ from typing import Dict, Optional, Tuple
 import pynvml
 
 from ..devices import CLOCKS, Device, gpu_instances, instance_labels
-from ..exposition import clean
+from ..exposition import DeviceRows, clean
 from ..nvml import DeviceGone, Nvml
 
 # NVML field ids (nvml.h NVML_FI_DEV_*)
@@ -98,58 +98,72 @@ def collect(ctx, samples) -> None:
     system, devices = ctx.devices()
     # NVML fields a counters file names (--counters), read in the same call as the catalogue's
     extra_fields = ctx.options.counters.fields if ctx.options.counters is not None else ()
+    level = samples.level
     for dev in devices:
-        labels = dev.labels
+        rows = device_rows(dev, level)
         if dev.up:
             try:
-                _collect_device(ctx, dev, samples, extra_fields)
+                _collect_device(ctx, dev, samples, rows, extra_fields)
             except DeviceGone as err:
                 dev.error = str(err)
                 ctx.warn(f"{dev.name} ({dev.uuid}) stopped answering: {err}")
         if dev.up:
-            samples.add("info", 1, {**labels, **_info_labels(dev, system)})
-        samples.add("up", 1 if dev.up else 0, labels)
+            info = dev.derived("nvml_info", (system.driver_version, system.cuda_driver_version),
+                               lambda: rows.get("info", *_info_labels(dev, system)))
+            samples.add_row("info", 1, info)
+        samples.add_row("up", 1 if dev.up else 0, rows.get("up"))
 
 
-def _info_labels(dev: Device, system) -> Dict[str, str]:
-    return {
-        "name": dev.info.get("name", ""),
-        "pci_bus_id": dev.info.get("pci_bus_id", ""),
-        "serial": dev.info.get("serial", ""),
-        "vbios_version": dev.info.get("vbios_version", ""),
-        "driver_version": system.driver_version,
-        "cuda_driver_version": system.cuda_driver_version,
-    }
+def device_rows(dev: Device, level) -> DeviceRows:
+    """The device's label tuples at this level, kept with it (the pcie collector shares them)."""
+    return dev.derived("rows", level.key, lambda: DeviceRows(level, (str(dev.index), dev.uuid)))
 
 
-def _collect_device(ctx, dev: Device, samples, extra_fields=()) -> None:
+def _info_labels(dev: Device, system) -> Tuple[str, ...]:
+    """name, pci_bus_id, serial, vbios_version, driver_version, cuda_driver_version (the catalogue's order)"""
+    return (dev.info.get("name", ""), dev.info.get("pci_bus_id", ""), dev.info.get("serial", ""),
+            dev.info.get("vbios_version", ""), system.driver_version, system.cuda_driver_version)
+
+
+class _Fields:
+    """A GPU's field request at this level, and (field id, key, label values, factor) of each field
+    metric it writes: planned once and kept with the device."""
+
+    def __init__(self, rows: DeviceRows, extra_fields):
+        self.metrics = [(fid, key, labels, factor) for fid, (key, extra, factor) in FIELD_METRICS.items()
+                        for labels in [rows.get(key, *extra.values())] if labels is not None]
+        self.ecc = [(fid, key, labels) for fid, (key, kind) in ECC_FIELDS.items()
+                    for labels in [rows.get(key, kind)] if labels is not None]
+        # ECC_CURRENT decides whether the ECC counters mean anything, so it is read with them
+        keys = dict.fromkeys([(fid, 0) for fid in (*(m[0] for m in self.metrics), FI_ECC_CURRENT,
+                                                   *(e[0] for e in self.ecc))])
+        keys.update(dict.fromkeys(f.key for f in extra_fields))
+        self.keys = tuple(keys)
+
+
+def _collect_device(ctx, dev: Device, samples, rows: DeviceRows, extra_fields=()) -> None:
     # Everything is read before anything is added: a device that is lost half way through gives
-    # `up 0` and no half set of series.
+    # `up 0` and no half set of series. Only what the detail level writes is read: a value left out
+    # costs neither an NVML call nor a sample (rows.get gives None for it).
     nvml: Nvml = ctx.nvml
     h, where = dev.handle, dev.name
-    pending = []
+    pending = []  # (key, label values, value)
 
-    def put(key: str, value, **extra: str) -> None:
-        pending.append((key, value, {**dev.labels, **extra}))
+    def put(key: str, value, *extra: str) -> None:
+        labels = rows.get(key, *extra)
+        if labels is not None:
+            pending.append((key, value, labels))
 
-    # Only what the detail level writes is read: a value left out costs neither an NVML call nor a sample.
-    def wanted(key: str, **labels: str) -> bool:
-        return samples.keeps(key, labels)
-
-    field_metrics = {fid: row for fid, row in FIELD_METRICS.items() if wanted(row[0], **row[1])}
-    ecc_fields = {fid: row for fid, row in ECC_FIELDS.items() if wanted(row[0], type=row[1])}
-    # ECC_CURRENT decides whether the ECC counters mean anything, so it is read with them
-    keys = dict.fromkeys([(fid, 0) for fid in (*field_metrics, FI_ECC_CURRENT, *ecc_fields)])
-    keys.update(dict.fromkeys(f.key for f in extra_fields))
-    fields = nvml.fields(h, keys, device=where)
-    for fid, (key, extra, factor) in field_metrics.items():
+    plan = dev.derived("nvml_fields", tuple(f.key for f in extra_fields), lambda: _Fields(rows, extra_fields))
+    fields = nvml.fields(h, plan.keys, device=where)
+    for fid, key, labels, factor in plan.metrics:
         value = fields.get((fid, 0))
         if value is None and fid in FIELD_FALLBACKS:
             value = nvml.call(FIELD_FALLBACKS[fid], h, device=where)
-        put(key, _scaled(value, factor), **extra)
+        pending.append((key, _scaled(value, factor), labels))
     if fields.get((FI_ECC_CURRENT, 0)) == 1:
-        for fid, (key, kind) in ecc_fields.items():
-            put(key, fields.get((fid, 0)), type=kind)
+        for fid, key, labels in plan.ecc:
+            pending.append((key, fields.get((fid, 0)), labels))
 
     memory = nvml.call(pynvml.nvmlDeviceGetMemoryInfo, h, pynvml.nvmlMemory_v2, device=where)
     if memory is not None:
@@ -164,30 +178,30 @@ def _collect_device(ctx, dev: Device, samples, extra_fields=()) -> None:
         put("memory_utilization_ratio", _percent(rates.memory))
     for key, fn in (("encoder_utilization_ratio", pynvml.nvmlDeviceGetEncoderUtilization),
                     ("decoder_utilization_ratio", pynvml.nvmlDeviceGetDecoderUtilization)):
-        if not wanted(key):
+        if rows.get(key) is None:
             continue
         answer = nvml.call(fn, h, device=where)  # [utilisation %, sampling period µs]
         if answer is not None:
             put(key, _percent(answer[0]))
 
     for clock, clock_type in CLOCKS:
-        if wanted("clock_hertz", clock=clock):
+        if rows.get("clock_hertz", clock) is not None:
             put("clock_hertz", _scaled(nvml.call(pynvml.nvmlDeviceGetClockInfo, h, clock_type, device=where),
-                                       MHZ), clock=clock)
-        put("clock_max_hertz", _scaled(dev.info.get("max_clocks_mhz", {}).get(clock), MHZ), clock=clock)
+                                       MHZ), clock)
+        if rows.get("clock_max_hertz", clock) is not None:
+            put("clock_max_hertz", _scaled(dev.info.get("max_clocks_mhz", {}).get(clock), MHZ), clock)
 
     reasons = nvml.call(pynvml.nvmlDeviceGetCurrentClocksEventReasons, h, device=where)
     if reasons is not None:
         for bit, reason in CLOCK_EVENT_REASONS:
-            if wanted("clock_event_active", reason=reason):
-                put("clock_event_active", 1 if reasons & bit else 0, reason=reason)
+            put("clock_event_active", 1 if reasons & bit else 0, reason)
 
-    if wanted("performance_state"):
+    if rows.get("performance_state") is not None:
         pstate = nvml.call(pynvml.nvmlDeviceGetPerformanceState, h, device=where)
         put("performance_state", None if pstate == PSTATE_UNKNOWN else pstate)
-    for fan in range(dev.info.get("fan_count", 0) if wanted("fan_speed_ratio") else 0):
+    for fan in range(dev.info.get("fan_count", 0) if rows.get("fan_speed_ratio", "0") is not None else 0):
         speed = nvml.call(pynvml.nvmlDeviceGetFanSpeed_v2, h, fan, device=where)
-        put("fan_speed_ratio", _percent(speed), fan=str(fan))
+        put("fan_speed_ratio", _percent(speed), str(fan))
 
     settings = dev.settings
     put("persistence_mode", settings.get("persistence_mode"))
@@ -195,12 +209,12 @@ def _collect_device(ctx, dev: Device, samples, extra_fields=()) -> None:
     mode = settings.get("compute_mode")
     if mode is not None and 0 <= mode < len(COMPUTE_MODES):  # a value newer than this table: left out
         for number, name in enumerate(COMPUTE_MODES):
-            put("compute_mode", 1 if number == mode else 0, mode=name)
+            put("compute_mode", 1 if number == mode else 0, name)
     mig = settings.get("mig_mode")
     if mig:
         put("mig_mode", mig[0])
         put("mig_mode_pending", mig[1])
-    mig_memory = wanted("mig_memory_total_bytes") or wanted("mig_memory_used_bytes")
+    mig_memory = samples.wants("mig_memory_total_bytes") or samples.wants("mig_memory_used_bytes")
     if mig and mig[0] == 1 and mig_memory:
         for gpu_instance, members in gpu_instances(ctx.mig_devices(dev)):
             # The memory is the GPU instance's, which its compute instances (MIG devices) share:
@@ -210,11 +224,11 @@ def _collect_device(ctx, dev: Device, samples, extra_fields=()) -> None:
                                pynvml.nvmlMemory_v2, device=f"{where} GPU instance {gpu_instance}")
             if memory is not None:
                 labels = instance_labels(gpu_instance, members)
-                put("mig_memory_total_bytes", memory.total, **labels)
-                put("mig_memory_used_bytes", memory.used, **labels)
+                put("mig_memory_total_bytes", memory.total, labels["gpu_instance"], labels["mig_device"])
+                put("mig_memory_used_bytes", memory.used, labels["gpu_instance"], labels["mig_device"])
 
     for key, value, labels in pending:
-        samples.add(key, value, labels)
+        samples.add_row(key, value, labels)
     for extra in extra_fields:
         scope = {"scope": str(extra.scope)} if extra.scope is not None else {}
         samples.add_extra(extra.name, extra.type, extra.help, fields.get(extra.key), {**dev.labels, **scope})

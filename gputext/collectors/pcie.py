@@ -14,11 +14,12 @@ about 20 ms once, not 40 ms per GPU as a loop would. Maximum generation and widt
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import pynvml
 
 from ..nvml import DeviceGone
+from .nvml import device_rows
 
 FI_TX_BYTES, FI_RX_BYTES = 197, 198
 FI_REPLAYS, FI_REPLAY_ROLLOVERS = 94, 95
@@ -68,22 +69,31 @@ def _collect_device(ctx, dev, samples) -> bool:
     replays = values.get(FI_REPLAYS)
     if replays is None:
         replays = nvml.call(pynvml.nvmlDeviceGetPcieReplayCounter, h, device=where)
+    # the current link is read only where it is written (at --detail full)
+    link_generation = link_width = None
+    if samples.wants("pcie_link_generation"):
+        link_generation = nvml.call(pynvml.nvmlDeviceGetCurrPcieLinkGeneration, h, device=where)
+    if samples.wants("pcie_link_width"):
+        link_width = nvml.call(pynvml.nvmlDeviceGetCurrPcieLinkWidth, h, device=where)
     maxima = ctx.static(dev, "pcie_max", lambda: [
         nvml.call(pynvml.nvmlDeviceGetMaxPcieLinkGeneration, h, device=where),
         nvml.call(pynvml.nvmlDeviceGetMaxPcieLinkWidth, h, device=where)])
-    series: List[Tuple[str, object, Dict[str, str]]] = [
-        ("pcie_transmit_bytes_total", values.get(FI_TX_BYTES) if counters else None, {}),
-        ("pcie_receive_bytes_total", values.get(FI_RX_BYTES) if counters else None, {}),
-        ("pcie_replays_total", replays, {}),
-        ("pcie_replay_rollovers_total", values.get(FI_REPLAY_ROLLOVERS), {}),
-        ("pcie_link_generation", nvml.call(pynvml.nvmlDeviceGetCurrPcieLinkGeneration, h, device=where), {}),
-        ("pcie_link_width", nvml.call(pynvml.nvmlDeviceGetCurrPcieLinkWidth, h, device=where), {}),
-        ("pcie_link_max_generation", maxima[0], {}),
-        ("pcie_link_max_width", maxima[1], {}),
-    ]
-    series += [("pcie_errors_total", values.get(fid), {"type": name}) for fid, name in ERROR_FIELDS.items()]
-    for key, value, extra in series:
-        samples.add(key, value, {**dev.labels, **extra})
+    rows = device_rows(dev, samples.level)
+    series: List[Tuple[str, object, Optional[Tuple[str, ...]]]] = [
+        (key, value, rows.get(key)) for key, value in (
+            ("pcie_transmit_bytes_total", values.get(FI_TX_BYTES) if counters else None),
+            ("pcie_receive_bytes_total", values.get(FI_RX_BYTES) if counters else None),
+            ("pcie_replays_total", replays),
+            ("pcie_replay_rollovers_total", values.get(FI_REPLAY_ROLLOVERS)),
+            ("pcie_link_generation", link_generation),
+            ("pcie_link_width", link_width),
+            ("pcie_link_max_generation", maxima[0]),
+            ("pcie_link_max_width", maxima[1]))]
+    series += [("pcie_errors_total", values.get(fid), rows.get("pcie_errors_total", name))
+               for fid, name in ERROR_FIELDS.items()]
+    for key, value, labels in series:
+        if labels is not None:
+            samples.add_row(key, value, labels)
     return counters
 
 
