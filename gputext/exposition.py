@@ -11,6 +11,7 @@ escaped (backslash, newline). No sample timestamps (node_exporter drops a textfi
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Tuple
 
@@ -46,7 +47,8 @@ class Extra:
 # the last render's lines are kept, so memory stays flat.
 _LINES: Dict[Tuple[str, Any], Dict[Tuple[str, ...], str]] = {}
 _EXACT = 2 ** 53  # integers below it are exact as floats and are written without a fraction
-_LABEL_COUNT = {m.key: len(m.all_labels) for m in METRICS}
+_ALL_LABELS = {m.key: m.all_labels for m in METRICS}
+_LABEL_COUNT = {key: len(names) for key, names in _ALL_LABELS.items()}
 
 
 class Level:
@@ -145,7 +147,7 @@ class Samples:
         value = clean(value)
         if value is None:
             return
-        names = BY_KEY[key].all_labels
+        names = _ALL_LABELS[key]
         try:  # same count and every catalogue label present: the same label set
             if len(labels) != len(names):
                 raise KeyError
@@ -166,8 +168,10 @@ class Samples:
         if value is not None:
             self._series.setdefault(key, {})[label_values] = value
 
-    def add_rows(self, key: str, rows) -> None:
-        """add_row() for many series of one key, each (label values, value)."""
+    def add_values(self, key: str, rows) -> None:
+        """add_row() for many series of one key, each (label values, value), whose values are clean
+        already: floats, or None for none (Nvml.field_list's answers, and numbers a collector made from
+        them). They are not cleaned again: the NVLink collector adds hundreds a cycle."""
         if key in self._left_out or key in self._subset:
             for label_values, value in rows:
                 self.add_row(key, value, label_values)
@@ -177,9 +181,19 @@ class Samples:
         for label_values, value in rows:
             if len(label_values) != count:
                 raise ValueError(f"{key}: {len(label_values)} label values, the catalogue has {count}")
-            value = clean(value)
             if value is not None:
                 series[label_values] = value
+
+    def add_kept(self, rows) -> None:
+        """Many (key, value, label values) whose label values are DeviceRows' (the level is applied
+        and the count checked there) and whose values are clean already (floats, or None for none)."""
+        series = self._series
+        for key, value, label_values in rows:
+            if value is not None:
+                family = series.get(key)
+                if family is None:
+                    family = series[key] = {}
+                family[label_values] = value
 
     def series(self, key: str) -> Dict[Tuple[str, ...], float]:
         return dict(self._series.get(key, {}))
@@ -196,16 +210,16 @@ class Samples:
         lines_now: Dict[Tuple[str, Any], Dict[Tuple[str, ...], str]] = {}
         pods = tuple(sorted((uuid, tuple(extra[k] for k in POD_LABELS))
                             for uuid, extra in pod_labels.items())) if pod_labels else None
-        for metric in METRICS:
-            series = self._series.get(metric.key)
+        all_series = self._series
+        for metric, name, help_line, type_line, gets_pod_labels in _families(prefix):
+            series = all_series.get(metric.key)
             if series and skip:
                 series = {values: v for values, v in series.items() if (metric.key, values) not in skip}
             if not series:
                 continue
-            name = metric.name(prefix)
-            lines.append(f"# HELP {name} {_escape_help(metric.help)}")
-            lines.append(f"# TYPE {name} {metric.type}")
-            enrich = pod_labels if metric.gets_pod_labels and pod_labels else None
+            lines.append(help_line)
+            lines.append(type_line)
+            enrich = pod_labels if gets_pod_labels and pod_labels else None
             cache_key = (name, pods if enrich else None)
             starts = _LINES.get(cache_key)
             try:  # the same series as last time (a miss, or fewer: the starts are made afresh)
@@ -226,6 +240,14 @@ class Samples:
         lines.append("")
         # A name read from /proc may hold undecodable bytes (surrogates after os.fsdecode): never fail on it.
         return "\n".join(lines).encode("utf-8", "replace")
+
+
+@functools.lru_cache(maxsize=None)
+def _families(prefix: str) -> Tuple[tuple, ...]:
+    """(metric, name, HELP line, TYPE line, whether it gets pod labels) of every catalogue row, in
+    order, for a prefix: the same every render."""
+    return tuple((metric, metric.name(prefix), f"# HELP {metric.name(prefix)} {_escape_help(metric.help)}",
+                  f"# TYPE {metric.name(prefix)} {metric.type}", metric.gets_pod_labels) for metric in METRICS)
 
 
 def _line_start(metric, name: str, label_values: Tuple[str, ...], pod_labels, escaped: Dict[str, str]) -> str:

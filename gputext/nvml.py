@@ -12,7 +12,7 @@ import ctypes
 import math
 import struct
 import sys
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import pynvml
 
@@ -73,28 +73,26 @@ class _Answer:
         self.all_known = len(self.known) == len(types)
         self.format = struct.Struct("=" + "".join(parts))
 
-    def values(self, keys: Tuple["FieldKey", ...], flat: tuple,
-               widths: Optional[Dict["FieldKey", int]]) -> Dict["FieldKey", float]:
-        """{key: value} of the entries that answered, cleaned as exposition.clean does; `flat` is
-        (valueType, nvmlReturn, value) per entry, as self.format unpacks them."""
+    def values(self, keys: Tuple["FieldKey", ...], flat: tuple) -> List[Optional[float]]:
+        """The value of each entry, in request order, cleaned as exposition.clean does (None where
+        the entry failed, has a type newer than this module or holds a not-available marker); `flat` is
+        (valueType, nvmlReturn, value) per entry, as self.format unpacks them. Raises DeviceGone."""
         statuses, raw = flat[1::3], flat[2::3]
+        # exposition.clean on each: the not-available markers out, numbers as floats, then (doubles
+        # only: an integer type is always finite) NaN and infinities out
         if statuses.count(pynvml.NVML_SUCCESS) == len(statuses) and self.all_known:
-            answered = zip(keys, raw)
+            values = [None if value in NOT_AVAILABLE else float(value) for value in raw]
         else:
             for key, status in zip(keys, statuses):
                 if status in _GONE:
                     raise DeviceGone(f"field {key[0]}: NVML error {status}")
-            answered = ((keys[i], raw[i]) for i in self.known if statuses[i] == pynvml.NVML_SUCCESS)
-        # exposition.clean on each: the not-available markers out, numbers as floats, then (doubles
-        # only: an integer type is always finite) NaN and infinities out
-        values = {key: float(value) for key, value in answered if value not in NOT_AVAILABLE}
+            known = set(self.known)
+            values = [None if status != pynvml.NVML_SUCCESS or position not in known or value in NOT_AVAILABLE
+                      else float(value) for position, (status, value) in enumerate(zip(statuses, raw))]
         for position in self.doubles:
-            value = values.get(keys[position])
+            value = values[position]
             if value is not None and not math.isfinite(value):
-                del values[keys[position]]
-        if widths is not None:
-            bits = dict(zip(keys, self.bits))
-            widths.update((key, bits[key]) for key in values)
+                values[position] = None
         return values
 
 
@@ -187,18 +185,28 @@ class Nvml:
         """Read many field values in one nvmlDeviceGetFieldValues call; absent ones are left out.
         If `widths` is given, it receives the bit width of each value's C type (for counters that wrap)."""
         keys = tuple(keys)
+        values = self.field_list(handle, keys, device)
+        found = {key: value for key, value in zip(keys, values) if value is not None}
+        if widths is not None and found:
+            bits = self._answers[keys].bits
+            widths.update((key, width) for key, value, width in zip(keys, values, bits) if value is not None)
+        return found
+
+    def field_list(self, handle: Any, keys: Tuple[FieldKey, ...], device: str = "") -> List[Optional[float]]:
+        """fields() as a list in the order of `keys`, None where absent: for a collector that keeps the
+        position of each key (the NVLink collector's 108 a GPU), which is cheaper than a dict of tuples."""
         if not keys:
-            return {}
+            return []
         raw = self.call(nvmlDeviceGetFieldValues, handle, self._request(keys), len(keys), device=device)
         if raw is None:
-            return {}
+            return [None] * len(keys)
         data = bytes(raw)
         answer = self._answers.get(keys)
         flat = answer.format.unpack(data) if answer is not None else None
         if flat is None or flat[0::3] != answer.types:
             answer = self._answers[keys] = _Answer(tuple(t for (t,) in _TYPE.iter_unpack(data)))
             flat = answer.format.unpack(data)
-        return answer.values(keys, flat, widths)
+        return answer.values(keys, flat)
 
     def _request(self, keys: Tuple[FieldKey, ...]) -> bytes:
         """The request array of `keys` as bytes, built once per key list: the same fields are asked of

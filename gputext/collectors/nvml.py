@@ -90,6 +90,10 @@ CLOCK_EVENT_REASONS = (
     (0x400, "reliability"),
 )
 
+# [utilisation %, sampling period µs] of the video engines
+CODEC_UTILIZATION = (("encoder_utilization_ratio", pynvml.nvmlDeviceGetEncoderUtilization),
+                     ("decoder_utilization_ratio", pynvml.nvmlDeviceGetDecoderUtilization))
+
 MHZ = 1e6
 PSTATE_UNKNOWN = 32  # NVML_PSTATE_UNKNOWN
 
@@ -125,113 +129,148 @@ def _info_labels(dev: Device, system) -> Tuple[str, ...]:
             dev.info.get("vbios_version", ""), system.driver_version, system.cuda_driver_version)
 
 
-class _Fields:
-    """A GPU's field request at this level, and (field id, key, label values, factor) of each field
-    metric it writes: planned once and kept with the device."""
+class _Plan:
+    """What a GPU's collection reads and writes at this level: the field request, and the label values
+    of each series the level writes (None where it does not, so that the value is not read). Planned
+    once from the device's kept rows and static info, and kept with the device."""
 
-    def __init__(self, rows: DeviceRows, extra_fields):
-        self.metrics = [(fid, key, labels, factor) for fid, (key, extra, factor) in FIELD_METRICS.items()
-                        for labels in [rows.get(key, *extra.values())] if labels is not None]
-        self.ecc = [(fid, key, labels) for fid, (key, kind) in ECC_FIELDS.items()
-                    for labels in [rows.get(key, kind)] if labels is not None]
+    def __init__(self, dev: Device, rows: DeviceRows, extra_fields):
+        metrics = [(fid, key, labels, factor) for fid, (key, extra, factor) in FIELD_METRICS.items()
+                   for labels in [rows.get(key, *extra.values())] if labels is not None]
+        ecc = [(fid, key, labels) for fid, (key, kind) in ECC_FIELDS.items()
+               for labels in [rows.get(key, kind)] if labels is not None]
         # ECC_CURRENT decides whether the ECC counters mean anything, so it is read with them
-        keys = dict.fromkeys([(fid, 0) for fid in (*(m[0] for m in self.metrics), FI_ECC_CURRENT,
-                                                   *(e[0] for e in self.ecc))])
+        keys = dict.fromkeys([(fid, 0) for fid in (*(m[0] for m in metrics), FI_ECC_CURRENT,
+                                                   *(e[0] for e in ecc))])
         keys.update(dict.fromkeys(f.key for f in extra_fields))
         self.keys = tuple(keys)
+        position = {key: i for i, key in enumerate(self.keys)}
+        self.metrics = [(position[fid, 0], fid, key, labels, factor) for fid, key, labels, factor in metrics]
+        self.ecc_current = position[FI_ECC_CURRENT, 0]
+        self.ecc = [(position[fid, 0], key, labels) for fid, key, labels in ecc]
+        self.extras = [(extra, position[extra.key]) for extra in extra_fields]
+        self.memory = [(attribute, labels) for attribute in ("total", "used", "free", "reserved")
+                       for labels in [rows.get(f"memory_{attribute}_bytes")] if labels is not None]
+        self.utilization = rows.get("utilization_ratio")
+        self.memory_utilization = rows.get("memory_utilization_ratio")
+        self.codecs = [(key, fn, labels) for key, fn in CODEC_UTILIZATION
+                       for labels in [rows.get(key)] if labels is not None]
+        self.clocks = [(clock_type, labels) for clock, clock_type in CLOCKS
+                       for labels in [rows.get("clock_hertz", clock)] if labels is not None]
+        # the maximum clocks are static (inventory): their rows are planned with their values
+        max_clocks = dev.info.get("max_clocks_mhz", {})
+        self.max_clocks = [(labels, _scaled(max_clocks.get(clock), MHZ)) for clock, _ in CLOCKS
+                           for labels in [rows.get("clock_max_hertz", clock)] if labels is not None]
+        self.reasons = [(bit, labels) for bit, reason in CLOCK_EVENT_REASONS
+                        for labels in [rows.get("clock_event_active", reason)] if labels is not None]
+        self.performance_state = rows.get("performance_state")
+        self.fans = [(fan, labels) for fan in range(dev.info.get("fan_count", 0))
+                     for labels in [rows.get("fan_speed_ratio", str(fan))] if labels is not None]
 
 
 def _collect_device(ctx, dev: Device, samples, rows: DeviceRows, extra_fields=()) -> None:
     # Everything is read before anything is added: a device that is lost half way through gives
     # `up 0` and no half set of series. Only what the detail level writes is read: a value left out
-    # costs neither an NVML call nor a sample (rows.get gives None for it).
+    # costs neither an NVML call nor a sample (its planned labels are None).
     nvml: Nvml = ctx.nvml
     h, where = dev.handle, dev.name
-    pending = []  # (key, label values, value)
+    made_from = (rows, tuple(f.key for f in extra_fields), str(dev.info.get("max_clocks_mhz")),
+                 dev.info.get("fan_count"))
+    plan = dev.derived("nvml_plan", made_from, lambda: _Plan(dev, rows, extra_fields))
+    pending = []  # (key, value, label values)
+    put = pending.append
 
-    def put(key: str, value, *extra: str) -> None:
-        labels = rows.get(key, *extra)
-        if labels is not None:
-            pending.append((key, value, labels))
-
-    plan = dev.derived("nvml_fields", tuple(f.key for f in extra_fields), lambda: _Fields(rows, extra_fields))
-    fields = nvml.fields(h, plan.keys, device=where)
-    for fid, key, labels, factor in plan.metrics:
-        value = fields.get((fid, 0))
+    fields = nvml.field_list(h, plan.keys, device=where)
+    for at, fid, key, labels, factor in plan.metrics:
+        value = fields[at]
         if value is None and fid in FIELD_FALLBACKS:
-            value = nvml.call(FIELD_FALLBACKS[fid], h, device=where)
-        pending.append((key, _scaled(value, factor), labels))
-    if fields.get((FI_ECC_CURRENT, 0)) == 1:
-        for fid, key, labels in plan.ecc:
-            pending.append((key, fields.get((fid, 0)), labels))
+            value = clean(nvml.call(FIELD_FALLBACKS[fid], h, device=where))
+        put((key, None if value is None else value * factor, labels))
+    if fields[plan.ecc_current] == 1:
+        for at, key, labels in plan.ecc:
+            put((key, fields[at], labels))
 
-    memory = nvml.call(pynvml.nvmlDeviceGetMemoryInfo, h, pynvml.nvmlMemory_v2, device=where)
-    if memory is not None:
-        put("memory_total_bytes", memory.total)
-        put("memory_used_bytes", memory.used)
-        put("memory_free_bytes", memory.free)
-        put("memory_reserved_bytes", memory.reserved)
+    if plan.memory:
+        memory = nvml.call(pynvml.nvmlDeviceGetMemoryInfo, h, pynvml.nvmlMemory_v2, device=where)
+        if memory is not None:
+            for attribute, labels in plan.memory:
+                put((f"memory_{attribute}_bytes", clean(getattr(memory, attribute)), labels))
 
     rates = nvml.call(pynvml.nvmlDeviceGetUtilizationRates, h, device=where)
     if rates is not None:
-        put("utilization_ratio", _percent(rates.gpu))
-        put("memory_utilization_ratio", _percent(rates.memory))
-    for key, fn in (("encoder_utilization_ratio", pynvml.nvmlDeviceGetEncoderUtilization),
-                    ("decoder_utilization_ratio", pynvml.nvmlDeviceGetDecoderUtilization)):
-        if rows.get(key) is None:
-            continue
+        if plan.utilization is not None:
+            put(("utilization_ratio", _percent(rates.gpu), plan.utilization))
+        if plan.memory_utilization is not None:
+            put(("memory_utilization_ratio", _percent(rates.memory), plan.memory_utilization))
+    for key, fn, labels in plan.codecs:
         answer = nvml.call(fn, h, device=where)  # [utilisation %, sampling period µs]
         if answer is not None:
-            put(key, _percent(answer[0]))
+            put((key, _percent(answer[0]), labels))
 
-    for clock, clock_type in CLOCKS:
-        if rows.get("clock_hertz", clock) is not None:
-            put("clock_hertz", _scaled(nvml.call(pynvml.nvmlDeviceGetClockInfo, h, clock_type, device=where),
-                                       MHZ), clock)
-        if rows.get("clock_max_hertz", clock) is not None:
-            put("clock_max_hertz", _scaled(dev.info.get("max_clocks_mhz", {}).get(clock), MHZ), clock)
+    for clock_type, labels in plan.clocks:
+        put(("clock_hertz", _scaled(nvml.call(pynvml.nvmlDeviceGetClockInfo, h, clock_type, device=where), MHZ),
+             labels))
+    for labels, value in plan.max_clocks:
+        put(("clock_max_hertz", value, labels))
 
     reasons = nvml.call(pynvml.nvmlDeviceGetCurrentClocksEventReasons, h, device=where)
     if reasons is not None:
-        for bit, reason in CLOCK_EVENT_REASONS:
-            put("clock_event_active", 1 if reasons & bit else 0, reason)
+        for bit, labels in plan.reasons:
+            put(("clock_event_active", 1.0 if reasons & bit else 0.0, labels))
 
-    if rows.get("performance_state") is not None:
+    if plan.performance_state is not None:
         pstate = nvml.call(pynvml.nvmlDeviceGetPerformanceState, h, device=where)
-        put("performance_state", None if pstate == PSTATE_UNKNOWN else pstate)
-    for fan in range(dev.info.get("fan_count", 0) if rows.get("fan_speed_ratio", "0") is not None else 0):
+        put(("performance_state", None if pstate == PSTATE_UNKNOWN else clean(pstate), plan.performance_state))
+    for fan, labels in plan.fans:
         speed = nvml.call(pynvml.nvmlDeviceGetFanSpeed_v2, h, fan, device=where)
-        put("fan_speed_ratio", _percent(speed), str(fan))
+        put(("fan_speed_ratio", _percent(speed), labels))
 
+    _settings(dev, rows, put)
+    _mig_memory(ctx, dev, samples, rows, put)
+
+    samples.add_kept(pending)
+    for extra, at in plan.extras:
+        scope = {"scope": str(extra.scope)} if extra.scope is not None else {}
+        samples.add_extra(extra.name, extra.type, extra.help, fields[at], {**dev.labels, **scope})
+
+
+def _settings(dev: Device, rows: DeviceRows, put) -> None:
+    """The modes an administrator sets (re-read by the inventory every minute)."""
     settings = dev.settings
-    put("persistence_mode", settings.get("persistence_mode"))
-    put("accounting_mode", settings.get("accounting_mode"))
+
+    def setting(key: str, value, *extra: str) -> None:
+        labels = rows.get(key, *extra)
+        if labels is not None:
+            put((key, clean(value), labels))
+
+    setting("persistence_mode", settings.get("persistence_mode"))
+    setting("accounting_mode", settings.get("accounting_mode"))
     mode = settings.get("compute_mode")
     if mode is not None and 0 <= mode < len(COMPUTE_MODES):  # a value newer than this table: left out
         for number, name in enumerate(COMPUTE_MODES):
-            put("compute_mode", 1 if number == mode else 0, name)
+            setting("compute_mode", 1 if number == mode else 0, name)
     mig = settings.get("mig_mode")
     if mig:
-        put("mig_mode", mig[0])
-        put("mig_mode_pending", mig[1])
-    mig_memory = samples.wants("mig_memory_total_bytes") or samples.wants("mig_memory_used_bytes")
-    if mig and mig[0] == 1 and mig_memory:
-        for gpu_instance, members in gpu_instances(ctx.mig_devices(dev)):
-            # The memory is the GPU instance's, which its compute instances (MIG devices) share:
-            # read once, through its first MIG device, and written once, so that sums do not count
-            # it twice.
-            memory = nvml.call(pynvml.nvmlDeviceGetMemoryInfo, members[0].handle,
-                               pynvml.nvmlMemory_v2, device=f"{where} GPU instance {gpu_instance}")
-            if memory is not None:
-                labels = instance_labels(gpu_instance, members)
-                put("mig_memory_total_bytes", memory.total, labels["gpu_instance"], labels["mig_device"])
-                put("mig_memory_used_bytes", memory.used, labels["gpu_instance"], labels["mig_device"])
+        setting("mig_mode", mig[0])
+        setting("mig_mode_pending", mig[1])
 
-    for key, value, labels in pending:
-        samples.add_row(key, value, labels)
-    for extra in extra_fields:
-        scope = {"scope": str(extra.scope)} if extra.scope is not None else {}
-        samples.add_extra(extra.name, extra.type, extra.help, fields.get(extra.key), {**dev.labels, **scope})
+
+def _mig_memory(ctx, dev: Device, samples, rows: DeviceRows, put) -> None:
+    mig = dev.settings.get("mig_mode")
+    wanted = samples.wants("mig_memory_total_bytes") or samples.wants("mig_memory_used_bytes")
+    if not (mig and mig[0] == 1 and wanted):
+        return
+    for gpu_instance, members in gpu_instances(ctx.mig_devices(dev)):
+        # The memory is the GPU instance's, which its compute instances (MIG devices) share: read
+        # once, through its first MIG device, and written once, so that sums do not count it twice.
+        memory = ctx.nvml.call(pynvml.nvmlDeviceGetMemoryInfo, members[0].handle, pynvml.nvmlMemory_v2,
+                               device=f"{dev.name} GPU instance {gpu_instance}")
+        if memory is not None:
+            labels = instance_labels(gpu_instance, members)
+            for key, value in (("mig_memory_total_bytes", memory.total), ("mig_memory_used_bytes", memory.used)):
+                row = rows.get(key, labels["gpu_instance"], labels["mig_device"])
+                if row is not None:
+                    put((key, clean(value), row))
 
 
 def _scaled(value, factor: float) -> Optional[float]:

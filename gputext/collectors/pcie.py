@@ -14,10 +14,11 @@ about 20 ms once, not 40 ms per GPU as a loop would. Maximum generation and widt
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import pynvml
 
+from ..exposition import clean
 from ..nvml import DeviceGone
 from .nvml import device_rows
 
@@ -59,41 +60,56 @@ def collect(ctx, samples) -> None:
         samples.add(key, value, dev.labels)
 
 
+class _Plan:
+    """A GPU's field request at this level and the label values of its series (None where the level
+    does not write it): the error counters and rollovers are asked of the driver only at full."""
+
+    def __init__(self, rows):
+        self.rows = {key: rows.get(key) for key in (
+            "pcie_transmit_bytes_total", "pcie_receive_bytes_total", "pcie_replays_total",
+            "pcie_replay_rollovers_total", "pcie_link_generation", "pcie_link_width",
+            "pcie_link_max_generation", "pcie_link_max_width")}
+        self.errors = [(fid, labels) for fid, name in ERROR_FIELDS.items()
+                       for labels in [rows.get("pcie_errors_total", name)] if labels is not None]
+        # the byte counters are read at every level: where they are missing or 32-bit, the sampled
+        # rate stands in for them
+        wanted = [FI_TX_BYTES, FI_RX_BYTES, FI_REPLAYS]
+        if self.rows["pcie_replay_rollovers_total"] is not None:
+            wanted.append(FI_REPLAY_ROLLOVERS)
+        self.keys = tuple((fid, 0) for fid in wanted + [fid for fid, _ in self.errors])
+
+
 def _collect_device(ctx, dev, samples) -> bool:
     """Add the device's series; False when it has no usable byte counters and needs the sampled rate."""
     nvml, h, where = ctx.nvml, dev.handle, dev.name
+    plan = dev.derived("pcie", samples.level.key, lambda: _Plan(device_rows(dev, samples.level)))
+    rows = plan.rows
     widths = {}
-    values = {fid: v for (fid, _), v in nvml.fields(h, [(fid, 0) for fid in FIELDS], device=where,
-                                                     widths=widths).items()}
+    values = {fid: v for (fid, _), v in nvml.fields(h, plan.keys, device=where, widths=widths).items()}
     counters = all(widths.get((fid, 0), 0) >= 64 for fid in (FI_TX_BYTES, FI_RX_BYTES))
     replays = values.get(FI_REPLAYS)
     if replays is None:
         replays = nvml.call(pynvml.nvmlDeviceGetPcieReplayCounter, h, device=where)
     # the current link is read only where it is written (at --detail full)
     link_generation = link_width = None
-    if samples.wants("pcie_link_generation"):
+    if rows["pcie_link_generation"] is not None:
         link_generation = nvml.call(pynvml.nvmlDeviceGetCurrPcieLinkGeneration, h, device=where)
-    if samples.wants("pcie_link_width"):
+    if rows["pcie_link_width"] is not None:
         link_width = nvml.call(pynvml.nvmlDeviceGetCurrPcieLinkWidth, h, device=where)
     maxima = ctx.static(dev, "pcie_max", lambda: [
         nvml.call(pynvml.nvmlDeviceGetMaxPcieLinkGeneration, h, device=where),
         nvml.call(pynvml.nvmlDeviceGetMaxPcieLinkWidth, h, device=where)])
-    rows = device_rows(dev, samples.level)
-    series: List[Tuple[str, object, Optional[Tuple[str, ...]]]] = [
-        (key, value, rows.get(key)) for key, value in (
-            ("pcie_transmit_bytes_total", values.get(FI_TX_BYTES) if counters else None),
-            ("pcie_receive_bytes_total", values.get(FI_RX_BYTES) if counters else None),
-            ("pcie_replays_total", replays),
-            ("pcie_replay_rollovers_total", values.get(FI_REPLAY_ROLLOVERS)),
-            ("pcie_link_generation", link_generation),
-            ("pcie_link_width", link_width),
-            ("pcie_link_max_generation", maxima[0]),
-            ("pcie_link_max_width", maxima[1]))]
-    series += [("pcie_errors_total", values.get(fid), rows.get("pcie_errors_total", name))
-               for fid, name in ERROR_FIELDS.items()]
-    for key, value, labels in series:
-        if labels is not None:
-            samples.add_row(key, value, labels)
+    series = [
+        ("pcie_transmit_bytes_total", values.get(FI_TX_BYTES) if counters else None),
+        ("pcie_receive_bytes_total", values.get(FI_RX_BYTES) if counters else None),
+        ("pcie_replays_total", clean(replays)),
+        ("pcie_replay_rollovers_total", values.get(FI_REPLAY_ROLLOVERS)),
+        ("pcie_link_generation", clean(link_generation)),
+        ("pcie_link_width", clean(link_width)),
+        ("pcie_link_max_generation", clean(maxima[0])),
+        ("pcie_link_max_width", clean(maxima[1]))]
+    samples.add_kept([(key, value, rows[key]) for key, value in series if rows[key] is not None]
+                     + [("pcie_errors_total", values.get(fid), labels) for fid, labels in plan.errors])
     return counters
 
 

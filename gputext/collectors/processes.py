@@ -16,12 +16,14 @@ from typing import Any, Dict, List, Optional
 import pynvml
 
 from .. import energy
+from ..catalogue import DEVICE_LABELS, PROCESS_LABELS
 from ..nvml import DeviceGone
 from ..pods import PodResolver
 from ..state import StateUnavailable
 
 FI_TOTAL_ENERGY = 83  # mJ
 US = 1e-6  # accounting times are in microseconds
+_ROW_LABELS = DEVICE_LABELS + PROCESS_LABELS  # the process series' labels (the energy's add "source")
 UTILIZATION_KEYS = ("process_sm_utilization_ratio", "process_memory_utilization_ratio",
                     "process_encoder_utilization_ratio", "process_decoder_utilization_ratio")
 
@@ -227,21 +229,25 @@ class _Scan:
         limit = self.ctx.options.max_processes
         samples.add("gputext_processes_dropped", max(0, len(ordered) - limit), dev.labels)
         energy_now = state["energy"][1] if "energy" in state else None
+        add = samples.add_row
         for record in ordered[:limit]:
             labels = self.series(dev, record).labels
+            # label values in the catalogue's order (gpu, uuid, then PROCESS_LABELS), made once for
+            # the record's eight or so series
+            row = tuple(labels[name] for name in _ROW_LABELS)
             if record["active"]:
-                samples.add("process_memory_used_bytes", running.get(record["pid"]), labels)
+                add("process_memory_used_bytes", running.get(record["pid"]), row)
                 if utilization is not None:  # None: this GPU cannot sample processes (MIG)
                     for key, percent in zip(UTILIZATION_KEYS, averages.get(record["pid"], (0, 0, 0, 0))):
-                        samples.add(key, percent / 100, labels)
+                        add(key, percent / 100, row)
             elif record["start"] is not None:
-                samples.add("process_duration_seconds", record["end"] - record["start"], labels)
-            samples.add("process_start_time_seconds", record["start"], labels)
-            samples.add("process_active", record["active"], labels)
+                add("process_duration_seconds", record["end"] - record["start"], row)
+            add("process_start_time_seconds", record["start"], row)
+            add("process_active", record["active"], row)
             if "e_start" in record and energy_now is not None:
                 window = record.get("e_end", energy_now) - record["e_start"]
-                samples.add("process_energy_joules_total", window, {**labels, "source": "nvml"})
-                samples.add("process_attributed_energy_joules_total", record.get("attributed", 0.0), labels)
+                add("process_energy_joules_total", window, row + ("nvml",))
+                add("process_attributed_energy_joules_total", record.get("attributed", 0.0), row)
         if energy_now is not None:
             samples.add("unattributed_energy_joules_total", state.get("unattributed", 0.0), dev.labels)
 
