@@ -262,6 +262,7 @@ class Inventory:
         }
         try:
             os.makedirs(self.cache_path.parent, mode=0o755, exist_ok=True)
-            write_atomically(self.cache_path, json.dumps(payload).encode())
+            # not fsynced: the cache is trusted only within the boot it was made in
+            write_atomically(self.cache_path, json.dumps(payload).encode(), durable=False)
         except OSError:
             pass  # the cache only saves NVML calls; without it every run reads everything

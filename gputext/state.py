@@ -125,8 +125,10 @@ class State:
             payload = json.dumps({"version": STATE_VERSION, "sections": self._sections},
                                  separators=(",", ":")).encode()
             try:
-                if payload != self._read:  # a run that changed nothing (a cached kubelet answer) skips the fsync
-                    write_atomically(self.path, payload, mode=0o600)
+                if payload != self._read:  # a run that changed nothing (a cached kubelet answer) skips the write
+                    # Not fsynced: only a power loss or a kernel crash can lose or tear it, and what it
+                    # holds belongs to the boot that ends there (a torn file is moved aside, see _load).
+                    write_atomically(self.path, payload, mode=0o600, durable=False)
             except OSError as err:
                 self._warn(f"cannot write state file {self.path}: {err.strerror or err}")
         self._release()

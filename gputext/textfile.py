@@ -77,8 +77,13 @@ def _signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def write_atomically(target: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace `target` with `data`. On any error the old file is untouched and no temp file is left."""
+def write_atomically(target: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
+    """Replace `target` with `data`. On any error the old file is untouched and no temp file is left.
+
+    `durable` fsyncs the file and its directory, so that the new content survives a power loss or a
+    kernel crash. Readers see the old file or the new one either way (the rename is atomic); only a
+    crash can leave a torn file, and only a file that matters after a reboot needs the fsyncs (about
+    a tenth of the repeating mode's time in the kernel for the state, which describes one boot)."""
     directory = target.parent
     _remove_stale_temps(target)
     with _signals_held():
@@ -88,7 +93,8 @@ def write_atomically(target: Path, data: bytes, mode: int = 0o644) -> None:
             try:
                 os.fchmod(fd, mode)
                 _write_all(fd, data)
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             os.rename(temp_name, target)
@@ -98,7 +104,8 @@ def write_atomically(target: Path, data: bytes, mode: int = 0o644) -> None:
             except OSError:
                 pass
             raise
-    _fsync_directory(directory)
+    if durable:
+        _fsync_directory(directory)
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -64,6 +64,29 @@ def test_failed_fsync_keeps_old_file(tmp_path, monkeypatch):
     assert temps(tmp_path) == []
 
 
+def test_output_is_fsynced_state_and_inventory_are_not(tmp_path, monkeypatch):
+    """The .prom file must survive a power loss whole; the state and the inventory describe one boot, so
+    they skip the fsyncs (the repeating mode writes the state every cycle)."""
+    from gputext.devices import Device, Inventory
+    from gputext.state import State
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(textfile.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    write_atomically(tmp_path / "gpu.prom", b"a 1\n")
+    assert len(synced) == 2  # the file, then its directory
+    synced.clear()
+
+    state = State(tmp_path / "state", warn=pytest.fail)
+    state.section("processes")["x"] = 1
+    state.close()
+    inventory = Inventory(nvml=None, state_dir=tmp_path / "state")
+    inventory._save({"count": 1}, [Device(0, "GPU-a", handle=object())], 0.0)
+    assert (tmp_path / "state" / "state.json").read_bytes() == b'{"version":1,"sections":{"processes":{"x":1}}}'
+    assert (tmp_path / "state" / "inventory.json").exists()
+    assert synced == []
+
+
 def test_stale_temp_of_dead_writer_is_removed_live_one_kept(tmp_path):
     target = tmp_path / "gpu.prom"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,

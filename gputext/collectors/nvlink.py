@@ -34,17 +34,18 @@ TRAFFIC: Dict[str, Tuple[Tuple[int, float], ...]] = {
 }
 # Error counters: type label -> field ids, first answered wins. Blackwell has no replay or CRC counters;
 # its recovery events (215, and 214 for those that failed) replace 162.
-ERRORS: Dict[str, Tuple[Tuple[int, float], ...]] = {
-    "replay": ((161, 1),),
-    "recovery": ((162, 1), (215, 1)),
-    "recovery_failed": ((214, 1),),
-    "crc": ((163, 1),),
+# All are counts of events (no scale).
+ERRORS: Dict[str, Tuple[int, ...]] = {
+    "replay": (161,),
+    "recovery": (162, 215),
+    "recovery_failed": (214,),
+    "crc": (163,),
 }
 # The per-GPU sum (nvlink_errors_total) adds these; recovery_failed counts a subset of the recoveries.
 SUMMED_ERRORS = ("replay", "recovery", "crc")
 PER_LINK_FIELDS = sorted({FI_SPEED_MBPS, FI_STATE}
                          | {fid for fields in TRAFFIC.values() for fid, _ in fields}
-                         | {fid for fields in ERRORS.values() for fid, _ in fields})
+                         | {fid for fields in ERRORS.values() for fid in fields})
 # Which of PER_LINK_FIELDS a GPU answers depends on its NVLink generation and the driver, so it is learnt
 # on the first run and cached: an H100 then asks for 11 fields per link instead of 15 (Blackwell for
 # others). Fewer requested fields cost less in pynvml and in the driver, which serves each one.
@@ -95,11 +96,17 @@ class _Plan:
             """(position, scale) of the requested candidates, first wins"""
             return tuple((position[fid, link], scale) for fid, scale in candidates if fid in requested)
 
+        def counting(fids, link):
+            """the positions of the requested error fields, first wins"""
+            return tuple(position[fid, link] for fid in fids if fid in requested)
+
         # per link: where its state is (None: not requested, the state is asked by call)
         self.state = tuple(position.get((FI_STATE, link)) for link in links)
-        # per link, per error type that can answer there: (candidates, whether summed, labels)
-        self.errors = tuple(tuple((answering(candidates, link), error_type in SUMMED_ERRORS, on_link + (error_type,))
-                                  for error_type, candidates in ERRORS.items() if answering(candidates, link))
+        # per link, per error type that can answer there: (positions, whether summed, labels)
+        # (only the summed ones where the level writes no per-link errors)
+        self.errors = tuple(tuple((counting(fids, link), error_type in SUMMED_ERRORS, on_link + (error_type,))
+                                  for error_type, fids in ERRORS.items()
+                                  if counting(fids, link) and (level.per_link_errors or error_type in SUMMED_ERRORS))
                             for link, on_link in zip(links, self.on_link))
         # per traffic key, per link, its candidates
         self.traffic = tuple((key, tuple(answering(TRAFFIC[key], link) for link in links)) for key in level.traffic)
@@ -147,14 +154,19 @@ def _collect_device(ctx, dev, samples, level: _Level) -> None:
     active = [i for i in present if states[i] == STATE_ACTIVE]
     on_link = plan.on_link
     errors = None  # the sum over every link that answers, active or not, so that it never goes down
-    link_errors = []
+    link_errors = [] if level.per_link_errors else None
     for i in present:
-        for candidates, summed, labels in plan.errors[i]:
-            count = _first(values, candidates)
+        for positions, summed, labels in plan.errors[i]:
+            count = None
+            for at in positions:  # the first that answers
+                count = values[at]
+                if count is not None:
+                    break
             if count is not None and summed:
                 errors = (errors or 0.0) + count
-            link_errors.append((labels, count))
-    if level.per_link_errors:
+            if link_errors is not None:
+                link_errors.append((labels, count))
+    if link_errors is not None:
         samples.add_values("nvlink_link_errors_total", link_errors)
     samples.add_values("nvlink_up", [(on_link[i], 1.0 if states[i] == STATE_ACTIVE else 0.0) for i in present])
     if level.info:  # the peer is read once per link, and only where it is written
@@ -164,17 +176,19 @@ def _collect_device(ctx, dev, samples, level: _Level) -> None:
         samples.add_values("nvlink_speed_bytes_per_second",
                            [(on_link[i], None if speed[i] is None else speed[i] * MB) for i in active])
     for key, per_link in plan.traffic:
-        samples.add_values(key, [(on_link[i], _first(values, per_link[i])) for i in active if per_link[i]])
+        rows = []
+        for i in active:
+            candidates = per_link[i]
+            if candidates:
+                count = None
+                for at, scale in candidates:  # the first that answers (inline: 288 a cycle)
+                    count = values[at]
+                    if count is not None:
+                        count *= scale
+                        break
+                rows.append((on_link[i], count))
+        samples.add_values(key, rows)
     samples.add_values("nvlink_errors_total", [(plan.gpu, errors)])
-
-
-def _first(values, candidates):
-    """The first candidate (position, scale) with a value, scaled; None where none has one."""
-    for at, scale in candidates:
-        value = values[at]
-        if value is not None:
-            return value * scale
-    return None
 
 
 def _info_labels(ctx, nvml, dev, plan: _Plan, i: int) -> Tuple[str, ...]:
