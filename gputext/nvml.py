@@ -78,17 +78,17 @@ class _Answer:
         the entry failed, has a type newer than this module or holds a not-available marker); `flat` is
         (valueType, nvmlReturn, value) per entry, as self.format unpacks them. Raises DeviceGone."""
         statuses, raw = flat[1::3], flat[2::3]
-        # exposition.clean on each: the not-available markers out, numbers as floats, then (doubles
-        # only: an integer type is always finite) NaN and infinities out
+        # exposition.clean on each: the not-available markers out (integer types stay ints, doubles
+        # floats), then (doubles only: an integer type is always finite) NaN and infinities out
         if statuses.count(pynvml.NVML_SUCCESS) == len(statuses) and self.all_known:
-            values = [None if value in NOT_AVAILABLE else float(value) for value in raw]
+            values = [None if value in NOT_AVAILABLE else value for value in raw]
         else:
             for key, status in zip(keys, statuses):
                 if status in _GONE:
                     raise DeviceGone(f"field {key[0]}: NVML error {status}")
             known = set(self.known)
             values = [None if status != pynvml.NVML_SUCCESS or position not in known or value in NOT_AVAILABLE
-                      else float(value) for position, (status, value) in enumerate(zip(statuses, raw))]
+                      else value for position, (status, value) in enumerate(zip(statuses, raw))]
         for position in self.doubles:
             value = values[position]
             if value is not None and not math.isfinite(value):

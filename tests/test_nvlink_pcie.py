@@ -112,6 +112,20 @@ def test_blackwell_byte_counters_and_recovery_events(node):
     assert value(s, "gpu_nvlink_info", gpu="0", link="0", version="5", remote_pci_bus_id="") == 1
 
 
+def test_counters_beyond_two_to_the_53_are_written_exactly(node):
+    """A busy NVLink passes 2**53 bytes (9 PB) within hours: a float would round the counter (and rate()
+    over two rounded readings is off); the integer the driver gives is written, digit for digit."""
+    gpu = h100(0)
+    kib = 2 ** 53 // KIB + 12_345  # in KiB, as field 138 counts
+    gpu["fields"][(138, 0)] = Field(kib, type="ull")
+    node.write([gpu])
+    proc, s = node.collect("--collectors", "nvlink")
+    assert proc.returncode == 0, proc.stderr
+    line = next(l for l in proc.stdout.splitlines()
+                if l.startswith('gpu_nvlink_transmit_bytes_total{') and 'link="0"' in l)
+    assert line.endswith(f" {kib * KIB}")  # 9007199267382272, not 9.007199267382272e+15
+
+
 @pytest.mark.parametrize("link_count_field", [0, None], ids=["count-0", "count-unsupported"])
 def test_gpu_without_nvlink_writes_no_nvlink_series_and_no_error(node, link_count_field):
     gpu = h100(0, nvlink_state={}, nvlink_version={}, nvlink_remote_pci={}, nvlink_remote_type={})

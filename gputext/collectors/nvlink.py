@@ -163,14 +163,14 @@ def _collect_device(ctx, dev, samples, level: _Level) -> None:
                 if count is not None:
                     break
             if count is not None and summed:
-                errors = (errors or 0.0) + count
+                errors = (errors or 0) + count
             if link_errors is not None:
                 link_errors.append((labels, count))
     if link_errors is not None:
         samples.add_values("nvlink_link_errors_total", link_errors)
-    samples.add_values("nvlink_up", [(on_link[i], 1.0 if states[i] == STATE_ACTIVE else 0.0) for i in present])
+    samples.add_values("nvlink_up", [(on_link[i], 1 if states[i] == STATE_ACTIVE else 0) for i in present])
     if level.info:  # the peer is read once per link, and only where it is written
-        samples.add_values("nvlink_info", [(_info_labels(ctx, nvml, dev, plan, i), 1.0) for i in active])
+        samples.add_values("nvlink_info", [(_info_labels(ctx, nvml, dev, plan, i), 1) for i in active])
     if level.speed:
         speed = [None if at is None else values[at] for at in plan.speed]
         samples.add_values("nvlink_speed_bytes_per_second",

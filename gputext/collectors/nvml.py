@@ -23,24 +23,25 @@ FI_POWER_INSTANT = 186
 FI_POWER_CURRENT_LIMIT = 190
 
 # field id -> (metric key, extra labels, factor to the metric's base unit)
+# (factor 1 as an int: an integer field stays an int, written exactly and cheaply)
 FIELD_METRICS: Dict[int, Tuple[str, Dict[str, str], float]] = {
-    FI_GPU_TEMP: ("temperature_celsius", {}, 1.0),
-    82: ("memory_temperature_celsius", {}, 1.0),
+    FI_GPU_TEMP: ("temperature_celsius", {}, 1),
+    82: ("memory_temperature_celsius", {}, 1),
     FI_TOTAL_ENERGY: ("energy_joules_total", {}, 1e-3),  # mJ
     FI_POWER_INSTANT: ("power_watts", {}, 1e-3),  # mW
     FI_POWER_CURRENT_LIMIT: ("power_limit_watts", {}, 1e-3),  # mW
-    FI_ECC_CURRENT: ("ecc_mode", {}, 1.0),
-    29: ("retired_pages_total", {"cause": "single_bit_ecc"}, 1.0),
-    30: ("retired_pages_total", {"cause": "double_bit_ecc"}, 1.0),
-    142: ("remapped_rows_total", {"cause": "correctable"}, 1.0),
-    143: ("remapped_rows_total", {"cause": "uncorrectable"}, 1.0),
-    144: ("remapped_rows_pending", {}, 1.0),
-    145: ("remapped_rows_failed", {}, 1.0),
+    FI_ECC_CURRENT: ("ecc_mode", {}, 1),
+    29: ("retired_pages_total", {"cause": "single_bit_ecc"}, 1),
+    30: ("retired_pages_total", {"cause": "double_bit_ecc"}, 1),
+    142: ("remapped_rows_total", {"cause": "correctable"}, 1),
+    143: ("remapped_rows_total", {"cause": "uncorrectable"}, 1),
+    144: ("remapped_rows_pending", {}, 1),
+    145: ("remapped_rows_failed", {}, 1),
     # Temperature limits, in °C (static, but in the same call they cost next to nothing)
-    193: ("temperature_threshold_celsius", {"threshold": "shutdown"}, 1.0),
-    194: ("temperature_threshold_celsius", {"threshold": "slowdown"}, 1.0),
-    195: ("temperature_threshold_celsius", {"threshold": "memory_max"}, 1.0),
-    196: ("temperature_threshold_celsius", {"threshold": "gpu_max"}, 1.0),
+    193: ("temperature_threshold_celsius", {"threshold": "shutdown"}, 1),
+    194: ("temperature_threshold_celsius", {"threshold": "slowdown"}, 1),
+    195: ("temperature_threshold_celsius", {"threshold": "memory_max"}, 1),
+    196: ("temperature_threshold_celsius", {"threshold": "gpu_max"}, 1),
     # Violation (clock event) time counters, in ns. The reason names match clock_event_active's where
     # the two describe the same cause.
     74: ("clock_event_duration_seconds_total", {"reason": "sw_power_cap"}, 1e-9),
@@ -216,7 +217,7 @@ def _collect_device(ctx, dev: Device, samples, rows: DeviceRows, extra_fields=()
     reasons = nvml.call(pynvml.nvmlDeviceGetCurrentClocksEventReasons, h, device=where)
     if reasons is not None:
         for bit, labels in plan.reasons:
-            put(("clock_event_active", 1.0 if reasons & bit else 0.0, labels))
+            put(("clock_event_active", 1 if reasons & bit else 0, labels))
 
     if plan.performance_state is not None:
         pstate = nvml.call(pynvml.nvmlDeviceGetPerformanceState, h, device=where)
