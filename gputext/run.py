@@ -128,19 +128,20 @@ class Context:
     @property
     def nvml(self):
         """The NVML session, started on first use. Raises NvmlUnavailable (every time) if it cannot."""
-        from .nvml import Nvml
-
+        if self._nvml is not None:  # asked for about 30 times a cycle
+            return self._nvml
         if self._nvml_error is not None:
             raise self._nvml_error
-        if self._nvml is None:
-            nvml = Nvml(self.warn)
-            try:
-                nvml.start()
-            except Exception as err:
-                self._nvml_error = err
-                raise
-            self._nvml = nvml
-        return self._nvml
+        from .nvml import Nvml
+
+        nvml = Nvml(self.warn)
+        try:
+            nvml.start()
+        except Exception as err:
+            self._nvml_error = err
+            raise
+        self._nvml = nvml
+        return nvml
 
     def devices(self):
         """(System, [Device]) of this run, discovered once."""

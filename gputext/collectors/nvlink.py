@@ -22,7 +22,7 @@ FI_VERSION = 166
 NVML_NVLINK_MAX_LINKS = 36
 STATE_ACTIVE = 1  # NVML_NVLINK_STATE_ACTIVE
 KIB = 1024
-MB = 1e6  # NVML's NVLink "MBps" are decimal megabytes per second
+MB = 1_000_000  # NVML's NVLink "MBps" are decimal megabytes per second
 
 # Traffic counters: metric key -> field ids, the first the device answers wins, with their scale.
 # Blackwell's NVLink5 drops the KiB throughput fields in favour of byte counters (202/204).

@@ -95,7 +95,7 @@ CLOCK_EVENT_REASONS = (
 CODEC_UTILIZATION = (("encoder_utilization_ratio", pynvml.nvmlDeviceGetEncoderUtilization),
                      ("decoder_utilization_ratio", pynvml.nvmlDeviceGetDecoderUtilization))
 
-MHZ = 1e6
+MHZ = 1_000_000  # an int: clocks in Hz stay exact integers
 PSTATE_UNKNOWN = 32  # NVML_PSTATE_UNKNOWN
 
 
@@ -237,23 +237,32 @@ def _collect_device(ctx, dev: Device, samples, rows: DeviceRows, extra_fields=()
 
 def _settings(dev: Device, rows: DeviceRows, put) -> None:
     """The modes an administrator sets (re-read by the inventory every minute)."""
+    plan = dev.derived("nvml_settings", rows, lambda: _SettingRows(rows))
     settings = dev.settings
-
-    def setting(key: str, value, *extra: str) -> None:
-        labels = rows.get(key, *extra)
-        if labels is not None:
-            put((key, clean(value), labels))
-
-    setting("persistence_mode", settings.get("persistence_mode"))
-    setting("accounting_mode", settings.get("accounting_mode"))
+    for key, labels in plan.single:
+        put((key, clean(settings.get(key)), labels))
     mode = settings.get("compute_mode")
-    if mode is not None and 0 <= mode < len(COMPUTE_MODES):  # a value newer than this table: left out
-        for number, name in enumerate(COMPUTE_MODES):
-            setting("compute_mode", 1 if number == mode else 0, name)
+    if plan.compute_mode and mode is not None and 0 <= mode < len(COMPUTE_MODES):  # newer values: left out
+        for number, labels in enumerate(plan.compute_mode):
+            if labels is not None:
+                put(("compute_mode", 1 if number == mode else 0, labels))
     mig = settings.get("mig_mode")
     if mig:
-        setting("mig_mode", mig[0])
-        setting("mig_mode_pending", mig[1])
+        for key, labels, value in plan.mig:
+            put((key, clean(mig[value]), labels))
+
+
+class _SettingRows:
+    """The label values of the settings' series that the level writes."""
+
+    def __init__(self, rows: DeviceRows):
+        self.single = [(key, labels) for key in ("persistence_mode", "accounting_mode")
+                       for labels in [rows.get(key)] if labels is not None]
+        compute_mode = [rows.get("compute_mode", name) for name in COMPUTE_MODES]
+        self.compute_mode = compute_mode if any(labels is not None for labels in compute_mode) else []
+        # mig_mode holds [current, pending]
+        self.mig = [(key, labels, position) for position, key in enumerate(("mig_mode", "mig_mode_pending"))
+                    for labels in [rows.get(key)] if labels is not None]
 
 
 def _mig_memory(ctx, dev: Device, samples, rows: DeviceRows, put) -> None:
