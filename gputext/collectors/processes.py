@@ -227,7 +227,8 @@ class _Scan:
         averages = _averages(utilization or ())
         ordered = sorted(records.values(), key=lambda r: (not r["active"], -(r["end"] or 0), r["pid"]))
         limit = self.ctx.options.max_processes
-        samples.add("gputext_processes_dropped", max(0, len(ordered) - limit), dev.labels)
+        gpu = (str(dev.index), dev.uuid)  # DEVICE_LABELS
+        samples.add_row("gputext_processes_dropped", max(0, len(ordered) - limit), gpu)
         energy_now = state["energy"][1] if "energy" in state else None
         add = samples.add_row
         for record in ordered[:limit]:
@@ -249,7 +250,7 @@ class _Scan:
                 add("process_energy_joules_total", window, row + ("nvml",))
                 add("process_attributed_energy_joules_total", record.get("attributed", 0.0), row)
         if energy_now is not None:
-            samples.add("unattributed_energy_joules_total", state.get("unattributed", 0.0), dev.labels)
+            samples.add_row("unattributed_energy_joules_total", state.get("unattributed", 0.0), gpu)
 
 
 def _key(pid: int, start: float) -> str:
