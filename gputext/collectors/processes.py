@@ -231,6 +231,8 @@ class _Scan:
         samples.add_row("gputext_processes_dropped", max(0, len(ordered) - limit), gpu)
         energy_now = state["energy"][1] if "energy" in state else None
         add = samples.add_row
+        # the utilisation series the level writes (standard leaves the video engines out)
+        written = [(position, key) for position, key in enumerate(UTILIZATION_KEYS) if samples.wants(key)]
         for record in ordered[:limit]:
             labels = self.series(dev, record).labels
             # label values in the catalogue's order (gpu, uuid, then PROCESS_LABELS), made once for
@@ -239,8 +241,9 @@ class _Scan:
             if record["active"]:
                 add("process_memory_used_bytes", running.get(record["pid"]), row)
                 if utilization is not None:  # None: this GPU cannot sample processes (MIG)
-                    for key, percent in zip(UTILIZATION_KEYS, averages.get(record["pid"], (0, 0, 0, 0))):
-                        add(key, percent / 100, row)
+                    percents = averages.get(record["pid"], (0, 0, 0, 0))
+                    for position, key in written:
+                        add(key, percents[position] / 100, row)
             elif record["start"] is not None:
                 add("process_duration_seconds", record["end"] - record["start"], row)
             add("process_start_time_seconds", record["start"], row)
