@@ -174,8 +174,9 @@ class Samples:
 
     def add_values(self, key: str, rows) -> None:
         """add_row() for many series of one key, each (label values, value), whose values are clean
-        already: numbers as clean() gives them, or None for none (Nvml.field_list's answers, and numbers a collector made from
-        them). They are not cleaned again: the NVLink collector adds hundreds a cycle."""
+        already: numbers as clean() gives them, or None for none (Nvml.field_list's answers, and
+        numbers a collector made from them). They are not cleaned again: the NVLink collector adds
+        hundreds a cycle."""
         if key in self._left_out or key in self._subset:
             for label_values, value in rows:
                 self.add_row(key, value, label_values)
@@ -190,7 +191,8 @@ class Samples:
 
     def add_kept(self, rows) -> None:
         """Many (key, value, label values) whose label values are DeviceRows' (the level is applied
-        and the count checked there) and whose values are clean already (numbers as clean() gives them, or None for none)."""
+        and the count checked there) and whose values are clean already (numbers as clean() gives
+        them, or None for none)."""
         series = self._series
         for key, value, label_values in rows:
             if value is not None:

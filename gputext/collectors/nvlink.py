@@ -104,9 +104,10 @@ class _Plan:
         self.state = tuple(position.get((FI_STATE, link)) for link in links)
         # per link, per error type that can answer there: (positions, whether summed, labels)
         # (only the summed ones where the level writes no per-link errors)
-        self.errors = tuple(tuple((counting(fids, link), error_type in SUMMED_ERRORS, on_link + (error_type,))
-                                  for error_type, fids in ERRORS.items()
-                                  if counting(fids, link) and (level.per_link_errors or error_type in SUMMED_ERRORS))
+        written = [error_type for error_type in ERRORS if level.per_link_errors or error_type in SUMMED_ERRORS]
+        self.errors = tuple(tuple((counting(ERRORS[error_type], link), error_type in SUMMED_ERRORS,
+                                   on_link + (error_type,))
+                                  for error_type in written if counting(ERRORS[error_type], link))
                             for link, on_link in zip(links, self.on_link))
         # per traffic key, per link, its candidates
         self.traffic = tuple((key, tuple(answering(TRAFFIC[key], link) for link in links)) for key in level.traffic)
@@ -114,9 +115,10 @@ class _Plan:
         self.info: Dict[int, Tuple[str, ...]] = {}  # link -> nvlink_info's labels, made on first use
 
 
-def _link_state(nvml, dev, link, values):
-    state = values.get((FI_STATE, link))
-    if state is None:  # drivers without field 165
+def _link_state(nvml, dev, link, state):
+    """The link's state: `state`, the field's answer, or where that is None (drivers without field
+    165), the call's."""
+    if state is None:
         state = nvml.call(pynvml.nvmlDeviceGetNvLinkState, dev.handle, link, device=dev.name)
     return state
 
@@ -126,7 +128,8 @@ def present_links(nvml, dev):
     count = nvml.fields(dev.handle, [(FI_LINK_COUNT, 0)], device=dev.name).get((FI_LINK_COUNT, 0))
     count = NVML_NVLINK_MAX_LINKS if count is None else int(count)
     states = nvml.fields(dev.handle, [(FI_STATE, link) for link in range(count)], device=dev.name)
-    return [link for link in range(count) if _link_state(nvml, dev, link, states) is not None]
+    return [link for link in range(count)
+            if _link_state(nvml, dev, link, states.get((FI_STATE, link))) is not None]
 
 
 def _answered_fields(nvml, dev, links):
@@ -145,11 +148,9 @@ def _collect_device(ctx, dev, samples, level: _Level) -> None:
     values = nvml.field_list(dev.handle, plan.keys, device=dev.name)
     states = [None if at is None else values[at] for at in plan.state]
     if None in states:  # drivers without field 165 (or a link that does not say): one call per link
-        states = [state if state is not None else nvml.call(pynvml.nvmlDeviceGetNvLinkState, dev.handle, link,
-                                                              device=dev.name)
-                  for link, state in zip(plan.links, states)]
-    # Rows are (label values, value) in link order, one family at a time. The values are cleaned
-    # floats (Nvml.field_list) or None, so they are added without cleaning them again.
+        states = [_link_state(nvml, dev, link, state) for link, state in zip(plan.links, states)]
+    # Rows are (label values, value) in link order, one family at a time. The values are clean
+    # numbers (Nvml.field_list) or None, so they are added without cleaning them again.
     present = [i for i, state in enumerate(states) if state is not None]
     active = [i for i in present if states[i] == STATE_ACTIVE]
     on_link = plan.on_link
