@@ -15,7 +15,7 @@ import functools
 import math
 from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Tuple
 
-from .catalogue import BY_KEY, FULL, FULL_ONLY, METRICS, POD_LABELS, STANDARD_SUBSET
+from .catalogue import FULL, FULL_ONLY, METRICS, POD_LABELS, STANDARD_SUBSET
 
 # NVML_VALUE_NOT_AVAILABLE as the unsigned and signed types carry it (gputext.nvml reads field values against
 # them too). No metric here is ever negative.
@@ -69,7 +69,7 @@ class Level:
         # which do not change while a device lives
         self.key = (detail, keep_keys)
         # STANDARD_SUBSET by the deciding label's position in the catalogue's order, for label tuples
-        self.subset_rows = {key: (BY_KEY[key].all_labels.index(label), values)
+        self.subset_rows = {key: (_ALL_LABELS[key].index(label), values)
                             for key, (label, values) in self.subset.items()}
 
     def wants(self, key: str) -> bool:
@@ -86,7 +86,7 @@ class Level:
         subset = self.subset_rows.get(key)
         if key not in self.left_out and (subset is None or label_values[subset[0]] in subset[1]):
             return True
-        return key in self.keep_keys and self.keep(key, dict(zip(BY_KEY[key].all_labels, label_values)))
+        return key in self.keep_keys and self.keep(key, dict(zip(_ALL_LABELS[key], label_values)))
 
 
 class DeviceRows:
@@ -104,7 +104,7 @@ class DeviceRows:
             return self._rows[key, extra]
         except KeyError:
             pass
-        names = BY_KEY[key].all_labels
+        names = _ALL_LABELS[key]
         label_values = self._gpu + extra
         if len(names) != len(label_values):
             raise ValueError(f"{key}: {len(label_values)} label values, the catalogue has {len(names)}")
@@ -290,18 +290,14 @@ def _escape_help(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
-def _format_number(value: float) -> str:
-    """Integers without a fraction (readable for a person at `--out -`), everything else as repr. An int
-    is written exactly; a float only below 2**53, where it is exact."""
-    if value.__class__ is int:
-        return str(value)
-    if value.is_integer() and abs(value) < _EXACT:
-        return str(int(value))
-    return repr(value)
-
-
 def _format_numbers(values) -> List[str]:
-    """_format_number of each value, in one comprehension (a render writes thousands; an int, as most
-    NVML counters are, costs a third of a float)."""
+    """Each value as text: integers without a fraction (readable for a person at `--out -`), everything
+    else as repr. An int is written exactly; a float as an integer only below 2**53, where it is exact.
+    One comprehension: a render writes thousands, and an int, as most NVML counters are, costs a third
+    of a float."""
     return [str(v) if v.__class__ is int else str(int(v)) if v.is_integer() and -_EXACT < v < _EXACT else repr(v)
             for v in values]
+
+
+def _format_number(value: float) -> str:
+    return _format_numbers((value,))[0]

@@ -82,8 +82,8 @@ def write_atomically(target: Path, data: bytes, mode: int = 0o644, durable: bool
 
     `durable` fsyncs the file and its directory, so that the new content survives a power loss or a
     kernel crash. Readers see the old file or the new one either way (the rename is atomic); only a
-    crash can leave a torn file, and only a file that matters after a reboot needs the fsyncs (about
-    a tenth of the repeating mode's time in the kernel for the state, which describes one boot)."""
+    crash can leave a torn file, so only a file that matters after a reboot needs the fsyncs (the state,
+    written every cycle of the repeating mode, describes one boot)."""
     directory = target.parent
     _remove_stale_temps(target)
     with _signals_held():

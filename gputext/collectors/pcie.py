@@ -39,7 +39,6 @@ ERROR_FIELDS: Dict[int, str] = {
     181: "unsupported_request",
     182: "lcrc",
 }
-FIELDS = [FI_TX_BYTES, FI_RX_BYTES, FI_REPLAYS, FI_REPLAY_ROLLOVERS, *ERROR_FIELDS]
 THROUGHPUT = (("pcie_transmit_bytes_per_second", pynvml.NVML_PCIE_UTIL_TX_BYTES),
               ("pcie_receive_bytes_per_second", pynvml.NVML_PCIE_UTIL_RX_BYTES))
 
