@@ -1,14 +1,12 @@
 """cron/gputext, the /etc/cron.d file: five time fields, a user, and a gputext command the CLI accepts."""
 
-import os
 import re
 import shlex
 from pathlib import Path
 
 import pytest
-from typer.main import get_command
-
-from gputext.cli import app
+from gputext.cli import COMMANDS
+from gputext.commandline import parse
 from test_systemd import INSTALLED
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,20 +57,16 @@ def environment() -> dict:
     return dict(line.split("=", 1) for line in CRON_FILE.read_text().splitlines() if ENVIRONMENT.match(line))
 
 
-def test_collect_accepts_the_arguments(monkeypatch):
+def test_collect_accepts_the_arguments():
     """The job runs the repeating mode for just under a minute, writing the file its GPUTEXT_OUT line
     names: collect parses every argument, in the environment cron gives it."""
     (job,) = jobs()
     _, command, *args = shlex.split(job[6])
     assert command == "collect"
-    for name in [n for n in os.environ if n.startswith("GPUTEXT_")]:
-        monkeypatch.delenv(name)
-    for name, value in environment().items():
-        monkeypatch.setenv(name, value)
-    context = get_command(app).commands["collect"].make_context("collect", args)
-    assert context.params["interval"] == "5s"
-    assert context.params["duration"] == "55s"
-    assert context.params["out"] == "/var/lib/node_exporter/textfile_collector/gpu.prom"
+    given = parse(COMMANDS["collect"], args, environment(), "gputext")
+    assert given.params["interval"] == "5s"
+    assert given.params["duration"] == "55s"
+    assert given.params["out"] == "/var/lib/node_exporter/textfile_collector/gpu.prom"
 
 
 def test_options_are_the_files_variables_not_the_command_line():

@@ -108,15 +108,14 @@ def test_promtool_check_rules_is_clean(tmp_path):
     assert "SUCCESS: 18 rules found" in proc.stdout and "SUCCESS: 10 rules found" in proc.stdout
 
 
-def test_cli_prints_the_files_and_takes_a_prefix():
-    from typer.testing import CliRunner
-
-    from gputext.cli import app
+def test_cli_prints_the_files_and_takes_a_prefix(capsys):
+    from gputext.cli import execute
 
     def run(*args):
-        result = CliRunner().invoke(app, list(args), catch_exceptions=False)
-        assert result.exit_code == 0, result.output
-        return result.output
+        code = execute(list(args))
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        return out
 
     assert run("rules", "--only", "alerts") == (MONITORING / "alerts.yaml").read_text()
     assert run("rules", "--operator") == (MONITORING / "prometheusrule.yaml").read_text()
