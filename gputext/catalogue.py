@@ -11,7 +11,7 @@ hertz, celsius; ratios are 0..1; counters end in `_total`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import namedtuple
 from typing import Dict, FrozenSet, Iterable, Tuple
 
 DEVICE_LABELS = ("gpu", "uuid")
@@ -21,34 +21,28 @@ POD_LABELS = ("pod", "namespace", "container")
 MIG_LABELS = ("gpu_instance", "mig_device")
 
 
-@dataclass(frozen=True)
-class Dcgm:
+# The catalogue's rows are namedtuples, not frozen dataclasses: importing dataclasses imports inspect
+# (with ast, dis and tokenize), about 15 ms of CPU of every run on a slow core.
+class Dcgm(namedtuple("Dcgm", "name type help factor where default", defaults=(1.0, (), True))):
     """What dcgm-exporter calls (part of) a row, for `--naming dcgm`: its field name, type and help as its
     counters file gives them, and the factor from the row's base unit to DCGM's (joules to mJ, bytes to
-    MiB, ratios to percent, hertz to MHz)."""
+    MiB, ratios to percent, hertz to MHz). `where`: the row's label values this name stands for, e.g.
+    (("clock", "sm"),); `default`: in dcgm-exporter's default counters file (etc/default-counters.csv, 4.x)."""
 
-    name: str
-    type: str
-    help: str
-    factor: float = 1.0
-    where: Tuple[Tuple[str, str], ...] = ()  # the row's label values this name stands for, e.g. clock=sm
-    default: bool = True  # in dcgm-exporter's default counters file (etc/default-counters.csv, 4.x)
+    __slots__ = ()
 
     def covers(self, labels) -> bool:
         return all(labels.get(label) == value for label, value in self.where)
 XID_LABELS = ("xid", "gpu_instance", "compute_instance")
 
 
-@dataclass(frozen=True)
-class Metric:
-    key: str  # name without prefix, e.g. "temperature_celsius"
-    type: str  # "gauge" or "counter"
-    unit: str
-    help: str
-    labels: Tuple[str, ...]  # label names beyond gpu/uuid for device metrics; all labels for self-metrics
-    source: str  # the collector(s) that write it
-    prefixed: bool = True  # False for gputext_* self-metrics
-    dcgm: Tuple[Dcgm, ...] = ()  # dcgm-exporter's names for the row's series
+class Metric(namedtuple("Metric", "key type unit help labels source prefixed dcgm", defaults=(True, ()))):
+    """One row: `key`, the name without prefix (temperature_celsius); `type`, gauge or counter; `labels`,
+    the label names beyond gpu/uuid for device metrics, all labels for self-metrics; `source`, the
+    collector(s) that write it; `prefixed`, False for the gputext_* self-metrics; `dcgm`, dcgm-exporter's
+    names for the row's series."""
+
+    __slots__ = ()
 
     @property
     def gets_pod_labels(self) -> bool:

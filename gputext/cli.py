@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -225,14 +224,14 @@ def run_options(values: Values, state_dir: Optional[str] = None):
     )
 
 
-@dataclass
 class Schedule:
     """When and for how long `collect` runs, and how long it waits for the output's lock."""
 
-    interval: float = 0.0  # 0: one collection
-    count: int = 0  # 0: no limit
-    duration: float = 0.0  # 0: no limit
-    lock_timeout: float = 4.0
+    def __init__(self, interval: float, count: int, duration: float, lock_timeout: float):
+        self.interval = interval  # 0: one collection
+        self.count = count  # 0: no limit
+        self.duration = duration  # 0: no limit
+        self.lock_timeout = lock_timeout
 
 
 def schedule(values: Values) -> Schedule:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import re
 import socket
-from dataclasses import dataclass
+from collections import namedtuple
 from functools import cached_property
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple
@@ -54,31 +54,30 @@ class CountersError(Exception):
     """A counters file that cannot be used; the message names the file and line."""
 
 
-@dataclass(frozen=True)
-class Field:
-    """An NVML field a counters file names, written as `name` (labels gpu, uuid; `scope` where given)."""
+class Field(namedtuple("Field", "field_id scope name type help")):
+    """An NVML field a counters file names, written as `name` (labels gpu, uuid; `scope` where given,
+    else None)."""
 
-    field_id: int
-    scope: Optional[int]
-    name: str
-    type: str
-    help: str
+    __slots__ = ()
 
     @property
     def key(self) -> Tuple[int, int]:
         return (self.field_id, self.scope or 0)
 
 
-@dataclass(frozen=True)
 class Counters:
     """What --naming dcgm writes: DCGM series (with the type and help the file gives), DCGM label fields,
-    NVML fields, and the DCGM fields of the file that NVML cannot give (said once, then skipped)."""
+    NVML fields, and the DCGM fields of the file that NVML cannot give (said once, then skipped). Not
+    changed once made (a plain class, not a frozen dataclass, for the import: see catalogue)."""
 
-    metrics: Tuple[Dcgm, ...]
-    labels: Tuple[str, ...] = DEFAULT_LABELS
-    fields: Tuple[Field, ...] = ()
-    skipped: Tuple[str, ...] = ()
-    source: str = "dcgm-exporter's default counters"
+    def __init__(self, metrics: Tuple[Dcgm, ...], labels: Tuple[str, ...] = DEFAULT_LABELS,
+                 fields: Tuple[Field, ...] = (), skipped: Tuple[str, ...] = (),
+                 source: str = "dcgm-exporter's default counters"):
+        self.metrics = metrics
+        self.labels = labels
+        self.fields = fields
+        self.skipped = skipped
+        self.source = source
 
     @cached_property  # asked by every run (and by the gpm collector for every GPU): built once
     def selected(self) -> Dict[str, List[Dcgm]]:

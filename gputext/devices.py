@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from collections import namedtuple
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pynvml
 
@@ -30,23 +30,27 @@ CLOCKS = (("graphics", pynvml.NVML_CLOCK_GRAPHICS), ("sm", pynvml.NVML_CLOCK_SM)
           ("memory", pynvml.NVML_CLOCK_MEM), ("video", pynvml.NVML_CLOCK_VIDEO))
 
 
-@dataclass
-class System:
-    driver_version: str = ""
-    cuda_driver_version: str = ""
-    device_count: int = 0
+# Plain classes and namedtuples, not dataclasses: importing dataclasses imports inspect (with ast, dis
+# and tokenize), about 15 ms of CPU of every run on a slow core, for __init__s that fit in a few lines.
+System = namedtuple("System", "driver_version cuda_driver_version device_count")
 
 
-@dataclass
 class Device:
-    index: int
-    uuid: str = ""
-    handle: Any = None
-    error: str = ""  # why the device did not answer; "" when it did
-    info: Dict[str, Any] = field(default_factory=dict)  # static: see _read_info
-    settings: Dict[str, Any] = field(default_factory=dict)  # see _read_settings
-    # name -> (what it was made from, what a collector made): see derived(); not in the cache file
-    _derived: Dict[str, Tuple[Any, Any]] = field(default_factory=dict, compare=False, repr=False)
+    """One GPU of this run, its NVML handle, and what does not change between runs."""
+
+    def __init__(self, index: int, uuid: str = "", handle: Any = None, error: str = "",
+                 info: Optional[Dict[str, Any]] = None, settings: Optional[Dict[str, Any]] = None):
+        self.index = index
+        self.uuid = uuid
+        self.handle = handle
+        self.error = error  # why the device did not answer; "" when it did
+        self.info = {} if info is None else info  # static: see _read_info
+        self.settings = {} if settings is None else settings  # see _read_settings
+        # name -> (what it was made from, what a collector made): see derived(); not in the cache file
+        self._derived: Dict[str, Tuple[Any, Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"Device({self.index}, {self.uuid!r}, error={self.error!r})"
 
     def derived(self, name: str, made_from: Any, make: Callable[[], Any]) -> Any:
         """What a collector computes from this device and things that rarely change (label tuples, a
@@ -77,11 +81,8 @@ def _cuda_version(raw: Optional[int]) -> str:
     return f"{raw // 1000}.{(raw % 1000) // 10}"  # NVML encodes 12.4 as 12040
 
 
-class MigDevice(NamedTuple):
-    slot: int
-    uuid: str
-    gpu_instance: str  # the GPU instance ID as a label value; "" where NVML does not give it
-    handle: Any
+# gpu_instance: the GPU instance ID as a label value; "" where NVML does not give it
+MigDevice = namedtuple("MigDevice", "slot uuid gpu_instance handle")
 
 
 def read_mig_devices(nvml, dev: Device) -> List[MigDevice]:

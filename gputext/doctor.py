@@ -22,7 +22,7 @@ import pwd
 import socket
 import stat
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import FrozenSet, List, Optional, Sequence
 
@@ -86,7 +86,7 @@ def check_nvml(options: Options) -> List[Check]:
     from .nvml import NvmlUnavailable
 
     warnings: List[str] = []
-    ctx = Context(replace(options, state_dir=None), warnings.append)  # no state: doctor changes nothing
+    ctx = Context(options.replace(state_dir=None), warnings.append)  # no state: doctor changes nothing
     try:
         system, devices = ctx.devices()
         gpm = check_gpm(ctx, system, [dev for dev in devices if dev.up])

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import time
-from dataclasses import dataclass
+from collections import namedtuple
 from typing import Any, Dict, List, Optional, Tuple
 
 import pynvml
@@ -37,13 +37,9 @@ class WatchBroken(Exception):
     """The event set stopped working (a registered GPU is lost, or NVML failed): sleep instead."""
 
 
-@dataclass(frozen=True)
-class XidEvent:
-    pci: str  # the GPU's PCI address as collectors/xid.py keys it (kmsg.pci_text)
-    code: int
-    gpu_instance: Optional[int]
-    compute_instance: Optional[int]
-    time: float  # when gputext received it (Unix time): NVML's event has no timestamp of its own
+# pci: the GPU's PCI address as collectors/xid.py keys it (kmsg.pci_text); time: when gputext received it
+# (Unix time), as NVML's event has no timestamp of its own
+XidEvent = namedtuple("XidEvent", "pci code gpu_instance compute_instance time")
 
 
 def _address(handle: Any) -> Optional[int]:

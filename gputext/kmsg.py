@@ -19,7 +19,7 @@ import errno
 import os
 import re
 import stat
-from dataclasses import dataclass
+from collections import namedtuple
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -48,14 +48,11 @@ class KmsgUnreadable(Exception):
     """The log exists but may not be read (EPERM/EACCES: kernel.dmesg_restrict without CAP_SYSLOG)."""
 
 
-@dataclass(frozen=True)
-class Xid:
-    seq: int
-    usec: int  # when, in microseconds since boot (the record's own timestamp)
-    pci: PciAddress
-    code: int
-    gpu_instance: Optional[int] = None
-    compute_instance: Optional[int] = None
+class Xid(namedtuple("Xid", "seq usec pci code gpu_instance compute_instance", defaults=(None, None))):
+    """One XID record: its sequence number, when (`usec`, microseconds since boot: the record's own
+    timestamp), the GPU's PciAddress, the code, and the MIG instances where the driver names them."""
+
+    __slots__ = ()
 
 
 def pci_address(text: str) -> Optional[PciAddress]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from collections import namedtuple
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -30,11 +30,10 @@ _POD_UID = re.compile(r"(?:^|-)pod([0-9a-f]{8}[-_]?[0-9a-f]{4}[-_]?[0-9a-f]{4}[-
 _CONTAINER_ID = re.compile(r"(?:(?:cri-containerd|containerd|crio|docker)-)?([0-9a-f]{64})(?:\.scope)?")
 
 
-@dataclass(frozen=True)
-class PodRef:
-    pod: str = ""
-    namespace: str = ""
-    container: str = ""
+class PodRef(namedtuple("PodRef", "pod namespace container", defaults=("", "", ""))):
+    """The pod, namespace and container a process runs in ("" where not in a pod)."""
+
+    __slots__ = ()
 
     def labels(self) -> Dict[str, str]:
         return {"pod": self.pod, "namespace": self.namespace, "container": self.container}

@@ -233,7 +233,7 @@ def test_a_new_mig_layout_gets_new_baselines_and_the_old_ones_are_freed(node):
     The fake reads its scenario once per NVML session, so the new layout is given as new targets."""
     node.write([mig_gpu(0)])
     code = """
-import dataclasses, json
+import json
 from gputext.collectors import gpm
 from gputext.exposition import Samples
 from gputext.run import Context, Options
@@ -245,8 +245,8 @@ targets = gpm._targets(ctx, devices[0])
 sampler.begin(targets)
 first = sorted(sampler.fresh)
 sampler.finish(Samples("standard"), 0.15)
-recreated = [dataclasses.replace(t, key=(t.key[0], t.key[1], ("MIG-new",))) if t.gpu_instance == 2 else t
-             for t in targets]
+recreated = [gpm.Target((t.key[0], t.key[1], ("MIG-new",)), t.dev, t.gpu_instance, t.window_labels, t.metrics)
+             if t.gpu_instance == 2 else t for t in targets]
 sampler.begin(recreated)
 print(json.dumps({"first": first, "again": sorted(sampler.fresh), "kept": sorted(sampler.baselines)}))
 ctx.close()

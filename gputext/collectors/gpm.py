@@ -26,7 +26,6 @@ not asked for. Calls are made one GPU at a time (gpud reports crashes with GPM c
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pynvml
@@ -95,15 +94,18 @@ Key = Tuple[str, str, Tuple[str, ...]]
 Emitted = List[Tuple[str, float, Dict[str, str]]]  # (catalogue key, value, labels)
 
 
-@dataclass
 class Target:
     """What one GPM sample covers: a whole GPU, or one GPU instance of a MIG GPU."""
 
-    key: Key
-    dev: Device
-    gpu_instance: Optional[int]  # None: the whole GPU
-    window_labels: Dict[str, str]
-    metrics: Dict[int, Metric] = field(default_factory=dict)  # by GPM metric id
+    __slots__ = ("key", "dev", "gpu_instance", "window_labels", "metrics")
+
+    def __init__(self, key: Key, dev: Device, gpu_instance: Optional[int], window_labels: Dict[str, str],
+                 metrics: Dict[int, Metric]):
+        self.key = key
+        self.dev = dev
+        self.gpu_instance = gpu_instance  # None: the whole GPU
+        self.window_labels = window_labels
+        self.metrics = metrics  # by GPM metric id
 
 
 class Sampler:

@@ -10,7 +10,6 @@ the last run is written: running processes' memory, utilisation and start time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import pynvml
@@ -28,13 +27,16 @@ UTILIZATION_KEYS = ("process_sm_utilization_ratio", "process_memory_utilization_
                     "process_encoder_utilization_ratio", "process_decoder_utilization_ratio")
 
 
-@dataclass
 class Process:
     """A process series of this run: what the dcgm collector and `gputext show` build on."""
-    gpu: int
-    uuid: str
-    pid: int
-    labels: Dict[str, str]  # gpu, uuid, pid, process_name, pod, namespace, container
+
+    __slots__ = ("gpu", "uuid", "pid", "labels")
+
+    def __init__(self, gpu: int, uuid: str, pid: int, labels: Dict[str, str]):
+        self.gpu = gpu
+        self.uuid = uuid
+        self.pid = pid
+        self.labels = labels  # gpu, uuid, pid, process_name, pod, namespace, container
 
 
 def processes_of_run(ctx) -> List[Process]:
