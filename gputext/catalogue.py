@@ -12,7 +12,7 @@ hertz, celsius; ratios are 0..1; counters end in `_total`.
 from __future__ import annotations
 
 from collections import namedtuple
-from typing import Dict, FrozenSet, Iterable, Tuple
+from collections.abc import Iterable
 
 DEVICE_LABELS = ("gpu", "uuid")
 PROCESS_LABELS = ("pid", "process_name", "pod", "namespace", "container")
@@ -54,7 +54,7 @@ class Metric(namedtuple("Metric", "key type unit help labels source prefixed dcg
         return prefix + self.key if self.prefixed else self.key
 
     @property
-    def all_labels(self) -> Tuple[str, ...]:
+    def all_labels(self) -> tuple[str, ...]:
         return DEVICE_LABELS + self.labels if self.prefixed else self.labels
 
 
@@ -84,7 +84,7 @@ def _violation(reason, name, what):
 FB_TOTAL = _dcgm("DEV_FB_TOTAL", G, "Framebuffer memory total (in MiB).", 1 / MIB, default=False)
 FB_USED = _dcgm("DEV_FB_USED", G, "Framebuffer memory used (in MiB).", 1 / MIB)
 
-METRICS: Tuple[Metric, ...] = (
+METRICS: tuple[Metric, ...] = (
     # identity and health
     _device("info", G, "", "GPU identity; the value is always 1.",
             ["name", "pci_bus_id", "serial", "vbios_version", "driver_version", "cuda_driver_version"]),
@@ -340,7 +340,7 @@ METRICS: Tuple[Metric, ...] = (
           "Process series left out this run because the GPU had more than --max-processes.", DEVICE_LABELS),
 )
 
-BY_KEY: Dict[str, Metric] = {m.key: m for m in METRICS}
+BY_KEY: dict[str, Metric] = {m.key: m for m in METRICS}
 
 # --- detail levels -------------------------------------------------------------------------------------
 # Every series is stored by the fleet's Prometheus, so `--detail standard` (the default) writes what an
@@ -372,7 +372,7 @@ FULL_ONLY = frozenset({
     "gputext_collector_duration_seconds",
 })
 # Rows that standard writes for some values of one label only: key -> (label, values).
-STANDARD_SUBSET: Dict[str, Tuple[str, FrozenSet[str]]] = {
+STANDARD_SUBSET: dict[str, tuple[str, frozenset[str]]] = {
     "clock_hertz": ("clock", frozenset({"sm"})),
     "clock_event_active": ("reason", frozenset({"hw_thermal_slowdown", "hw_power_brake_slowdown"})),
     "ecc_errors_total": ("type", frozenset({"uncorrected"})),
@@ -396,6 +396,6 @@ def detail_of(metric: Metric) -> str:
     return STANDARD
 
 
-def metrics_for(sources: Iterable[str]) -> Tuple[Metric, ...]:
+def metrics_for(sources: Iterable[str]) -> tuple[Metric, ...]:
     wanted = set(sources)
     return tuple(m for m in METRICS if m.source in wanted)

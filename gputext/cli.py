@@ -18,7 +18,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional
+from collections.abc import Callable
 
 from . import __version__
 from .catalogue import DETAILS, FULL, STANDARD
@@ -79,7 +79,7 @@ class Values:
     """The option values of one command as given, read into what gputext needs. A bad value raises
     UsageProblem, or, where `problems` is a list (doctor), is recorded there and read as its default."""
 
-    def __init__(self, given: Given, problems: Optional[List[str]] = None):
+    def __init__(self, given: Given, problems: list[str] | None = None):
         self.params = given.params
         self.sources = given.sources
         self.option = given.option
@@ -118,7 +118,7 @@ class Values:
             return text in _TRUE
         return self.bad(name, "use 1, true, yes or on; or 0, false, no or off")
 
-    def seconds(self, name: str, *, positive: bool = False) -> Optional[float]:
+    def seconds(self, name: str, *, positive: bool = False) -> float | None:
         """A duration in seconds; None where the option was not given (its default is None)."""
         text = self.raw(name)
         if text is None:
@@ -131,7 +131,7 @@ class Values:
             return self._seconds_default(name, "use a duration above 0, or leave the option out")
         return value
 
-    def _seconds_default(self, name: str, why: str) -> Optional[float]:
+    def _seconds_default(self, name: str, why: str) -> float | None:
         default = self.bad(name, why)
         return None if default is None else self.seconds(name)
 
@@ -199,7 +199,7 @@ class Values:
         return prefix
 
 
-def run_options(values: Values, state_dir: Optional[str] = None):
+def run_options(values: Values, state_dir: str | None = None):
     """gputext.run.Options from the values of collect's options (shared by collect, show and doctor)."""
     from .run import Options
 
@@ -436,7 +436,7 @@ def show(given: Given) -> int:
 def doctor(given: Given) -> int:
     from .doctor import diagnose, passed, report
 
-    problems: List[str] = []
+    problems: list[str] = []
     values = Values(given, problems)
     options = run_options(values)
     schedule(values)

@@ -19,13 +19,13 @@ import socket
 from collections import namedtuple
 from functools import cached_property
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple
+from collections.abc import Iterable, Mapping
 
 from .catalogue import METRICS, Dcgm
 from .exposition import render_family
 
 # The label fields of a counters file that gputext can fill, from the device's identity (gpu_info).
-LABEL_FIELDS: Dict[str, str] = {
+LABEL_FIELDS: dict[str, str] = {
     "DCGM_FI_DRIVER_VERSION": "driver_version",
     "DCGM_FI_DEV_SERIAL": "serial",
     "DCGM_FI_DEV_VBIOS_VERSION": "vbios_version",
@@ -61,7 +61,7 @@ class Field(namedtuple("Field", "field_id scope name type help")):
     __slots__ = ()
 
     @property
-    def key(self) -> Tuple[int, int]:
+    def key(self) -> tuple[int, int]:
         return (self.field_id, self.scope or 0)
 
 
@@ -70,8 +70,8 @@ class Counters:
     NVML fields, and the DCGM fields of the file that NVML cannot give (said once, then skipped). Not
     changed once made (a plain class, not a frozen dataclass, for the import: see catalogue)."""
 
-    def __init__(self, metrics: Tuple[Dcgm, ...], labels: Tuple[str, ...] = DEFAULT_LABELS,
-                 fields: Tuple[Field, ...] = (), skipped: Tuple[str, ...] = (),
+    def __init__(self, metrics: tuple[Dcgm, ...], labels: tuple[str, ...] = DEFAULT_LABELS,
+                 fields: tuple[Field, ...] = (), skipped: tuple[str, ...] = (),
                  source: str = "dcgm-exporter's default counters"):
         self.metrics = metrics
         self.labels = labels
@@ -80,10 +80,10 @@ class Counters:
         self.source = source
 
     @cached_property  # asked by every run (and by the gpm collector for every GPU): built once
-    def selected(self) -> Dict[str, List[Dcgm]]:
+    def selected(self) -> dict[str, list[Dcgm]]:
         """Catalogue key -> the chosen DCGM names of its series, with their `where`s."""
         chosen = {d.name: d for d in self.metrics}
-        by_key: Dict[str, List[Dcgm]] = {}
+        by_key: dict[str, list[Dcgm]] = {}
         for metric in METRICS:
             for dcgm in metric.dcgm:
                 if dcgm.name in chosen:
@@ -97,11 +97,11 @@ class Counters:
             by_key.setdefault("xid_last_time_seconds", [])
         return by_key
 
-    def wants_nvlink_bandwidth(self) -> Optional[Dcgm]:
+    def wants_nvlink_bandwidth(self) -> Dcgm | None:
         return next((d for d in self.metrics if d.name == NVLINK_BANDWIDTH.name), None)
 
 
-def known() -> Dict[str, Dcgm]:
+def known() -> dict[str, Dcgm]:
     """Every DCGM field name gputext can write, as the catalogue (and the NVLink rate) gives it."""
     names = {dcgm.name: dcgm for metric in METRICS for dcgm in metric.dcgm}
     names.update((dcgm.name, dcgm) for dcgm in DERIVED)
@@ -130,11 +130,11 @@ def parse_counters(path: Path) -> Counters:
     except (OSError, UnicodeDecodeError) as err:
         raise CountersError(f"cannot read counters file {path}: {getattr(err, 'strerror', None) or err}") from None
     names = known()
-    metrics: List[Dcgm] = []
-    labels: List[str] = []
-    fields: List[Field] = []
-    skipped: List[str] = []
-    seen: Dict[str, int] = {}
+    metrics: list[Dcgm] = []
+    labels: list[str] = []
+    fields: list[Field] = []
+    skipped: list[str] = []
+    seen: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -180,7 +180,7 @@ def parse_counters(path: Path) -> Counters:
     return Counters(tuple(metrics), tuple(labels), tuple(fields), tuple(skipped), str(path))
 
 
-def _once(seen: Dict[str, int], name: str, where: str, number: int) -> None:
+def _once(seen: dict[str, int], name: str, where: str, number: int) -> None:
     if name in seen:
         raise CountersError(f"{where}: {name} is named twice (first on line {seen[name]})")
     seen[name] = number
@@ -197,7 +197,7 @@ def _nvml_field_id(text: str, where: str) -> int:
     return value
 
 
-def identity(system, devices: Iterable, minor) -> Dict[str, Dict[str, str]]:
+def identity(system, devices: Iterable, minor) -> dict[str, dict[str, str]]:
     """GPU UUID -> dcgm-exporter's labels of that GPU, in its order (MIG and label fields come after
     modelName). `minor(dev)` gives the device's minor number (dcgm-exporter's `device` is nvidia<minor>)."""
     host = socket.gethostname()
@@ -215,10 +215,10 @@ def identity(system, devices: Iterable, minor) -> Dict[str, Dict[str, str]]:
     return labels
 
 
-def nvlink_bandwidth(samples, previous: Dict[str, List[float]], now: float) -> Tuple[Dict[str, float], Dict]:
+def nvlink_bandwidth(samples, previous: dict[str, list[float]], now: float) -> tuple[dict[str, float], dict]:
     """DCGM's NVLINK_BANDWIDTH_TOTAL per GPU UUID, from the NVLink data counters of this run and the sums
     the previous run left (`previous`: uuid -> [bytes, time]); returns the values and what to keep."""
-    totals: Dict[str, float] = {}
+    totals: dict[str, float] = {}
     for key in NVLINK_COUNTERS:
         for label_values, value in samples.series(key).items():
             totals[label_values[1]] = totals.get(label_values[1], 0.0) + value  # [1]: the uuid
@@ -230,11 +230,11 @@ def nvlink_bandwidth(samples, previous: Dict[str, List[float]], now: float) -> T
     return values, {uuid: [total, now] for uuid, total in totals.items()}
 
 
-def last_xids(samples, devices: Mapping[str, Mapping[str, str]]) -> List[Tuple[str, float]]:
+def last_xids(samples, devices: Mapping[str, Mapping[str, str]]) -> list[tuple[str, float]]:
     """(uuid, code of its newest XID, or 0) of every GPU, where the xid collector read the kernel log."""
     if samples.series("gputext_collector_success").get(("xid",)) != 1:
         return []
-    newest: Dict[str, Tuple[float, float]] = {}
+    newest: dict[str, tuple[float, float]] = {}
     for label_values, when in samples.series("xid_last_time_seconds").items():
         uuid, code = label_values[1], float(label_values[2])  # gpu, uuid, xid, gpu_instance, ...
         if uuid not in newest or when > newest[uuid][0]:
@@ -247,9 +247,9 @@ def render(samples, counters: Counters, devices: Mapping[str, Mapping[str, str]]
     """The text exposition under dcgm-exporter's names: the counters' DCGM series first, in the file's
     order and with its types and help, then every other series under gputext's name."""
     selected = counters.selected
-    families: Dict[str, List[Tuple[Dict[str, str], float]]] = {d.name: [] for d in counters.metrics}
+    families: dict[str, list[tuple[dict[str, str], float]]] = {d.name: [] for d in counters.metrics}
 
-    def dcgm_labels(uuid: str, row_labels: Mapping[str, str]) -> Dict[str, str]:
+    def dcgm_labels(uuid: str, row_labels: Mapping[str, str]) -> dict[str, str]:
         gpu = devices.get(uuid, {"gpu": row_labels.get("gpu", ""), "UUID": uuid})
         labels = {k: v for k, v in gpu.items() if not k.startswith("_") and k != "Hostname"}
         for ours, theirs in MIG_LABELS:
@@ -280,7 +280,7 @@ def render(samples, counters: Counters, devices: Mapping[str, Mapping[str, str]]
     if XID_ERRORS.name in families:
         families[XID_ERRORS.name] = [(dcgm_labels(uuid, {}), code) for uuid, code in last_xids(samples, devices)]
 
-    lines: List[str] = []
+    lines: list[str] = []
     for dcgm in counters.metrics:
         if families[dcgm.name]:
             render_family(lines, dcgm.name, dcgm.type, dcgm.help, families[dcgm.name])
@@ -295,7 +295,7 @@ def render(samples, counters: Counters, devices: Mapping[str, Mapping[str, str]]
     return "\n".join(lines).encode("utf-8", "replace") + (b"\n" if lines else b"") + rest
 
 
-def counters_note(counters: Counters) -> Optional[str]:
+def counters_note(counters: Counters) -> str | None:
     """The one line for the DCGM fields of a counters file that NVML cannot give."""
     if not counters.skipped:
         return None

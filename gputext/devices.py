@@ -14,7 +14,7 @@ import json
 import os
 from collections import namedtuple
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
 
 import pynvml
 
@@ -38,8 +38,8 @@ System = namedtuple("System", "driver_version cuda_driver_version device_count")
 class Device:
     """One GPU of this run, its NVML handle, and what does not change between runs."""
 
-    def __init__(self, index: int, uuid: str = "", handle: Any = None, error: str = "",
-                 info: Optional[Dict[str, Any]] = None, settings: Optional[Dict[str, Any]] = None):
+    def __init__(self, index: int, uuid: str = "", handle: object = None, error: str = "",
+                 info: dict[str, object] | None = None, settings: dict[str, object] | None = None):
         self.index = index
         self.uuid = uuid
         self.handle = handle
@@ -47,12 +47,12 @@ class Device:
         self.info = {} if info is None else info  # static: see _read_info
         self.settings = {} if settings is None else settings  # see _read_settings
         # name -> (what it was made from, what a collector made): see derived(); not in the cache file
-        self._derived: Dict[str, Tuple[Any, Any]] = {}
+        self._derived: dict[str, tuple[object, object]] = {}
 
     def __repr__(self) -> str:
         return f"Device({self.index}, {self.uuid!r}, error={self.error!r})"
 
-    def derived(self, name: str, made_from: Any, make: Callable[[], Any]) -> Any:
+    def derived(self, name: str, made_from: object, make: Callable[[], object]) -> object:
         """What a collector computes from this device and things that rarely change (label tuples, a
         field request list): made once and kept while this Device lives, which in the repeating mode is
         until the inventory changes (a GPU added, lost or swapped, a new driver); made again whenever
@@ -67,7 +67,7 @@ class Device:
         return self.handle is not None and not self.error
 
     @property
-    def labels(self) -> Dict[str, str]:
+    def labels(self) -> dict[str, str]:
         return {"gpu": str(self.index), "uuid": self.uuid}
 
     @property
@@ -75,7 +75,7 @@ class Device:
         return f"GPU {self.index}"
 
 
-def _cuda_version(raw: Optional[int]) -> str:
+def _cuda_version(raw: int | None) -> str:
     if not raw:
         return ""
     return f"{raw // 1000}.{(raw % 1000) // 10}"  # NVML encodes 12.4 as 12040
@@ -85,7 +85,7 @@ def _cuda_version(raw: Optional[int]) -> str:
 MigDevice = namedtuple("MigDevice", "slot uuid gpu_instance handle")
 
 
-def read_mig_devices(nvml, dev: Device) -> List[MigDevice]:
+def read_mig_devices(nvml, dev: Device) -> list[MigDevice]:
     """The MIG devices of a GPU, by slot; empty where MIG is off or unsupported. Raises DeviceGone.
     Collectors share one reading per run through Context.mig_devices."""
     count = nvml.call(pynvml.nvmlDeviceGetMaxMigDeviceCount, dev.handle, device=dev.name) or 0
@@ -100,17 +100,17 @@ def read_mig_devices(nvml, dev: Device) -> List[MigDevice]:
     return found
 
 
-def gpu_instances(mig_devices: List[MigDevice]) -> List[Tuple[str, List[MigDevice]]]:
+def gpu_instances(mig_devices: list[MigDevice]) -> list[tuple[str, list[MigDevice]]]:
     """[(GPU instance ID, its MIG devices)] in ID order: a GPU instance has one MIG device per
     compute instance. MIG devices without a GPU instance ID are left out."""
-    instances: Dict[str, List[MigDevice]] = {}
+    instances: dict[str, list[MigDevice]] = {}
     for mig_device in mig_devices:
         if mig_device.gpu_instance:
             instances.setdefault(mig_device.gpu_instance, []).append(mig_device)
     return sorted(instances.items(), key=lambda item: int(item[0]))
 
 
-def instance_labels(gpu_instance: str, members: List[MigDevice]) -> Dict[str, str]:
+def instance_labels(gpu_instance: str, members: list[MigDevice]) -> dict[str, str]:
     """The labels of a GPU instance's series, as gpu_allocation_info's. A GPU instance with several
     compute instances has several MIG devices; its values belong to none of them alone, so
     mig_device is empty there."""
@@ -126,10 +126,10 @@ def read_system(nvml: Nvml) -> System:
     )
 
 
-def _read_info(nvml: Nvml, dev: Device) -> Dict[str, Any]:
+def _read_info(nvml: Nvml, dev: Device) -> dict[str, object]:
     h, where = dev.handle, dev.name
     pci = nvml.call(pynvml.nvmlDeviceGetPciInfo, h, device=where)
-    info: Dict[str, Any] = {
+    info: dict[str, object] = {
         "name": text(nvml.call(pynvml.nvmlDeviceGetName, h, device=where)),
         "pci_bus_id": text(pci.busId) if pci is not None else "",
         "serial": text(nvml.call(pynvml.nvmlDeviceGetSerial, h, device=where)),
@@ -144,7 +144,7 @@ def _read_info(nvml: Nvml, dev: Device) -> Dict[str, Any]:
     return info
 
 
-def _read_settings(nvml: Nvml, dev: Device) -> Dict[str, Any]:
+def _read_settings(nvml: Nvml, dev: Device) -> dict[str, object]:
     h, where = dev.handle, dev.name
     mig = nvml.call(pynvml.nvmlDeviceGetMigMode, h, device=where)
     return {
@@ -158,15 +158,15 @@ def _read_settings(nvml: Nvml, dev: Device) -> Dict[str, Any]:
 class Inventory:
     """The devices of one run (or of one repeating process), with the cache behind them."""
 
-    def __init__(self, nvml: Nvml, state_dir: Optional[Path]):
+    def __init__(self, nvml: Nvml, state_dir: Path | None):
         self.nvml = nvml
         self.cache_path = state_dir / CACHE_FILE if state_dir else None
-        self._key: Optional[Dict[str, Any]] = None
-        self._devices: List[Device] = []
+        self._key: dict[str, object] | None = None
+        self._devices: list[Device] = []
         self._settings_read_at = 0.0
         self._dirty = False
 
-    def static(self, dev: Device, name: str, read: Callable[[], Any]) -> Any:
+    def static(self, dev: Device, name: str, read: Callable[[], object]) -> object:
         """A static value of `dev` that a collector needs (link count, NVLink peers, ...): read once,
         then kept in the cache with the rest. Raises DeviceGone like any read."""
         if name not in dev.info:
@@ -180,7 +180,7 @@ class Inventory:
             self._save(self._key, self._devices, self._settings_read_at)
             self._dirty = False
 
-    def discover(self, now: float) -> Tuple[System, List[Device]]:
+    def discover(self, now: float) -> tuple[System, list[Device]]:
         system = read_system(self.nvml)
         key = {"boot_id": boot_id(), "driver_version": system.driver_version, "count": system.device_count}
         # In the repeating mode, with the same NVML session and the same GPUs, last cycle's handles hold.
@@ -220,7 +220,7 @@ class Inventory:
         except DeviceGone as err:
             dev.error = str(err)
 
-    def _from_cache(self, cached: Dict[str, Any]) -> Optional[List[Device]]:
+    def _from_cache(self, cached: dict[str, object]) -> list[Device] | None:
         devices = []
         for entry in cached["devices"]:
             dev = Device(entry["index"], entry["uuid"], info=entry["info"], settings=entry["settings"])
@@ -234,7 +234,7 @@ class Inventory:
             devices.append(dev)
         return devices
 
-    def _load(self, key: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    def _load(self, key: dict[str, object]) -> dict[str, object] | None:
         if self.cache_path is None:
             return None
         try:
@@ -248,7 +248,7 @@ class Inventory:
         except (OSError, ValueError, KeyError, TypeError):
             return None  # no cache, or one we do not understand: read the devices afresh
 
-    def _save(self, key: Dict[str, Any], devices: List[Device], settings_read_at: float) -> None:
+    def _save(self, key: dict[str, object], devices: list[Device], settings_read_at: float) -> None:
         # A cache with a device that did not answer would hide it from the next run's probe.
         if self.cache_path is None or not devices or not all(dev.up for dev in devices):
             return

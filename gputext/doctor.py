@@ -24,7 +24,7 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import FrozenSet, List, Optional, Sequence
+from collections.abc import Sequence
 
 from .run import Context, Options
 
@@ -53,10 +53,10 @@ class Check:
         return f"{self.status:<6}{self.name}: {self.message}"
 
 
-def diagnose(options: Options, out: Optional[str], problems: Sequence[str] = ()) -> List[Check]:
+def diagnose(options: Options, out: str | None, problems: Sequence[str] = ()) -> list[Check]:
     """Every check, in the order a person would fix them. `out` None: the units' default file;
     `problems`: the option values that collect would refuse (each fails a check)."""
-    checks: List[Check] = [Check(FAIL, "options", f"{problem}; fix: correct it in /etc/default/gputext or on "
+    checks: list[Check] = [Check(FAIL, "options", f"{problem}; fix: correct it in /etc/default/gputext or on "
                                  "the command line (collect refuses to run with it)") for problem in problems]
     if os.geteuid() != 0:
         checks.append(Check(INFO, "user", f"running as uid {os.geteuid()}, the units run as root: files, "
@@ -82,10 +82,10 @@ def named(options: Options, collector: str) -> bool:
 
 # --- NVML ----------------------------------------------------------------------------------------------
 
-def check_nvml(options: Options) -> List[Check]:
+def check_nvml(options: Options) -> list[Check]:
     from .nvml import NvmlUnavailable
 
-    warnings: List[str] = []
+    warnings: list[str] = []
     ctx = Context(options.replace(state_dir=None), warnings.append)  # no state: doctor changes nothing
     try:
         system, devices = ctx.devices()
@@ -116,7 +116,7 @@ def check_nvml(options: Options) -> List[Check]:
     return [check for check in checks if check is not None]
 
 
-def check_gpm(ctx: Context, system, devices: Sequence) -> Optional[Check]:
+def check_gpm(ctx: Context, system, devices: Sequence) -> Check | None:
     """Which GPUs give the gpm collector's profiling metrics. Missing GPM is info (it needs a Hopper or
     newer GPU), unless --collectors names gpm and no GPU has it: collect would fail then."""
     import pynvml
@@ -168,7 +168,7 @@ def _all_gpus(devices: Sequence) -> str:
 
 def _indexes(indexes: Sequence[int]) -> str:
     """`0..3, 6`: runs of three or more GPUs as first..last."""
-    runs: List[List[int]] = []
+    runs: list[list[int]] = []
     for index in sorted(indexes):
         if runs and index == runs[-1][-1] + 1:
             runs[-1].append(index)
@@ -177,7 +177,7 @@ def _indexes(indexes: Sequence[int]) -> str:
     return ", ".join(f"{run[0]}..{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)) for run in runs)
 
 
-def _mode_check(devices: Sequence, setting: str, name: str, off_status: str, off_means: str) -> Optional[Check]:
+def _mode_check(devices: Sequence, setting: str, name: str, off_status: str, off_means: str) -> Check | None:
     values = {dev.index: dev.settings.get(setting) for dev in devices}
     off = [str(index) for index, value in values.items() if value == 0]
     if off:
@@ -308,7 +308,7 @@ class Reader:
 
     name: str
     uid: int
-    gids: FrozenSet[int]
+    gids: frozenset[int]
 
     def may(self, st: os.stat_result, bits: int) -> bool:
         """Whether the mode bits allow `bits` (4 read, 1 search) to this user (ACLs are not looked at)."""
@@ -324,16 +324,16 @@ class Exporter:
 
     pid: int
     program: str
-    directories: List[str]  # the textfile directories it reads; empty: none
+    directories: list[str]  # the textfile directories it reads; empty: none
     known: bool  # False: no flag, and a default we cannot know
-    reader: Optional[Reader]
+    reader: Reader | None
     contained: bool = False  # in another mount namespace (a container): its paths are not ours
 
     def reads(self, directory: Path) -> bool:
         return any(_same_dir(Path(d), directory) for d in self.directories)
 
 
-def node_exporters(options: Options) -> List[Exporter]:
+def node_exporters(options: Options) -> list[Exporter]:
     """The node_exporter processes visible in /proc (under --host-root)."""
     proc = options.host_path("/proc")
     found = []
@@ -356,7 +356,7 @@ def node_exporters(options: Options) -> List[Exporter]:
     return found
 
 
-def _mount_namespace(process: Path) -> Optional[str]:
+def _mount_namespace(process: Path) -> str | None:
     """`mnt:[4026531841]`, or None where it cannot be read (another user's process without privilege)."""
     try:
         return os.readlink(process / "ns" / "mnt")
@@ -364,7 +364,7 @@ def _mount_namespace(process: Path) -> Optional[str]:
         return None
 
 
-def _exporter(pid: int, program: str, args: List[str], status: Optional[Path]) -> Exporter:
+def _exporter(pid: int, program: str, args: list[str], status: Path | None) -> Exporter:
     directories = [arg.split("=", 1)[1] for arg in args if arg.startswith(TEXTFILE_FLAG + "=")]
     directories += [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == TEXTFILE_FLAG]
     disabled = "--no-collector.textfile" in args or (
@@ -381,7 +381,7 @@ def _exporter(pid: int, program: str, args: List[str], status: Optional[Path]) -
                     _process_reader(status) if status else None)
 
 
-def _process_reader(status: Path) -> Optional[Reader]:
+def _process_reader(status: Path) -> Reader | None:
     try:
         fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
         uid = int(fields["Uid"].split()[1])  # effective
@@ -395,7 +395,7 @@ def _process_reader(status: Path) -> Optional[Reader]:
     return Reader(name, uid, frozenset(gids))
 
 
-def _user_reader() -> Optional[Reader]:
+def _user_reader() -> Reader | None:
     """The node_exporter user by its usual names, where no process shows who it is."""
     for name in NODE_EXPORTER_USERS:
         try:
@@ -407,7 +407,7 @@ def _user_reader() -> Optional[Reader]:
     return None
 
 
-def reader(exporters: Sequence[Exporter], directory: Path) -> Optional[Reader]:
+def reader(exporters: Sequence[Exporter], directory: Path) -> Reader | None:
     """Who must be able to read the file: the node_exporter reading that directory, else any visible
     one, else the usual user."""
     ranked = sorted(exporters, key=lambda e: not e.reads(directory))
@@ -429,7 +429,7 @@ def _replaced_file(named: str) -> Path:
     return destination.path if destination.kind == "file" else Path(named)
 
 
-def check_output(named: str, units_default: bool, who: Optional[Reader]) -> Check:
+def check_output(named: str, units_default: bool, who: Reader | None) -> Check:
     from .textfile import OutputRefused, resolve_output
 
     where = " (the units' default; GPUTEXT_OUT or --out names another)" if units_default else ""
@@ -491,7 +491,7 @@ def _mode(st: os.stat_result) -> str:
 DEBIAN_DEFAULTS = "/etc/default/prometheus-node-exporter"  # Debian's and Ubuntu's ARGS="..." for the unit
 
 
-def debian_defaults(options: Options) -> Optional[Exporter]:
+def debian_defaults(options: Options) -> Exporter | None:
     """What Debian's packaged node_exporter reads by its /etc/default file (under --host-root), whether or
     not it runs now; None where the package is not installed."""
     import shlex
@@ -500,7 +500,7 @@ def debian_defaults(options: Options) -> Optional[Exporter]:
         text = options.host_path(DEBIAN_DEFAULTS).read_text()
     except OSError:
         return None
-    args: List[str] = []
+    args: list[str] = []
     for line in text.splitlines():
         if line.strip().startswith("ARGS="):
             try:
@@ -518,7 +518,7 @@ def _write_there(directory: str) -> str:
 
 
 def check_node_exporter(exporters: Sequence[Exporter], directory: Path,
-                        debian: Optional[Exporter] = None) -> Check:
+                        debian: Exporter | None = None) -> Check:
     if not exporters:
         if debian is not None and debian.directories:
             if debian.reads(directory):
@@ -548,7 +548,7 @@ def check_node_exporter(exporters: Sequence[Exporter], directory: Path,
                  f"{directory}; " + _write_there(exporter.directories[0]))
 
 
-def check_state(directory: Optional[Path]) -> Check:
+def check_state(directory: Path | None) -> Check:
     if directory is None:
         return Check(INFO, "state", "no state directory")
     existing = next(p for p in (directory, *directory.parents) if p.exists())

@@ -18,12 +18,12 @@ Two numbers per process, both from the device's cumulative energy counter sample
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional, Tuple
+from collections.abc import Iterable
 
-Sample = Tuple[float, float]  # (unix time, joules)
+Sample = tuple[float, float]  # (unix time, joules)
 
 
-def interpolate(previous: Optional[Sample], current: Sample, when: float) -> float:
+def interpolate(previous: Sample | None, current: Sample, when: float) -> float:
     """The counter's value at `when`, between two samples; clamped to the samples it knows (a time
     before the earliest known sample reads as that sample: nothing earlier can be known)."""
     t1, e1 = current
@@ -35,13 +35,13 @@ def interpolate(previous: Optional[Sample], current: Sample, when: float) -> flo
     return e0 + (e1 - e0) * (when - t0) / (t1 - t0)
 
 
-def sm_shares(samples: Iterable[Tuple[int, int, float]]) -> Dict[int, float]:
+def sm_shares(samples: Iterable[tuple[int, int, float]]) -> dict[int, float]:
     """{pid: share of the interval} from (pid, timestamp µs, SM %) samples.
 
     NVML writes one sample per process per sampling instant; a share is the process's SM percentage
     summed over the instants, over 100% times the number of instants. Shares are scaled down if the
     driver's percentages add up to more than 100% at some instant, so they never exceed the whole."""
-    per_pid: Dict[int, float] = {}
+    per_pid: dict[int, float] = {}
     instants = set()
     for pid, timestamp, sm in samples:
         instants.add(timestamp)
@@ -54,7 +54,7 @@ def sm_shares(samples: Iterable[Tuple[int, int, float]]) -> Dict[int, float]:
     return {pid: busy / scale for pid, busy in per_pid.items()}
 
 
-def split(delta_joules: float, shares: Dict[int, float]) -> Tuple[Dict[int, float], float]:
+def split(delta_joules: float, shares: dict[int, float]) -> tuple[dict[int, float], float]:
     """({pid: joules}, unattributed joules) for one interval; the parts add up to delta_joules."""
     given = {pid: delta_joules * share for pid, share in shares.items()}
     return given, delta_joules - sum(given.values())

@@ -18,7 +18,6 @@ from __future__ import annotations
 import ctypes
 import time
 from collections import namedtuple
-from typing import Any, Dict, List, Optional, Tuple
 
 import pynvml
 
@@ -42,11 +41,11 @@ class WatchBroken(Exception):
 XidEvent = namedtuple("XidEvent", "pci code gpu_instance compute_instance time")
 
 
-def _address(handle: Any) -> Optional[int]:
+def _address(handle: object) -> int | None:
     return ctypes.cast(handle, ctypes.c_void_p).value
 
 
-def _instance(value: int) -> Optional[int]:
+def _instance(value: int) -> int | None:
     return None if value == _NO_INSTANCE else int(value)
 
 
@@ -56,7 +55,7 @@ class Watch:
     def __init__(self, nvml, devices):
         self.identity = identity(devices)
         self._set = pynvml.nvmlEventSetCreate()
-        self._gpus: Dict[int, str] = {}  # handle address -> PCI address text
+        self._gpus: dict[int, str] = {}  # handle address -> PCI address text
         try:
             for dev in devices:
                 if not dev.up:
@@ -87,10 +86,10 @@ class Watch:
     def watching(self) -> bool:
         return bool(self._gpus)
 
-    def wait(self, seconds: float) -> Tuple[List[XidEvent], int]:
+    def wait(self, seconds: float) -> tuple[list[XidEvent], int]:
         """Wait up to `seconds` for events; returns (XID events, how many events arrived in all) as soon
         as one has, with those already waiting behind it. Raises WatchBroken."""
-        xids: List[XidEvent] = []
+        xids: list[XidEvent] = []
         arrived = 0
         timeout_ms = max(0, int(seconds * 1000 + 0.999))
         while True:
@@ -116,12 +115,12 @@ class Watch:
                 pass
 
 
-def identity(devices) -> Tuple:
+def identity(devices) -> tuple:
     """What a watch depends on: the GPUs that answer and their handles."""
     return tuple((dev.index, dev.uuid, _address(dev.handle)) for dev in devices if dev.up)
 
 
-def watch(ctx, current: Optional[Watch]) -> Optional[Watch]:
+def watch(ctx, current: Watch | None) -> Watch | None:
     """The watch for this cycle's GPUs: `current` while they are the same, a new one when they changed,
     None where NVML or its events are not there (the repeating mode then sleeps between cycles)."""
     from .nvml import NvmlUnavailable

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Tuple
+from collections.abc import Callable, Collection, Mapping
 
 from .catalogue import FULL, FULL_ONLY, METRICS, POD_LABELS, STANDARD_SUBSET
 
@@ -22,7 +22,7 @@ from .catalogue import FULL, FULL_ONLY, METRICS, POD_LABELS, STANDARD_SUBSET
 NOT_AVAILABLE = frozenset({0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF, -1})
 
 
-def clean(value: Any) -> Optional[float]:
+def clean(value: object) -> float | None:
     """The value as a number fit for the textfile, or None for "not available" markers and non-numbers:
     an int stays an int (exact, and written without a float's conversions), anything else becomes a
     finite float."""
@@ -40,16 +40,16 @@ Keep = Callable[[str, Mapping[str, str]], bool]
 class Extra:
     """A family outside the catalogue: an NVML field a counters file names (gputext.dcgm_exporter)."""
 
-    def __init__(self, name: str, type_: str, help_: str, labels: Tuple[str, ...]):
+    def __init__(self, name: str, type_: str, help_: str, labels: tuple[str, ...]):
         self.name, self.type, self.help, self.labels = name, type_, help_, labels
-        self.series: Dict[Tuple[str, ...], float] = {}
+        self.series: dict[tuple[str, ...], float] = {}
 
 
 # (name, the pod labels of the run where the family gets them) -> {label values: the start of the line
 # ('gpu_up{gpu="0",uuid="GPU-..."} ')}, as the last render wrote them: the repeating mode writes the
 # same series every cycle, and joining and escaping their labels was the largest part of a render. Only
 # the last render's lines are kept, so memory stays flat.
-_LINES: Dict[Tuple[str, Any], Dict[Tuple[str, ...], str]] = {}
+_LINES: dict[tuple[str, object], dict[tuple[str, ...], str]] = {}
 _EXACT = 2 ** 53  # integers below it are exact as floats and are written without a fraction
 _ALL_LABELS = {m.key: m.all_labels for m in METRICS}
 _LABEL_COUNT = {key: len(names) for key, names in _ALL_LABELS.items()}
@@ -60,7 +60,7 @@ class Level:
     plus those --naming dcgm writes under DCGM's names whatever the level: keep(key, labels), asked only
     for the rows in keep_keys."""
 
-    def __init__(self, detail: str = FULL, keep: Optional[Keep] = None, keep_keys: frozenset = frozenset()):
+    def __init__(self, detail: str = FULL, keep: Keep | None = None, keep_keys: frozenset = frozenset()):
         self.detail = detail
         self.left_out = frozenset() if detail == FULL else FULL_ONLY
         self.subset = {} if detail == FULL else STANDARD_SUBSET
@@ -81,7 +81,7 @@ class Level:
             return True
         return key in self.keep_keys and self.keep(key, labels)
 
-    def keeps_row(self, key: str, label_values: Tuple[str, ...]) -> bool:
+    def keeps_row(self, key: str, label_values: tuple[str, ...]) -> bool:
         """keeps() for label values in the catalogue's order."""
         subset = self.subset_rows.get(key)
         if key not in self.left_out and (subset is None or label_values[subset[0]] in subset[1]):
@@ -95,11 +95,11 @@ class DeviceRows:
     the catalogue's order, or None where the level does not write that series. Each is made once, so
     only for label values from a fixed set (links, clocks, reasons), never per process."""
 
-    def __init__(self, level: Level, gpu: Tuple[str, str]):
+    def __init__(self, level: Level, gpu: tuple[str, str]):
         self._level, self._gpu = level, gpu
-        self._rows: Dict[Tuple[str, Tuple[str, ...]], Optional[Tuple[str, ...]]] = {}
+        self._rows: dict[tuple[str, tuple[str, ...]], tuple[str, ...] | None] = {}
 
-    def get(self, key: str, *extra: str) -> Optional[Tuple[str, ...]]:
+    def get(self, key: str, *extra: str) -> tuple[str, ...] | None:
         try:
             return self._rows[key, extra]
         except KeyError:
@@ -114,14 +114,14 @@ class DeviceRows:
 
 
 class Samples:
-    def __init__(self, detail: str = FULL, keep: Optional[Keep] = None,
+    def __init__(self, detail: str = FULL, keep: Keep | None = None,
                  keep_keys: frozenset = frozenset()) -> None:
-        self._series: Dict[str, Dict[Tuple[str, ...], float]] = {}
+        self._series: dict[str, dict[tuple[str, ...], float]] = {}
         self.detail = detail
         # the catalogue's detail levels, applied as samples arrive (nothing is kept to be dropped later)
         self.level = Level(detail, keep, keep_keys)
         self._left_out, self._subset = self.level.left_out, self.level.subset
-        self.extras: Dict[str, Extra] = {}
+        self.extras: dict[str, Extra] = {}
 
     def wants(self, key: str) -> bool:
         """Whether this level writes any series of `key` (a collector may skip reading what it does not)."""
@@ -160,7 +160,7 @@ class Samples:
             raise ValueError(f"{key}: labels {sorted(labels)} differ from the catalogue's {sorted(names)}") from None
         self._series.setdefault(key, {})[label_values] = value
 
-    def add_row(self, key: str, value, label_values: Tuple[str, ...]) -> None:
+    def add_row(self, key: str, value, label_values: tuple[str, ...]) -> None:
         """add() for a collector that has the label values already in the catalogue's order (the NVLink
         collector's 440 series a cycle on 8 GPUs, the device collectors' kept DeviceRows): no label dict
         is built and checked for each."""
@@ -201,19 +201,19 @@ class Samples:
                     family = series[key] = {}
                 family[label_values] = value
 
-    def series(self, key: str) -> Dict[Tuple[str, ...], float]:
+    def series(self, key: str) -> dict[tuple[str, ...], float]:
         return dict(self._series.get(key, {}))
 
-    def render(self, prefix: str, pod_labels: Optional[Mapping[str, Mapping[str, str]]] = None,
-               skip: Collection[Tuple[str, Tuple[str, ...]]] = (), extras: bool = True) -> bytes:
+    def render(self, prefix: str, pod_labels: Mapping[str, Mapping[str, str]] | None = None,
+               skip: Collection[tuple[str, tuple[str, ...]]] = (), extras: bool = True) -> bytes:
         """The text exposition. `pod_labels` maps a GPU UUID to the pod/namespace/container labels its
         device series gain (where exactly one container holds that GPU). `skip` holds (key, label values)
         of series written elsewhere (under dcgm-exporter's names), `extras` whether to write the families
         outside the catalogue."""
         global _LINES
         lines = []
-        escaped: Dict[str, str] = {}  # label values repeat on every line of a GPU: escape each once
-        lines_now: Dict[Tuple[str, Any], Dict[Tuple[str, ...], str]] = {}
+        escaped: dict[str, str] = {}  # label values repeat on every line of a GPU: escape each once
+        lines_now: dict[tuple[str, object], dict[tuple[str, ...], str]] = {}
         pods = tuple(sorted((uuid, tuple(extra[k] for k in POD_LABELS))
                             for uuid, extra in pod_labels.items())) if pod_labels else None
         all_series = self._series
@@ -249,14 +249,14 @@ class Samples:
 
 
 @functools.lru_cache(maxsize=None)
-def _families(prefix: str) -> Tuple[tuple, ...]:
+def _families(prefix: str) -> tuple[tuple, ...]:
     """(metric, name, HELP line, TYPE line, whether it gets pod labels) of every catalogue row, in
     order, for a prefix: the same every render."""
     return tuple((metric, metric.name(prefix), f"# HELP {metric.name(prefix)} {_escape_help(metric.help)}",
                   f"# TYPE {metric.name(prefix)} {metric.type}", metric.gets_pod_labels) for metric in METRICS)
 
 
-def _line_start(metric, name: str, label_values: Tuple[str, ...], pod_labels, escaped: Dict[str, str]) -> str:
+def _line_start(metric, name: str, label_values: tuple[str, ...], pod_labels, escaped: dict[str, str]) -> str:
     """'name{label="value",...} ' of a series; with the pod labels of its GPU where `pod_labels` has them."""
     extra = pod_labels.get(label_values[1]) if pod_labels else None  # label_values[1] is the uuid
     if extra:
@@ -273,7 +273,7 @@ def _line_start(metric, name: str, label_values: Tuple[str, ...], pod_labels, es
     return name + "{" + ",".join(f'{label}="{value}"' for label, value in zip(labels, values)) + "} "
 
 
-def render_family(lines: List[str], name: str, type_: str, help_: str, series) -> None:
+def render_family(lines: list[str], name: str, type_: str, help_: str, series) -> None:
     """HELP, TYPE and one line per (labels, value) of `series` (labels a dict, in the order to write)."""
     lines.append(f"# HELP {name} {_escape_help(help_)}")
     lines.append(f"# TYPE {name} {type_}")
@@ -290,7 +290,7 @@ def _escape_help(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
-def _format_numbers(values) -> List[str]:
+def _format_numbers(values) -> list[str]:
     """Each value as text: integers without a fraction (readable for a person at `--out -`), everything
     else as repr. An int is written exactly; a float as an integer only below 2**53, where it is exact.
     One comprehension: a render writes thousands, and an int, as most NVML counters are, costs a third

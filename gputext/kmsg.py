@@ -21,7 +21,6 @@ import re
 import stat
 from collections import namedtuple
 from pathlib import Path
-from typing import List, Optional, Tuple
 
 # At least CONSOLE_EXT_LOG_MAX (8192): below a record's size read() fails with EINVAL and the record is gone.
 # Larger only makes a regular file cheaper to read (many records per read).
@@ -41,7 +40,7 @@ _XID_LINE = re.compile(r"NVRM: Xid \(PCI:([0-9a-fA-F]{4,8}):([0-9a-fA-F]{2}):([0
 _ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
 _PCI = re.compile(r"([0-9a-fA-F]{4,8}):([0-9a-fA-F]{2}):([0-9a-fA-F]{2})(?:\.[0-7])?")
 
-PciAddress = Tuple[int, int, int]  # domain, bus, device
+PciAddress = tuple[int, int, int]  # domain, bus, device
 
 
 class KmsgUnreadable(Exception):
@@ -55,7 +54,7 @@ class Xid(namedtuple("Xid", "seq usec pci code gpu_instance compute_instance", d
     __slots__ = ()
 
 
-def pci_address(text: str) -> Optional[PciAddress]:
+def pci_address(text: str) -> PciAddress | None:
     """(domain, bus, device) of a PCI address as NVML writes it (`00000000:3B:00.0`) or the driver's log
     does (`0000:3b:00`): domain width and case do not matter."""
     match = _PCI.fullmatch(text.strip())
@@ -68,7 +67,7 @@ def pci_text(pci: PciAddress) -> str:
     return f"{pci[0]:04x}:{pci[1]:02x}:{pci[2]:02x}"
 
 
-def parse_xid(seq: int, usec: int, message: bytes) -> Optional[Xid]:
+def parse_xid(seq: int, usec: int, message: bytes) -> Xid | None:
     """The XID of one record's message (still escaped as in /dev/kmsg), or None if it holds none."""
     text = _ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), message).decode("utf-8", "replace")
     match = _XID_LINE.search(text)
@@ -79,7 +78,7 @@ def parse_xid(seq: int, usec: int, message: bytes) -> Optional[Xid]:
                None if gi is None else int(gi), None if ci is None else int(ci))
 
 
-def _header(line: bytes) -> Optional[Tuple[int, int, int]]:
+def _header(line: bytes) -> tuple[int, int, int] | None:
     """(seq, usec, offset of the message) of a record line, or None if it has no valid header."""
     semi = line.find(b";", 0, 128)
     if semi < 0:
@@ -90,7 +89,7 @@ def _header(line: bytes) -> Optional[Tuple[int, int, int]]:
     return int(parts[1]), int(parts[2]), semi + 1
 
 
-def _last_record_seq(lines: bytes) -> Optional[int]:
+def _last_record_seq(lines: bytes) -> int | None:
     """The sequence number of the last record in `lines` (which ends with a newline)."""
     end = len(lines) - 1
     while end > 0:
@@ -131,8 +130,8 @@ class KmsgReader:
 
     def __init__(self, path: Path):
         self.path = path
-        self.last_seq: Optional[int] = None  # the newest record read so far
-        self._fd: Optional[int] = None
+        self.last_seq: int | None = None  # the newest record read so far
+        self._fd: int | None = None
         self._device = False  # /dev/kmsg itself, not a file of records
         self._pending = b""  # a line not yet ended (a file read stops anywhere)
         self._discarding = False  # inside a line longer than MAX_LINE
@@ -148,7 +147,7 @@ class KmsgReader:
             self._device = stat.S_ISCHR(os.fstat(self._fd).st_mode)
         return self._fd
 
-    def new_xids(self, after: Optional[int]) -> Tuple[List[Xid], int]:
+    def new_xids(self, after: int | None) -> tuple[list[Xid], int]:
         """(XIDs of the records newer than sequence number `after`, how many records newer than `after`
         were lost: overwritten before anyone read them). `after` None: every record of this boot is new
         (sequence numbers start at 0 at boot). Raises KmsgUnreadable, FileNotFoundError, OSError."""
@@ -226,11 +225,11 @@ class _Batch:
 
     def __init__(self, expected: int):
         self.expected = expected  # the sequence number of the first record not yet counted
-        self.found: List[Xid] = []
+        self.found: list[Xid] = []
         self.lost = 0
-        self.newest: Optional[int] = None
+        self.newest: int | None = None
 
-    def take(self, line: bytes) -> Optional[int]:
+    def take(self, line: bytes) -> int | None:
         """Count one record's line; returns its sequence number (None for a line that is no record)."""
         header = _header(line)
         if header is None:

@@ -18,7 +18,6 @@ import fcntl
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 _POLL_SECONDS = 0.02
 
@@ -34,7 +33,7 @@ class LockUnavailable(OSError):
 class FileLock:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._fd: Optional[int] = None
+        self._fd: int | None = None
 
     def acquire(self, timeout: float) -> None:
         """Take the lock, waiting up to `timeout` seconds for another holder. Raises LockTimeout, or

@@ -14,7 +14,6 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Dict, List
 
 from .catalogue import BY_KEY
 
@@ -80,7 +79,7 @@ def _alert(name, expr, for_, severity, summary, description, action):
 _GPU = "GPU {{ $labels.gpu }} ({{ $labels.uuid }}) on {{ $labels.instance }}"
 
 
-def alert_rules(prefix: str = DEFAULT_PREFIX, stale_after: int = DEFAULT_STALE_AFTER) -> List[dict]:
+def alert_rules(prefix: str = DEFAULT_PREFIX, stale_after: int = DEFAULT_STALE_AFTER) -> list[dict]:
     n = Names(prefix)
     xid_last = n("xid_last_time_seconds")
     rules = [
@@ -170,7 +169,7 @@ def alert_rules(prefix: str = DEFAULT_PREFIX, stale_after: int = DEFAULT_STALE_A
 
 # --- recording rules ----------------------------------------------------------------------------------
 
-def recording_rules(prefix: str = DEFAULT_PREFIX) -> List[dict]:
+def recording_rules(prefix: str = DEFAULT_PREFIX) -> list[dict]:
     n = Names(prefix)
 
     def rate_or_gauge(counter: str, gauge: str) -> str:
@@ -204,7 +203,7 @@ def recording_rules(prefix: str = DEFAULT_PREFIX) -> List[dict]:
 
 
 def rule_groups(prefix: str = DEFAULT_PREFIX, stale_after: int = DEFAULT_STALE_AFTER,
-                only: str = "all") -> List[dict]:
+                only: str = "all") -> list[dict]:
     groups = {"alerts": {"name": "gputext-alerts", "rules": alert_rules(prefix, stale_after)},
               "recording": {"name": "gputext-recording", "rules": recording_rules(prefix)}}
     return [g for kind, g in groups.items() if only in ("all", kind)]
@@ -238,7 +237,7 @@ def _target(expr: str, legend: str = "", instant: bool = False) -> dict:
             "format": "table" if instant else "time_series"}
 
 
-def _panels(n: Names) -> List[dict]:
+def _panels(n: Names) -> list[dict]:
     """Each panel as title, type, unit, description and targets (laid out by `dashboard`)."""
     gpu = "{{instance}} GPU {{gpu}}"
     rate = "[$__rate_interval]"
@@ -393,13 +392,13 @@ def to_yaml(value, indent: int = 0) -> str:
 
 # --- the committed files ------------------------------------------------------------------------------
 
-def committed_files() -> Dict[str, str]:
+def committed_files() -> dict[str, str]:
     """monitoring/'s files for the default prefix: name -> content."""
     return {"alerts.yaml": rules_file(only="alerts"), "recording.yaml": rules_file(only="recording"),
             "prometheusrule.yaml": prometheus_rule(), "dashboard.json": dashboard_json()}
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m gputext.monitoring DIRECTORY  (writes monitoring/'s files there)", file=sys.stderr)
         return 2

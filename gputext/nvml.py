@@ -12,7 +12,7 @@ import ctypes
 import math
 import struct
 import sys
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from collections.abc import Callable, Iterable
 
 import pynvml
 
@@ -55,7 +55,7 @@ class _Answer:
     do not change, so each cycle is one unpack; an answer with other types (checked every time, in one
     tuple comparison) makes a new _Answer."""
 
-    def __init__(self, types: Tuple[int, ...]):
+    def __init__(self, types: tuple[int, ...]):
         self.types = types
         parts, self.bits, self.known, self.doubles = [], [], [], []
         for position, value_type in enumerate(types):
@@ -73,7 +73,7 @@ class _Answer:
         self.all_known = len(self.known) == len(types)
         self.format = struct.Struct("=" + "".join(parts))
 
-    def values(self, keys: Tuple["FieldKey", ...], flat: tuple) -> List[Optional[float]]:
+    def values(self, keys: tuple["FieldKey", ...], flat: tuple) -> list[float | None]:
         """The value of each entry, in request order, cleaned as exposition.clean does (None where
         the entry failed, has a type newer than this module or holds a not-available marker); `flat` is
         (valueType, nvmlReturn, value) per entry, as self.format unpacks them. Raises DeviceGone."""
@@ -96,7 +96,7 @@ class _Answer:
         return values
 
 
-FieldKey = Tuple[int, int]  # (field id, scope id)
+FieldKey = tuple[int, int]  # (field id, scope id)
 
 
 class NvmlUnavailable(Exception):
@@ -128,8 +128,8 @@ class Nvml:
     def __init__(self, warn: Callable[[str], None] = lambda msg: print(f"gputext: {msg}", file=sys.stderr)):
         self._warn = warn
         self._warned: set = set()
-        self._requests: Dict[Tuple[FieldKey, ...], bytes] = {}  # see _request
-        self._answers: Dict[Tuple[FieldKey, ...], _Answer] = {}  # see _Answer, per request
+        self._requests: dict[tuple[FieldKey, ...], bytes] = {}  # see _request
+        self._answers: dict[tuple[FieldKey, ...], _Answer] = {}  # see _Answer, per request
         self.started = False
 
     def start(self) -> None:
@@ -149,8 +149,8 @@ class Nvml:
             except pynvml.NVMLError:
                 pass
 
-    def call(self, fn: Callable, *args: Any, device: str = "", not_found: Any = None,
-             no_function: Any = None) -> Any:
+    def call(self, fn: Callable, *args: object, device: str = "", not_found: object = None,
+             no_function: object = None) -> object:
         """fn(*args), or None where the value does not exist. Raises DeviceGone.
 
         For queries that list things (samples, records), NVML answers NOT_FOUND when there are none:
@@ -180,8 +180,8 @@ class Nvml:
             self.warn_once((fn.__name__, code), f"{device}: {fn.__name__} failed: {err}")
             return None
 
-    def fields(self, handle: Any, keys: Iterable[FieldKey], device: str = "",
-               widths: Optional[Dict[FieldKey, int]] = None) -> Dict[FieldKey, float]:
+    def fields(self, handle: object, keys: Iterable[FieldKey], device: str = "",
+               widths: dict[FieldKey, int] | None = None) -> dict[FieldKey, float]:
         """Read many field values in one nvmlDeviceGetFieldValues call; absent ones are left out.
         If `widths` is given, it receives the bit width of each value's C type (for counters that wrap)."""
         keys = tuple(keys)
@@ -192,7 +192,7 @@ class Nvml:
             widths.update((key, width) for key, value, width in zip(keys, values, bits) if value is not None)
         return found
 
-    def field_list(self, handle: Any, keys: Tuple[FieldKey, ...], device: str = "") -> List[Optional[float]]:
+    def field_list(self, handle: object, keys: tuple[FieldKey, ...], device: str = "") -> list[float | None]:
         """fields() as a list in the order of `keys`, None where absent: for a collector that keeps the
         position of each key (the NVLink collector's 108 a GPU), which is cheaper than a dict of tuples."""
         if not keys:
@@ -208,7 +208,7 @@ class Nvml:
             flat = answer.format.unpack(data)
         return answer.values(keys, flat)
 
-    def _request(self, keys: Tuple[FieldKey, ...]) -> bytes:
+    def _request(self, keys: tuple[FieldKey, ...]) -> bytes:
         """The request array of `keys` as bytes, built once per key list: the same fields are asked of
         every GPU and every cycle, and filling pynvml's structs member by member costs a Python-level
         attribute write per field."""
@@ -220,13 +220,13 @@ class Nvml:
             request = self._requests[keys] = bytes(buffer)
         return request
 
-    def warn_once(self, kind: Any, message: str) -> None:
+    def warn_once(self, kind: object, message: str) -> None:
         if kind not in self._warned:
             self._warned.add(kind)
             self._warn(message)
 
 
-def nvmlDeviceGetFieldValues(handle: Any, request: bytes, count: int) -> Any:
+def nvmlDeviceGetFieldValues(handle: object, request: bytes, count: int) -> object:
     """pynvml's nvmlDeviceGetFieldValues on a ready request (see Nvml._request): the same C call, the same
     errors (NVMLError), without rebuilding the array."""
     values = (_FIELD * count).from_buffer_copy(request)
@@ -237,7 +237,7 @@ def nvmlDeviceGetFieldValues(handle: Any, request: bytes, count: int) -> Any:
 
 
 
-def text(value: Any) -> str:
+def text(value: object) -> str:
     """NVML strings arrive as str or bytes depending on the pynvml version."""
     if value is None:
         return ""

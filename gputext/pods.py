@@ -23,7 +23,6 @@ import os
 import re
 from collections import namedtuple
 from pathlib import Path
-from typing import Dict, Optional, Tuple
 
 _POD_UID = re.compile(r"(?:^|-)pod([0-9a-f]{8}[-_]?[0-9a-f]{4}[-_]?[0-9a-f]{4}[-_]?[0-9a-f]{4}[-_]?[0-9a-f]{12})"
                       r"(?:\.slice)?$")
@@ -35,14 +34,14 @@ class PodRef(namedtuple("PodRef", "pod namespace container", defaults=("", "", "
 
     __slots__ = ()
 
-    def labels(self) -> Dict[str, str]:
+    def labels(self) -> dict[str, str]:
         return {"pod": self.pod, "namespace": self.namespace, "container": self.container}
 
 
 NOT_IN_A_POD = PodRef()
 
 
-def pod_ids(cgroup: str) -> Tuple[Optional[str], Optional[str]]:
+def pod_ids(cgroup: str) -> tuple[str | None, str | None]:
     """(pod UID, container ID) from the text of /proc/<pid>/cgroup; None where it names none."""
     for line in cgroup.splitlines():
         path = line.split(":", 2)[-1]
@@ -62,8 +61,8 @@ class PodResolver:
 
     def __init__(self, host_root: Path):
         self.host_root = Path(host_root)
-        self._pods: Optional[Dict[str, str]] = None  # pod UID -> its /var/log/pods directory name
-        self._containers: Optional[Dict[str, Tuple[str, str, str]]] = None  # id -> (pod, namespace, name)
+        self._pods: dict[str, str] | None = None  # pod UID -> its /var/log/pods directory name
+        self._containers: dict[str, tuple[str, str, str]] | None = None  # id -> (pod, namespace, name)
 
     def for_pid(self, pid: int) -> PodRef:
         """The pod of a host PID, or NOT_IN_A_POD (a process outside Kubernetes keeps its series)."""
@@ -83,7 +82,7 @@ class PodResolver:
         namespace, pod, _ = directory.split("_")
         return PodRef(pod, namespace, self._only_container(directory))
 
-    def _pod_directories(self) -> Dict[str, str]:
+    def _pod_directories(self) -> dict[str, str]:
         if self._pods is None:
             self._pods = {}
             for name in _list(self.host_root / "var/log/pods"):
@@ -92,7 +91,7 @@ class PodResolver:
                     self._pods[parts[2]] = name
         return self._pods
 
-    def _container_names(self) -> Dict[str, Tuple[str, str, str]]:
+    def _container_names(self) -> dict[str, tuple[str, str, str]]:
         if self._containers is None:
             self._containers = {}
             for name in _list(self.host_root / "var/log/containers"):

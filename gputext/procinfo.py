@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Tuple
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 COMM_LENGTH = 15  # TASK_COMM_LEN - 1: the kernel cuts longer names
@@ -20,7 +19,7 @@ START_TIME = 19  # field 22 of /proc/<pid>/stat, counted from the state (field 3
 class ProcessTable:
     def __init__(self, proc: Path):
         self.proc = proc
-        self._boot_time: Optional[float] = None
+        self._boot_time: float | None = None
 
     def boot_time(self) -> float:
         if self._boot_time is None:
@@ -32,7 +31,7 @@ class ProcessTable:
                 raise OSError(f"{self.proc / 'stat'} has no btime line")
         return self._boot_time
 
-    def describe(self, pid: int) -> Optional[Tuple[str, float]]:
+    def describe(self, pid: int) -> tuple[str, float] | None:
         """(name, start time in Unix seconds) of the process, or None where it is gone or unreadable.
         The name may hold undecodable bytes as surrogates (os.fsdecode)."""
         try:

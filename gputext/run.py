@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-import traceback
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 from . import __version__
 from .collectors import REGISTRY, LastingFailure, NotApplicable, load
@@ -24,7 +23,7 @@ class Options:
 
     collectors: Sequence[str] = ()  # empty: every collector that applies
     prefix: str = "gpu_"
-    state_dir: Optional[Path] = None
+    state_dir: Path | None = None
     debug: bool = False
     host_root: Path = Path("/")  # where the host's /proc and /var/log are (a container mounts them elsewhere)
     # processes
@@ -32,7 +31,7 @@ class Options:
     max_processes: int = 1000
     # dcgm
     dcgm_host: str = "localhost:5555"
-    dcgm_bindings: Optional[Path] = None  # None: the DCGM 4 and DCGM 3 install paths
+    dcgm_bindings: Path | None = None  # None: the DCGM 4 and DCGM 3 install paths
     # kubernetes
     pod_resources_socket: Path = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
     kubelet_timeout_seconds: float = 2.0
@@ -42,9 +41,9 @@ class Options:
     gpm_window_seconds: float = 1.0
     detail: str = "standard"  # catalogue.DETAILS
     naming: str = "gputext"  # or "dcgm": dcgm-exporter's names (gputext.dcgm_exporter)
-    counters: Any = None  # dcgm_exporter.Counters: the DCGM series --naming dcgm writes, and NVML fields
+    counters: object = None  # dcgm_exporter.Counters: the DCGM series --naming dcgm writes, and NVML fields
     # xid
-    kmsg: Optional[Path] = None  # None: /dev/kmsg under host_root
+    kmsg: Path | None = None  # None: /dev/kmsg under host_root
 
     def __init__(self, **given):
         for name, value in given.items():
@@ -61,7 +60,7 @@ class Options:
         return self.host_root / path.lstrip("/")
 
 
-def parse_collectors(text: str) -> Tuple[str, ...]:
+def parse_collectors(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
@@ -86,14 +85,14 @@ class Context:
         self.state = State(options.state_dir, warn, note=self.note_once)
         self._nvml = None
         self._inventory = None
-        self.dcgm_nvlink_sums: Dict[str, list] = {}  # --naming dcgm without state: last cycle's NVLink sums
-        self._kept: Dict[str, Any] = {}
+        self.dcgm_nvlink_sums: dict[str, list] = {}  # --naming dcgm without state: last cycle's NVLink sums
+        self._kept: dict[str, object] = {}
         # what the xid collector keeps for the next cycle of the repeating mode (an open kernel log, the
         # boot time, counts without state); its open log is closed with the context
-        self.held: Dict[str, object] = {}
+        self.held: dict[str, object] = {}
         # XID events (events.XidEvent) the repeating mode's NVML event set received since the xid
         # collector last ran; None where no event set is watched (one-shot runs, no NVML events)
-        self.xid_events: Optional[list] = None
+        self.xid_events: list | None = None
         self.new_cycle()
 
     def new_cycle(self) -> None:
@@ -101,11 +100,11 @@ class Context:
         stay, what belongs to one collection starts afresh."""
         self.now = time.time()
         # GPU UUID -> pod/namespace/container for its device series; set by the kubernetes collector
-        self.pod_labels: Dict[str, Dict[str, str]] = {}
+        self.pod_labels: dict[str, dict[str, str]] = {}
         # the process series of this run (collectors.processes.Process); set by the processes collector
-        self.processes: Optional[list] = None
+        self.processes: list | None = None
         self._devices = None
-        self._mig_devices: Dict[str, list] = {}  # GPU UUID -> its MIG devices, this collection
+        self._mig_devices: dict[str, list] = {}  # GPU UUID -> its MIG devices, this collection
         self._nvml_error = None  # a driver that was missing may have come up since: try again
 
     def note_once(self, message: str, per_boot: bool = True) -> None:
@@ -177,7 +176,7 @@ class Context:
         """A static value of a device, cached across runs (see Inventory.static)."""
         return self._inventory.static(dev, name, read)
 
-    def kept(self, name: str, make: Callable[[], Any]) -> Any:
+    def kept(self, name: str, make: Callable[[], object]) -> object:
         """An object a collector keeps for the life of this process, across the cycles of the repeating
         mode (GPM's samples, which live inside NVML and cannot be saved in the state); made on first
         use, and closed (its close()) before NVML shuts down."""
@@ -212,8 +211,8 @@ class Context:
 class Result:
     """What a collection gave: the samples, whether NVML could be read, the collectors that failed."""
 
-    def __init__(self, samples: Samples, nvml_unavailable: bool, failed: List[str],
-                 pod_labels: Dict[str, Dict[str, str]], dcgm: Optional[DcgmNaming] = None):
+    def __init__(self, samples: Samples, nvml_unavailable: bool, failed: list[str],
+                 pod_labels: dict[str, dict[str, str]], dcgm: DcgmNaming | None = None):
         self.samples = samples
         self.nvml_unavailable = nvml_unavailable
         self.failed = failed
@@ -232,10 +231,10 @@ class Result:
 class DcgmNaming:
     """What --naming dcgm needs beyond the samples: the counters, each GPU's labels, the NVLink rate."""
 
-    def __init__(self, counters: Any):
+    def __init__(self, counters: object):
         self.counters = counters
-        self.devices: Dict[str, Dict[str, str]] = {}
-        self.nvlink_bandwidth: Dict[str, float] = {}
+        self.devices: dict[str, dict[str, str]] = {}
+        self.nvlink_bandwidth: dict[str, float] = {}
 
 
 def _samples(options: Options) -> Samples:
@@ -291,7 +290,7 @@ def collect(ctx: Context) -> Result:
     # A collector that has to wait (GPM, between its two samples) has a begin(ctx) step: it starts
     # before any collector runs and finishes in its turn (last), so the wait overlaps the others' work.
     # What begin raises is handled in that turn, as if collect had raised it.
-    begun: Dict[str, Tuple[float, Optional[Exception]]] = {}
+    begun: dict[str, tuple[float, Exception | None]] = {}
     for name in names:
         begin = getattr(load(name), "begin", None)
         if begin is not None:
@@ -322,7 +321,12 @@ def collect(ctx: Context) -> Result:
             ctx.note_once(str(err), per_boot=False)  # a run that exits 1 always says why
             success = 0
         except Exception as err:  # one failing source must not take the others down
-            detail = traceback.format_exc() if ctx.options.debug else f"{type(err).__name__}: {err}"
+            if ctx.options.debug:
+                import traceback  # about 4 ms to import (linecache, tokenize, textwrap): only when asked
+
+                detail = traceback.format_exc()
+            else:
+                detail = f"{type(err).__name__}: {err}"
             ctx.warn(f"collector {name} failed: {detail}")
             success = 0
         if not success:

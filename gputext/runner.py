@@ -16,7 +16,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 from .locks import FileLock, LockTimeout, LockUnavailable
 from .run import Context, collect
@@ -40,7 +40,7 @@ class Output:
         self._lock = None
 
     @property
-    def target(self) -> Optional[Path]:
+    def target(self) -> Path | None:
         """The file replaced by each write; None where writes go straight through."""
         return self.destination.path if self.destination.kind == "file" else None
 

@@ -18,7 +18,7 @@ import sys
 import textwrap
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Iterable, Sequence
 
 from .catalogue import BY_KEY
 from .exposition import Samples
@@ -38,7 +38,7 @@ class Sampled:
     first: Samples
     last: Samples
     seconds: float
-    failed: List[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
     nvml_unavailable: bool = False
 
 
@@ -63,26 +63,26 @@ def sample(options: Options, seconds: float, warn: Callable[[str], None]) -> Sam
 
 # --- reading the samples -------------------------------------------------------------------------------
 
-def labelled(samples: Samples, key: str) -> List[Tuple[Dict[str, str], float]]:
+def labelled(samples: Samples, key: str) -> list[tuple[dict[str, str], float]]:
     """(labels by name, value) of each series of a metric."""
     names = BY_KEY[key].all_labels
     return [(dict(zip(names, values)), value) for values, value in samples.series(key).items()]
 
 
-def per_gpu(samples: Samples, key: str) -> Dict[str, float]:
+def per_gpu(samples: Samples, key: str) -> dict[str, float]:
     """{gpu index: value} of a device metric without labels of its own."""
     return {labels["gpu"]: value for labels, value in labelled(samples, key)}
 
 
-def per_gpu_sum(samples: Samples, key: str) -> Dict[str, float]:
+def per_gpu_sum(samples: Samples, key: str) -> dict[str, float]:
     """{gpu index: sum over the metric's other labels} (NVLink bytes over all links)."""
-    sums: Dict[str, float] = {}
+    sums: dict[str, float] = {}
     for labels, value in labelled(samples, key):
         sums[labels["gpu"]] = sums.get(labels["gpu"], 0.0) + value
     return sums
 
 
-def rate(first: Samples, last: Samples, key: str, seconds: float) -> Dict[str, float]:
+def rate(first: Samples, last: Samples, key: str, seconds: float) -> dict[str, float]:
     """{gpu: increase per second} of a counter summed per GPU; a GPU whose counter went back (driver
     reload, link reset) or that appears in one run only has no rate."""
     if seconds <= 0:
@@ -97,27 +97,27 @@ class Row:
     gpu: str
     name: str = ""
     up: bool = True
-    temperature: Optional[float] = None
-    power: Optional[float] = None
-    power_limit: Optional[float] = None
-    memory_used: Optional[float] = None
-    memory_total: Optional[float] = None
-    utilization: Optional[float] = None
-    sm_active: Optional[float] = None  # GPM, Hopper and newer
-    memory_utilization: Optional[float] = None
-    links_up: Optional[int] = None
-    links: Optional[int] = None
-    nvlink_tx: Optional[float] = None
-    nvlink_rx: Optional[float] = None
-    pcie_tx: Optional[float] = None
-    pcie_rx: Optional[float] = None
+    temperature: float | None = None
+    power: float | None = None
+    power_limit: float | None = None
+    memory_used: float | None = None
+    memory_total: float | None = None
+    utilization: float | None = None
+    sm_active: float | None = None  # GPM, Hopper and newer
+    memory_utilization: float | None = None
+    links_up: int | None = None
+    links: int | None = None
+    nvlink_tx: float | None = None
+    nvlink_rx: float | None = None
+    pcie_tx: float | None = None
+    pcie_rx: float | None = None
 
 
-def gpu_rows(s: Sampled) -> List[Row]:
+def gpu_rows(s: Sampled) -> list[Row]:
     last = s.last
     names = {labels["gpu"]: labels["name"] for labels, _ in labelled(last, "info")}
-    links_up: Dict[str, int] = {}
-    links: Dict[str, int] = {}
+    links_up: dict[str, int] = {}
+    links: dict[str, int] = {}
     for labels, value in labelled(last, "nvlink_up"):
         links[labels["gpu"]] = links.get(labels["gpu"], 0) + 1
         links_up[labels["gpu"]] = links_up.get(labels["gpu"], 0) + int(value == 1)
@@ -154,13 +154,13 @@ class ProcessRow:
     gpu: str
     pid: str
     name: str
-    memory: Optional[float]
-    sm: Optional[float]
+    memory: float | None
+    sm: float | None
     pod: str
     namespace: str
 
 
-def process_rows(samples: Samples) -> Optional[List[ProcessRow]]:
+def process_rows(samples: Samples) -> list[ProcessRow] | None:
     """The running processes, or None where the processes collector did not run (no section then)."""
     if samples.series("gputext_collector_success").get(("processes",)) != 1:
         return None
@@ -179,15 +179,15 @@ def process_rows(samples: Samples) -> Optional[List[ProcessRow]]:
 
 # --- formatting ----------------------------------------------------------------------------------------
 
-def _number(value: Optional[float]) -> str:
+def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
-def _percent(ratio: Optional[float]) -> str:
+def _percent(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio * 100:.0f}%"
 
 
-def bytes_per_second(value: Optional[float]) -> str:
+def bytes_per_second(value: float | None) -> str:
     """Decimal units, as link speeds are quoted: 1.23 GB/s."""
     if value is None:
         return "-"
@@ -197,7 +197,7 @@ def bytes_per_second(value: Optional[float]) -> str:
     return f"{value:.0f} B/s"
 
 
-def _gib(value: Optional[float]) -> str:
+def _gib(value: float | None) -> str:
     return "-" if value is None else f"{value / GIB:.1f}"
 
 
@@ -269,7 +269,7 @@ class Column:
 
 
 def table(columns: Sequence[Column], rows: Iterable[Sequence[str]], style: Style,
-          paint: Callable[[int, int, str], str] = lambda row, column, text: text) -> List[str]:
+          paint: Callable[[int, int, str], str] = lambda row, column, text: text) -> list[str]:
     """Lines of an aligned table no wider than the style's width where the text columns can give way;
     `paint(row, column, padded text)` colours a cell."""
     rows = [list(row) for row in rows]
@@ -301,7 +301,7 @@ HOT_CELSIUS, WARM_CELSIUS = 85, 75
 
 def render(s: Sampled, warnings: Sequence[str], style: Style) -> str:
     rows = gpu_rows(s)
-    out: List[str] = []
+    out: list[str] = []
     if s.nvml_unavailable:
         out.append(style.bad("NVML cannot be read on this node (see below)."))
     elif not rows:
@@ -324,14 +324,14 @@ def render(s: Sampled, warnings: Sequence[str], style: Style) -> str:
     return "\n".join(out) + "\n"
 
 
-def _summary(samples: Samples, rows: List[Row]) -> str:
+def _summary(samples: Samples, rows: list[Row]) -> str:
     """`driver 580.159.04, CUDA 13.0, 8 GPUs` (the info series carry the versions)."""
     info = next(iter(labelled(samples, "info")), None)
     parts = [f"driver {info[0]['driver_version']}", f"CUDA {info[0]['cuda_driver_version']}"] if info else []
     return ", ".join(parts + [f"{len(rows)} GPU{'s' if len(rows) != 1 else ''}"])
 
 
-def _device_table(rows: List[Row], style: Style) -> List[str]:
+def _device_table(rows: list[Row], style: Style) -> list[str]:
     # SM ACTIVE (GPM) where any GPU has it: a node before Hopper gets no column of dashes
     gpm = any(row.sm_active is not None for row in rows)
     columns = [Column("GPU", right=True), Column("NAME", shrinks=True), Column("TEMP", right=True),
@@ -361,7 +361,7 @@ def _device_table(rows: List[Row], style: Style) -> List[str]:
     return table(columns, cells, style, paint)
 
 
-def _traffic_table(rows: List[Row], seconds: float, style: Style) -> List[str]:
+def _traffic_table(rows: list[Row], seconds: float, style: Style) -> list[str]:
     columns = [Column("GPU", right=True), Column("NVLINK UP", right=True), Column("NVLINK TX", right=True),
                Column("NVLINK RX", right=True), Column("PCIE TX", right=True), Column("PCIE RX", right=True)]
     cells = [[row.gpu, "-" if row.links is None else f"{row.links_up}/{row.links}",
@@ -371,7 +371,7 @@ def _traffic_table(rows: List[Row], seconds: float, style: Style) -> List[str]:
     return [style.bold(f"Traffic ({over})")] + table(columns, cells, style)
 
 
-def _process_table(rows: List[ProcessRow], style: Style) -> List[str]:
+def _process_table(rows: list[ProcessRow], style: Style) -> list[str]:
     columns = [Column("GPU", right=True), Column("PID", right=True), Column("PROCESS", shrinks=True),
                Column("MEMORY GiB", right=True), Column("SM", right=True), Column("POD", shrinks=True),
                Column("NAMESPACE", shrinks=True)]
@@ -380,14 +380,14 @@ def _process_table(rows: List[ProcessRow], style: Style) -> List[str]:
     return [style.bold("Processes")] + table(columns, cells, style)
 
 
-def unique(items: Iterable[str]) -> List[str]:
+def unique(items: Iterable[str]) -> list[str]:
     """Items in their first order, each once (both runs warn about the same things)."""
     return list(dict.fromkeys(items))
 
 
-def run(options: Options, seconds: float, stream) -> Tuple[str, bool]:
+def run(options: Options, seconds: float, stream) -> tuple[str, bool]:
     """The text for `stream`, and whether NVML could be read."""
-    warnings: List[str] = []
+    warnings: list[str] = []
     sampled = sample(options, seconds, warnings.append)
     style = Style(wants_colour(stream), terminal_width(), shows_unicode(stream))
     text = render(sampled, unique(warnings), style)

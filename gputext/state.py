@@ -15,7 +15,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from collections.abc import Callable
 
 from .textfile import write_atomically
 
@@ -42,8 +42,8 @@ class StateUnavailable(Exception):
 
 
 class State:
-    def __init__(self, directory: Optional[Path], warn: Callable[[str], None],
-                 lock_timeout: float = LOCK_TIMEOUT_SECONDS, note: Optional[Callable[[str], None]] = None):
+    def __init__(self, directory: Path | None, warn: Callable[[str], None],
+                 lock_timeout: float = LOCK_TIMEOUT_SECONDS, note: Callable[[str], None] | None = None):
         """`warn` is told of events (a file moved aside, a failed write); `note` of the lasting
         condition "no state", which the repeating mode meets every cycle (default: `warn`)."""
         self.directory = directory
@@ -52,11 +52,11 @@ class State:
         self._note = note or warn
         self._lock_timeout = lock_timeout
         self._lock = None
-        self._sections: Optional[Dict[str, Any]] = None
-        self._read: Optional[bytes] = None  # the file as loaded: close() does not rewrite it unchanged
-        self._error: Optional[StateUnavailable] = None
+        self._sections: dict[str, object] | None = None
+        self._read: bytes | None = None  # the file as loaded: close() does not rewrite it unchanged
+        self._error: StateUnavailable | None = None
 
-    def section(self, name: str) -> Dict[str, Any]:
+    def section(self, name: str) -> dict[str, object]:
         """The named section, a dict the caller may change; it is saved at close(). Raises
         StateUnavailable (each time, warning once) where there is no usable state."""
         if self._sections is None:
@@ -73,7 +73,7 @@ class State:
             self._note(f"no state this run, metrics that need it are left out: {err}")
             raise
 
-    def _lock_and_load(self) -> Dict[str, Any]:
+    def _lock_and_load(self) -> dict[str, object]:
         if self.path is None:
             raise StateUnavailable("no state directory")
         from .locks import FileLock, LockTimeout, LockUnavailable
@@ -94,7 +94,7 @@ class State:
             raise StateUnavailable(f"{self.directory} is not writable")
         return self._load()
 
-    def _load(self) -> Dict[str, Any]:
+    def _load(self) -> dict[str, object]:
         try:
             with open(self.path, "rb") as f:
                 read = f.read()
@@ -109,7 +109,7 @@ class State:
         self._read = read
         return document["sections"]
 
-    def _move_aside(self, why: str) -> Dict[str, Any]:
+    def _move_aside(self, why: str) -> dict[str, object]:
         aside = self.path.with_name(f"{STATE_FILE}.bad-{int(time.time())}")
         try:
             os.replace(self.path, aside)

@@ -24,7 +24,8 @@ import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, NamedTuple, Optional
+from collections import namedtuple
+from collections.abc import Iterator
 
 _HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 TEMP_SUFFIX = ".tmp"
@@ -136,15 +137,12 @@ _FD_LINK = re.compile(r"/proc/(?:self|thread-self|(\d+)(?:/task/\d+)?)/fd/(\d+)|
 _MAX_LINKS = 40  # as the kernel's own limit for a path
 
 
-class Destination(NamedTuple):
+class Destination(namedtuple("Destination", "kind named path fd", defaults=(None, -1))):
     """Where a collection is written: `kind` "fd" (write descriptor `fd`), "stream" (a FIFO or character
-    device, opened and written through) or "file" (`path` replaced atomically in its directory); `named`
-    is what the user gave."""
+    device, opened and written through) or "file" (`path`, a Path, replaced atomically in its directory);
+    `named` is what the user gave."""
 
-    kind: str
-    named: str
-    path: Optional[Path] = None
-    fd: int = -1
+    __slots__ = ()
 
 
 def stdout_destination() -> Destination:
@@ -187,7 +185,7 @@ def resolve_output(named: str) -> Destination:
                         "standard output")
 
 
-def _descriptor(path: str) -> Optional[int]:
+def _descriptor(path: str) -> int | None:
     """The descriptor number where `path` is one of this process's /proc/.../fd/N links."""
     match = _FD_LINK.fullmatch(path)
     if not match:

@@ -346,3 +346,20 @@ def test_env_var_sets_option(node):
     import sys
     proc = subprocess.run([sys.executable, "-m", "gputext", "collect"], env=env, capture_output=True, text=True)
     assert value(parse_exposition(proc.stdout), "envprefix_temperature_celsius", gpu="0") == 45
+
+
+def test_a_run_imports_nothing_it_does_not_use(node, tmp_path):
+    """The timer starts gputext every few seconds: a one-shot run of every collector imports neither the
+    modules it does not call (typing, dataclasses, with inspect, ast and tokenize; traceback without
+    --debug; prometheus_client, which gputext does not render with) nor a command-line framework."""
+    node.write([h100(0), h100(1)])
+    code = ("import sys; from gputext.cli import execute; "
+            f"code = execute(['collect', '--out', {str(tmp_path / 'gpu.prom')!r}, '--state-dir', "
+            f"{str(node.state_dir)!r}]); print(' '.join(sorted(sys.modules))); sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", code], env=node.env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    imported = set(proc.stdout.split())
+    assert {"gputext.collectors.nvml", "gputext.collectors.nvlink", "gputext.collectors.processes"} <= imported
+    unused = {"typing", "dataclasses", "inspect", "ast", "tokenize", "traceback", "argparse", "typer", "click",
+              "prometheus_client"}
+    assert imported & unused == set()

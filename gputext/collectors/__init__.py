@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import Dict
 
 # name -> module. Order is the order they run and appear in `--help`.
-REGISTRY: Dict[str, str] = {
+REGISTRY: dict[str, str] = {
     "nvml": "gputext.collectors.nvml",
     "nvlink": "gputext.collectors.nvlink",
     "pcie": "gputext.collectors.pcie",

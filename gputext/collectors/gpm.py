@@ -26,7 +26,7 @@ not asked for. Calls are made one GPU at a time (gpud reports crashes with GPM c
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
 
 import pynvml
 
@@ -47,12 +47,12 @@ def mib_per_second(value: float) -> float:
     return value * (1 << 20)
 
 
-Metric = Tuple[str, Dict[str, str], Callable[[float], float]]  # catalogue key, labels, conversion
+Metric = tuple[str, dict[str, str], Callable[[float], float]]  # catalogue key, labels, conversion
 
 # GPM metric id (nvml.h NVML_GPM_METRIC_*) -> (catalogue key, extra labels, conversion to base units). The
 # ids are numbers: pynvml lacks some constants (DMMA before 13.615, NVOFA_1 before 12.570, C2C before
 # 12.575), and the ids are fixed by nvml.h.
-INSTANCE_METRICS: Dict[int, Metric] = {
+INSTANCE_METRICS: dict[int, Metric] = {
     1: ("graphics_active_ratio", {}, percent),
     2: ("sm_active_ratio", {}, percent),
     3: ("sm_occupancy_ratio", {}, percent),
@@ -71,7 +71,7 @@ INSTANCE_METRICS: Dict[int, Metric] = {
     **{50 + n: ("nvofa_active_ratio", {"engine": str(n)}, percent) for n in range(2)},
 }
 # Whole-GPU rates: a GPU instance has none of its own.
-GPU_METRICS: Dict[int, Metric] = {
+GPU_METRICS: dict[int, Metric] = {
     20: ("gpm_pcie_transmit_bytes_per_second", {}, mib_per_second),
     21: ("gpm_pcie_receive_bytes_per_second", {}, mib_per_second),
     60: ("gpm_nvlink_receive_bytes_per_second", {}, mib_per_second),
@@ -83,15 +83,15 @@ LINK_RECEIVE = "gpm_nvlink_link_receive_bytes_per_second"
 LINK_TRANSMIT = "gpm_nvlink_link_transmit_bytes_per_second"
 
 
-def link_metric_ids(link: int) -> Tuple[int, int]:
+def link_metric_ids(link: int) -> tuple[int, int]:
     """(receive, transmit) GPM ids of an NVLink link: 62+2k/63+2k for links 0-17, 212+2k/213+2k from
     link 18 (nvml.h 13.3)."""
     base = 62 + 2 * link if link < 18 else 212 + 2 * (link - 18)
     return base, base + 1
 
 
-Key = Tuple[str, str, Tuple[str, ...]]
-Emitted = List[Tuple[str, float, Dict[str, str]]]  # (catalogue key, value, labels)
+Key = tuple[str, str, tuple[str, ...]]
+Emitted = list[tuple[str, float, dict[str, str]]]  # (catalogue key, value, labels)
 
 
 class Target:
@@ -99,8 +99,8 @@ class Target:
 
     __slots__ = ("key", "dev", "gpu_instance", "window_labels", "metrics")
 
-    def __init__(self, key: Key, dev: Device, gpu_instance: Optional[int], window_labels: Dict[str, str],
-                 metrics: Dict[int, Metric]):
+    def __init__(self, key: Key, dev: Device, gpu_instance: int | None, window_labels: dict[str, str],
+                 metrics: dict[int, Metric]):
         self.key = key
         self.dev = dev
         self.gpu_instance = gpu_instance  # None: the whole GPU
@@ -113,12 +113,12 @@ class Sampler:
 
     def __init__(self, nvml: Nvml):
         self.nvml = nvml
-        self.baselines: Dict[Key, Tuple[Any, float]] = {}
-        self.last: Dict[Key, Emitted] = {}  # what each key's baseline gave, written again while it is young
-        self.targets: List[Target] = []
+        self.baselines: dict[Key, tuple[object, float]] = {}
+        self.last: dict[Key, Emitted] = {}  # what each key's baseline gave, written again while it is young
+        self.targets: list[Target] = []
         self.fresh: set = set()  # keys whose baseline this cycle took: they wait for the window
 
-    def begin(self, targets: List[Target]) -> None:
+    def begin(self, targets: list[Target]) -> None:
         """Forget what is gone; take a first sample of every target that has none."""
         wanted = {t.key for t in targets}
         for key in [key for key in self.baselines if key not in wanted]:
@@ -168,7 +168,7 @@ class Sampler:
         self.last[target.key] = emitted
         return emitted
 
-    def _sample(self, target: Target) -> Optional[Tuple[Any, float]]:
+    def _sample(self, target: Target) -> tuple[object, float] | None:
         """A new sample of the target and when it was taken; None where it could not be taken."""
         nvml, dev = self.nvml, target.dev
         sample = nvml.call(pynvml.nvmlGpmSampleAlloc, device=dev.name)
@@ -227,7 +227,7 @@ class Sampler:
         self.targets = []
 
 
-def wrappers_missing() -> Optional[str]:
+def wrappers_missing() -> str | None:
     """What to do where the installed pynvml is older than NVML's GPM functions, else None."""
     if hasattr(pynvml, "nvmlGpmMetricsGet"):
         return None
@@ -268,7 +268,7 @@ def _supported(ctx, dev: Device) -> bool:
         return False
 
 
-def _targets(ctx, dev: Device) -> List[Target]:
+def _targets(ctx, dev: Device) -> list[Target]:
     """The GPU's GPM targets with the metrics this detail level wants: the whole GPU, or, with MIG on,
     its whole-GPU rates and each GPU instance's activity."""
     # and the rows --naming dcgm writes under DCGM's names, whatever the level (DCGM_FI_PROF_GR_ENGINE_ACTIVE)
@@ -283,7 +283,7 @@ def _targets(ctx, dev: Device) -> List[Target]:
     if wants(LINK_RECEIVE) or wants(LINK_TRANSMIT):
         gpu_rates.update(_link_metrics(ctx, dev, wants))
 
-    def activity(mig_labels: Dict[str, str]):
+    def activity(mig_labels: dict[str, str]):
         labels = {**device_labels, **mig_labels}
         return {metric_id: (key, {**labels, **extra}, convert)
                 for metric_id, (key, extra, convert) in INSTANCE_METRICS.items() if wants(key)}
@@ -306,7 +306,7 @@ def _targets(ctx, dev: Device) -> List[Target]:
     return targets
 
 
-def _link_metrics(ctx, dev: Device, wants) -> Dict[int, Metric]:
+def _link_metrics(ctx, dev: Device, wants) -> dict[int, Metric]:
     from .nvlink import present_links  # the links the nvlink collector found, cached alike
 
     try:

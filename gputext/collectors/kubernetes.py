@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import pynvml
 
@@ -38,9 +38,9 @@ MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
 
 # (gpu uuid, pod, namespace, container, resource, gpu instance, MIG device uuid); the last two are ""
 # for a whole GPU
-Allocation = Tuple[str, str, str, str, str, str, str]
+Allocation = tuple[str, str, str, str, str, str, str]
 # where a device ID points: (gpu uuid, gpu instance, MIG device uuid)
-Target = Tuple[str, str, str]
+Target = tuple[str, str, str]
 
 _REPLICA = re.compile(r"::\d+$")
 _GKE = re.compile(r"nvidia(\d+)(?:/gi(\d+))?(?:/vgpu\d+)?")
@@ -72,7 +72,7 @@ def collect(ctx, samples) -> None:
             cache.update(key=key, fetched_at=ctx.now, allocations=[list(a) for a in allocations])
 
     by_uuid = {dev.uuid: dev for dev in devices}
-    holders: Dict[str, set] = {}
+    holders: dict[str, set] = {}
     for uuid, pod, namespace, container, resource, gpu_instance, mig_device in allocations:
         dev = by_uuid.get(uuid)
         if dev is None:
@@ -88,7 +88,7 @@ def collect(ctx, samples) -> None:
             ctx.pod_labels[uuid] = {"pod": pod, "namespace": namespace, "container": container}
 
 
-def _cache_section(ctx) -> Optional[dict]:
+def _cache_section(ctx) -> dict | None:
     from ..state import StateUnavailable
 
     try:
@@ -97,7 +97,7 @@ def _cache_section(ctx) -> Optional[dict]:
         return None  # every run asks the kubelet
 
 
-def _cached(cache: Optional[dict], key: list, now: float, ttl: float) -> Optional[List[Allocation]]:
+def _cached(cache: dict | None, key: list, now: float, ttl: float) -> list[Allocation] | None:
     if not cache or cache.get("key") != key:
         return None
     fetched_at, allocations = cache.get("fetched_at"), cache.get("allocations")
@@ -109,7 +109,7 @@ def _cached(cache: Optional[dict], key: list, now: float, ttl: float) -> Optiona
     return [tuple(a) for a in allocations]
 
 
-def grpc_missing() -> Optional[str]:
+def grpc_missing() -> str | None:
     """What to do when the kubelet client's packages do not import (a broken or partial install), else None."""
     try:
         import grpc  # noqa: F401
@@ -120,7 +120,7 @@ def grpc_missing() -> Optional[str]:
     return None
 
 
-def _ask_kubelet(ctx, devices: Sequence[Device], resources: Sequence[str]) -> List[Allocation]:
+def _ask_kubelet(ctx, devices: Sequence[Device], resources: Sequence[str]) -> list[Allocation]:
     from ..kubelet import list_devices  # only runs that ask the kubelet load the client
 
     try:
@@ -129,7 +129,7 @@ def _ask_kubelet(ctx, devices: Sequence[Device], resources: Sequence[str]) -> Li
     except ImportError:
         raise LastingFailure(f"no pod labels: {grpc_missing()}") from None
     finder = DeviceFinder(ctx, devices)
-    allocations: Dict[Allocation, None] = {}  # ordered, without duplicates (two replicas of one GPU)
+    allocations: dict[Allocation, None] = {}  # ordered, without duplicates (two replicas of one GPU)
     unknown = []
     for pod, namespace, container, resource, device_id in holders:
         target = finder.find(device_id)
@@ -154,9 +154,9 @@ class DeviceFinder:
         self.devices = [dev for dev in devices if dev.up]
         self.by_uuid = {dev.uuid: dev for dev in self.devices}
         self.by_index = {dev.index: dev for dev in self.devices}
-        self._by_minor: Optional[Dict[int, Device]] = None
+        self._by_minor: dict[int, Device] | None = None
 
-    def find(self, device_id: str) -> Optional[Target]:
+    def find(self, device_id: str) -> Target | None:
         device_id = _REPLICA.sub("", device_id.strip())
         if device_id.startswith("GPU-"):
             return self._whole(self.by_uuid.get(device_id))
@@ -185,10 +185,10 @@ class DeviceFinder:
         return None
 
     @staticmethod
-    def _whole(dev: Optional[Device]) -> Optional[Target]:
+    def _whole(dev: Device | None) -> Target | None:
         return (dev.uuid, "", "") if dev else None
 
-    def _mig(self, dev: Optional[Device], chosen, fallback: Optional[str] = None) -> Optional[Target]:
+    def _mig(self, dev: Device | None, chosen, fallback: str | None = None) -> Target | None:
         """The MIG device of `dev` that `chosen(slot, uuid, gi)` picks; where NVML lists none but the ID
         itself names the GPU instance (`fallback`), that instance without a MIG UUID."""
         if dev is None:
@@ -198,13 +198,13 @@ class DeviceFinder:
                 return dev.uuid, gi, uuid
         return (dev.uuid, fallback, "") if fallback is not None else None
 
-    def _mig_devices(self, dev: Device) -> List[MigDevice]:
+    def _mig_devices(self, dev: Device) -> list[MigDevice]:
         try:
             return self.ctx.mig_devices(dev)
         except DeviceGone:
             return []
 
-    def _minor(self, minor: int) -> Optional[Device]:
+    def _minor(self, minor: int) -> Device | None:
         if self._by_minor is None:
             self._by_minor = {}
             nvml = self.ctx.nvml

@@ -9,7 +9,6 @@ A GPU without NVLink writes no NVLink series.
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
 
 import pynvml
 
@@ -26,7 +25,7 @@ MB = 1_000_000  # NVML's NVLink "MBps" are decimal megabytes per second
 
 # Traffic counters: metric key -> field ids, the first the device answers wins, with their scale.
 # Blackwell's NVLink5 drops the KiB throughput fields in favour of byte counters (202/204).
-TRAFFIC: Dict[str, Tuple[Tuple[int, float], ...]] = {
+TRAFFIC: dict[str, tuple[tuple[int, float], ...]] = {
     "nvlink_transmit_bytes_total": ((138, KIB), (202, 1)),
     "nvlink_receive_bytes_total": ((139, KIB), (204, 1)),
     "nvlink_raw_transmit_bytes_total": ((140, KIB),),
@@ -35,7 +34,7 @@ TRAFFIC: Dict[str, Tuple[Tuple[int, float], ...]] = {
 # Error counters: type label -> field ids, first answered wins. Blackwell has no replay or CRC counters;
 # its recovery events (215, and 214 for those that failed) replace 162.
 # All are counts of events (no scale).
-ERRORS: Dict[str, Tuple[int, ...]] = {
+ERRORS: dict[str, tuple[int, ...]] = {
     "replay": (161,),
     "recovery": (162, 215),
     "recovery_failed": (214,),
@@ -112,7 +111,7 @@ class _Plan:
         # per traffic key, per link, its candidates
         self.traffic = tuple((key, tuple(answering(TRAFFIC[key], link) for link in links)) for key in level.traffic)
         self.speed = tuple(position.get((FI_SPEED_MBPS, link)) for link in links)
-        self.info: Dict[int, Tuple[str, ...]] = {}  # link -> nvlink_info's labels, made on first use
+        self.info: dict[int, tuple[str, ...]] = {}  # link -> nvlink_info's labels, made on first use
 
 
 def _link_state(nvml, dev, link, state):
@@ -192,7 +191,7 @@ def _collect_device(ctx, dev, samples, level: _Level) -> None:
     samples.add_values("nvlink_errors_total", [(plan.gpu, errors)])
 
 
-def _info_labels(ctx, nvml, dev, plan: _Plan, i: int) -> Tuple[str, ...]:
+def _info_labels(ctx, nvml, dev, plan: _Plan, i: int) -> tuple[str, ...]:
     link = plan.links[i]
     labels = plan.info.get(link)
     if labels is None:

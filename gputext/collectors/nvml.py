@@ -7,7 +7,6 @@ Static identity comes from the inventory cache (gputext.devices).
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
 
 import pynvml
 
@@ -24,7 +23,7 @@ FI_POWER_CURRENT_LIMIT = 190
 
 # field id -> (metric key, extra labels, factor to the metric's base unit)
 # (factor 1 as an int: an integer field stays an int, written exactly and cheaply)
-FIELD_METRICS: Dict[int, Tuple[str, Dict[str, str], float]] = {
+FIELD_METRICS: dict[int, tuple[str, dict[str, str], float]] = {
     FI_GPU_TEMP: ("temperature_celsius", {}, 1),
     82: ("memory_temperature_celsius", {}, 1),
     FI_TOTAL_ENERGY: ("energy_joules_total", {}, 1e-3),  # mJ
@@ -58,7 +57,7 @@ FIELD_METRICS: Dict[int, Tuple[str, Dict[str, str], float]] = {
 }
 
 # ECC totals: only meaningful while ECC is on (field 1), so written only then.
-ECC_FIELDS: Dict[int, Tuple[str, str]] = {
+ECC_FIELDS: dict[int, tuple[str, str]] = {
     3: ("ecc_errors_total", "corrected"),  # volatile single-bit = corrected
     4: ("ecc_errors_total", "uncorrected"),  # volatile double-bit = uncorrected
     5: ("ecc_lifetime_errors_total", "corrected"),  # aggregate
@@ -124,7 +123,7 @@ def device_rows(dev: Device, level) -> DeviceRows:
     return dev.derived("rows", level.key, lambda: DeviceRows(level, (str(dev.index), dev.uuid)))
 
 
-def _info_labels(dev: Device, system) -> Tuple[str, ...]:
+def _info_labels(dev: Device, system) -> tuple[str, ...]:
     """name, pci_bus_id, serial, vbios_version, driver_version, cuda_driver_version (the catalogue's order)"""
     return (dev.info.get("name", ""), dev.info.get("pci_bus_id", ""), dev.info.get("serial", ""),
             dev.info.get("vbios_version", ""), system.driver_version, system.cuda_driver_version)
@@ -283,11 +282,11 @@ def _mig_memory(ctx, dev: Device, samples, rows: DeviceRows, put) -> None:
                     put((key, clean(value), row))
 
 
-def _scaled(value, factor: float) -> Optional[float]:
+def _scaled(value, factor: float) -> float | None:
     """Scale after cleaning: a scaled not-available marker would no longer be recognised."""
     value = clean(value)
     return None if value is None else value * factor
 
 
-def _percent(value) -> Optional[float]:
+def _percent(value) -> float | None:
     return _scaled(value, 0.01)

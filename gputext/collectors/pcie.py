@@ -14,7 +14,6 @@ about 20 ms once, not 40 ms per GPU as a loop would. Maximum generation and widt
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
 
 import pynvml
 
@@ -26,7 +25,7 @@ FI_TX_BYTES, FI_RX_BYTES = 197, 198
 FI_REPLAYS, FI_REPLAY_ROLLOVERS = 94, 95
 KB = 1000  # nvmlDeviceGetPcieThroughput reports KB/s ("1KB granularity")
 
-ERROR_FIELDS: Dict[int, str] = {
+ERROR_FIELDS: dict[int, str] = {
     169: "l0_to_recovery",
     173: "correctable",
     174: "nak_received",
@@ -112,11 +111,11 @@ def _collect_device(ctx, dev, samples) -> bool:
     return counters
 
 
-def _sample_throughput(nvml, devices) -> List[Tuple[object, str, float]]:
+def _sample_throughput(nvml, devices) -> list[tuple[object, str, float]]:
     """Sample both directions of every device at once; returns (device, metric key, bytes/s)."""
     import threading  # only nodes without the byte counters pay for it
 
-    results: List[Tuple[object, str, float]] = []
+    results: list[tuple[object, str, float]] = []
     lock = threading.Lock()
 
     def sample(dev, key, counter):

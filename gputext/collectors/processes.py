@@ -10,7 +10,6 @@ the last run is written: running processes' memory, utilisation and start time.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
 
 import pynvml
 
@@ -32,14 +31,14 @@ class Process:
 
     __slots__ = ("gpu", "uuid", "pid", "labels")
 
-    def __init__(self, gpu: int, uuid: str, pid: int, labels: Dict[str, str]):
+    def __init__(self, gpu: int, uuid: str, pid: int, labels: dict[str, str]):
         self.gpu = gpu
         self.uuid = uuid
         self.pid = pid
         self.labels = labels  # gpu, uuid, pid, process_name, pod, namespace, container
 
 
-def processes_of_run(ctx) -> List[Process]:
+def processes_of_run(ctx) -> list[Process]:
     """The processes of this run: those the processes collector wrote, or else the running ones."""
     if ctx.processes is None:
         scan = _Scan(ctx)
@@ -83,13 +82,13 @@ class _Scan:
         self.ctx = ctx
         self.nvml = ctx.nvml
         self.pods = PodResolver(ctx.options.host_root)
-        self.found: List[Process] = []
+        self.found: list[Process] = []
         self._table = None  # procinfo.ProcessTable, made on first use
 
-    def running_memory(self, dev) -> Dict[int, Optional[int]]:
+    def running_memory(self, dev) -> dict[int, int | None]:
         """{pid: GPU memory in bytes, or None where the driver does not say} of compute and graphics
         processes. A process in both lists is one process with one amount of memory."""
-        found: Dict[int, Optional[int]] = {}
+        found: dict[int, int | None] = {}
         for fn in (pynvml.nvmlDeviceGetComputeRunningProcesses, pynvml.nvmlDeviceGetGraphicsRunningProcesses):
             for info in self.nvml.call(fn, dev.handle, device=dev.name) or ():
                 if info.usedGpuMemory is not None:
@@ -98,14 +97,14 @@ class _Scan:
                     found.setdefault(info.pid, None)
         return found
 
-    def describe(self, pid: int) -> Dict[str, Any]:
+    def describe(self, pid: int) -> dict[str, object]:
         """Name, creation time (host clock) and pod labels of a process; empty where it is gone."""
         if self._table is None:
             from ..procinfo import ProcessTable
 
             # In a container the host's processes are under --host-root (or /proc itself with hostPID).
             self._table = ProcessTable(self.ctx.options.host_path("/proc"))
-        record: Dict[str, Any] = {"name": "", "created": None}
+        record: dict[str, object] = {"name": "", "created": None}
         found = self._table.describe(pid)
         if found is not None:
             # an undecodable byte of a name is kept as a surrogate; a label value must be UTF-8
@@ -114,14 +113,14 @@ class _Scan:
         record.update(self.pods.for_pid(pid).labels())
         return record
 
-    def series(self, dev, record: Dict[str, Any]) -> Process:
+    def series(self, dev, record: dict[str, object]) -> Process:
         labels = {**dev.labels, "pid": str(record["pid"]), "process_name": record["name"],
                   "pod": record["pod"], "namespace": record["namespace"], "container": record["container"]}
         process = Process(dev.index, dev.uuid, record["pid"], labels)
         self.found.append(process)
         return process
 
-    def _accounting_times(self, dev, pid: int) -> Optional[tuple]:
+    def _accounting_times(self, dev, pid: int) -> tuple | None:
         """(start, end) in Unix seconds from the driver's accounting record; end is None while it runs."""
         stats = self.nvml.call(pynvml.nvmlDeviceGetAccountingStats, dev.handle, pid, device=dev.name)
         if stats is None or not stats.startTime:
@@ -129,7 +128,7 @@ class _Scan:
         start = stats.startTime * US
         return start, (None if stats.isRunning else start + stats.time / 1000)
 
-    def device(self, dev, state: Dict[str, Any], keep: bool, samples) -> None:
+    def device(self, dev, state: dict[str, object], keep: bool, samples) -> None:
         now = self.ctx.now
         running = self.running_memory(dev)
         utilization = self.nvml.call(pynvml.nvmlDeviceGetProcessUtilization, dev.handle,
@@ -138,7 +137,7 @@ class _Scan:
             state["last_sample_us"] = max(s.timeStamp for s in utilization)
         previous_run = state["energy"][0] if "energy" in state else None
         accounting = dev.settings.get("accounting_mode") == 1
-        records: Dict[str, Dict[str, Any]] = state.setdefault("records", {})
+        records: dict[str, dict[str, object]] = state.setdefault("records", {})
         active = {r["pid"]: r for r in records.values() if r["active"]}
 
         for pid in set(running) - set(active):  # new on the GPU
@@ -262,9 +261,9 @@ def _key(pid: int, start: float) -> str:
     return f"{pid}@{start:.6f}"
 
 
-def _averages(utilization) -> Dict[int, tuple]:
+def _averages(utilization) -> dict[int, tuple]:
     """{pid: (sm, memory, encoder, decoder) percent averaged over the process's samples}."""
-    sums: Dict[int, List[float]] = {}
+    sums: dict[int, list[float]] = {}
     for s in utilization:
         acc = sums.setdefault(s.pid, [0.0, 0.0, 0.0, 0.0, 0])
         acc[0] += s.smUtil

@@ -24,7 +24,6 @@ events are watched: then they count alone, and that is said).
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Optional, Tuple
 
 from . import LastingFailure, NotApplicable
 from ..kmsg import KmsgReader, KmsgUnreadable, pci_address, pci_text
@@ -33,7 +32,7 @@ from ..state import StateUnavailable, boot_id
 # What the driver's codes mean and what to do, for gpu_xid_info (NVIDIA's XID catalogue as NVSentinel
 # maps it; severity "fatal": the GPU or node needs action, "application": the job's own fault, the GPU is
 # healthy (the Kubernetes device plugin ignores these), "nonfatal": worth watching).
-CODES: Dict[int, Tuple[str, str, str]] = {
+CODES: dict[int, tuple[str, str, str]] = {
     8: ("GPU stopped processing (channel idle timeout)", "restart the application", "nonfatal"),
     13: ("graphics engine exception", "restart the application", "application"),
     31: ("GPU memory page fault", "restart the application", "application"),
@@ -93,7 +92,7 @@ def collect(ctx, samples) -> None:
     _write(ctx, section, samples)
 
 
-def _count_events(section: Dict[str, Any], counts: Dict[str, list], events) -> None:
+def _count_events(section: dict[str, object], counts: dict[str, list], events) -> None:
     """Count the XID events the repeating mode received, except those whose kernel-log record was
     counted already (`unpaired`); the others wait for their record (`unconfirmed`)."""
     unpaired = section.setdefault("unpaired", [])
@@ -106,7 +105,7 @@ def _count_events(section: Dict[str, Any], counts: Dict[str, list], events) -> N
         unconfirmed.append([event.pci, event.code, event.time])
 
 
-def _count_log(ctx, section: Dict[str, Any], counts: Dict[str, list], watching: bool):
+def _count_log(ctx, section: dict[str, object], counts: dict[str, list], watching: bool):
     """Count the XIDs of the kernel-log records not read before, except those an NVML event counted
     already (`unconfirmed`). Where events are watched, a counted record waits for its event
     (`unpaired`). Returns the NotApplicable or LastingFailure to raise where there is no log to read."""
@@ -154,18 +153,18 @@ def _count_log(ctx, section: Dict[str, Any], counts: Dict[str, list], watching: 
     return None
 
 
-def _key(pci: str, code: int, gpu_instance: Optional[int], compute_instance: Optional[int]) -> str:
+def _key(pci: str, code: int, gpu_instance: int | None, compute_instance: int | None) -> str:
     return "|".join((pci, str(code), _id(gpu_instance), _id(compute_instance)))
 
 
-def _add(counts: Dict[str, list], key: str, when: Optional[float]) -> None:
+def _add(counts: dict[str, list], key: str, when: float | None) -> None:
     entry = counts.setdefault(key, [0, None])
     entry[0] += 1
     if when is not None:
         entry[1] = when if entry[1] is None else max(entry[1], when)
 
 
-def _pair(waiting: list, pci: str, code: int, when: Optional[float]) -> bool:
+def _pair(waiting: list, pci: str, code: int, when: float | None) -> bool:
     """Take the oldest entry of `waiting` ([pci, code, time]) that is the same XID as (pci, code, when),
     if there is one. GPU and compute instance are not compared: drivers before 570 do not print them."""
     for index, (other_pci, other_code, other_time) in enumerate(waiting):
@@ -176,7 +175,7 @@ def _pair(waiting: list, pci: str, code: int, when: Optional[float]) -> bool:
     return False
 
 
-def _section(ctx) -> Dict[str, Any]:
+def _section(ctx) -> dict[str, object]:
     """This boot's counts: from the state, or (without one) kept by this process only."""
     try:
         section = ctx.state.section(SECTION)
@@ -189,11 +188,11 @@ def _section(ctx) -> Dict[str, Any]:
     return section
 
 
-def _id(instance: Optional[int]) -> str:
+def _id(instance: int | None) -> str:
     return "" if instance is None else str(instance)
 
 
-def _boot_time(ctx) -> Optional[float]:
+def _boot_time(ctx) -> float | None:
     """When the host booted (Unix time), from /proc/stat's btime: a record's time is boot time plus its
     own microseconds since boot."""
     if "btime" not in ctx.held:
@@ -206,7 +205,7 @@ def _boot_time(ctx) -> Optional[float]:
     return ctx.held["btime"]
 
 
-def _write(ctx, section: Dict[str, Any], samples) -> None:
+def _write(ctx, section: dict[str, object], samples) -> None:
     gpus = section.setdefault("gpus", {})  # PCI address -> [gpu index, uuid], remembered for the boot
     from ..nvml import NvmlUnavailable
 

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, List, Tuple
+from collections.abc import Callable
 
 # A node with hundreds of pods answers well under 1 MiB; gRPC's default limit is 4 MiB.
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
 # (pod, namespace, container, resource name, device ID)
-DeviceHolder = Tuple[str, str, str, str, str]
+DeviceHolder = tuple[str, str, str, str, str]
 
 
 class KubeletError(Exception):
     """The kubelet could not be asked, or gave no usable answer; the message is one line."""
 
 
-def list_devices(socket: Path, timeout: float, wanted: Callable[[str], bool]) -> List[DeviceHolder]:
+def list_devices(socket: Path, timeout: float, wanted: Callable[[str], bool]) -> list[DeviceHolder]:
     """Every device of a resource that `wanted` accepts, with the container that holds it, from one
     `List` call. Raises ImportError without grpcio/protobuf and KubeletError when the call fails."""
     # gRPC's C core logs connection failures to stderr itself; gputext says what failed in one line.
