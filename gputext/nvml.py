@@ -226,10 +226,16 @@ class Nvml:
             self._warn(message)
 
 
+_FIELD_ARRAYS: dict[int, type] = {}  # count -> the ctypes array type of that many field values
+
+
 def nvmlDeviceGetFieldValues(handle: object, request: bytes, count: int) -> object:
     """pynvml's nvmlDeviceGetFieldValues on a ready request (see Nvml._request): the same C call, the same
     errors (NVMLError), without rebuilding the array."""
-    values = (_FIELD * count).from_buffer_copy(request)
+    array = _FIELD_ARRAYS.get(count)
+    if array is None:  # ctypes keeps array types only weakly: made anew, each costs a type's creation
+        array = _FIELD_ARRAYS[count] = _FIELD * count
+    values = array.from_buffer_copy(request)
     fn = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetFieldValues")
     pynvml._nvmlCheckReturn(fn(handle, ctypes.c_int32(count), ctypes.byref(values)))
     return values

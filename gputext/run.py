@@ -302,7 +302,9 @@ def collect(ctx: Context) -> Result:
                 begun[name] = (time.perf_counter() - started, err)
     failed = []
     for name in names:
-        spent, begin_error = begun.get(name, (0.0, None))
+        # popped, and let go of below: an exception held here would hold this frame through its traceback,
+        # a cycle that keeps the whole cycle's Samples alive until a full garbage collection
+        spent, begin_error = begun.pop(name, (0.0, None))
         started = time.perf_counter()
         try:
             if begin_error is not None:
@@ -329,6 +331,8 @@ def collect(ctx: Context) -> Result:
                 detail = f"{type(err).__name__}: {err}"
             ctx.warn(f"collector {name} failed: {detail}")
             success = 0
+        finally:
+            begin_error = None
         if not success:
             failed.append(name)
         samples.add("gputext_collector_success", success, {"collector": name})

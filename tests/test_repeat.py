@@ -161,3 +161,31 @@ def test_no_state_is_said_once_not_every_cycle(node, tmp_path):
                     "--interval", "50ms", "--count", "3", state=False)
     assert proc.returncode == 0
     assert proc.stderr.count("no state this run") == 1
+
+
+def test_a_cycle_leaves_no_garbage_that_holds_its_samples(node, tmp_path):
+    """Each cycle's samples are freed when the cycle ends, not at the next full garbage collection: a
+    collector that is not applicable every cycle (gpm on GPUs without GPM) once left its exception, and
+    through its traceback the whole cycle, in a reference cycle, and the resident set grew between full
+    collections. The run here has the garbage collector off, so any cycle it makes stays to be counted."""
+    node.write([h100(0), h100(1)])
+    code = f"""
+import collections, gc, sys
+from gputext.cli import execute
+gc.collect()
+gc.disable()
+code = execute(["collect", "--out", {str(tmp_path / "gpu.prom")!r}, "--state-dir", {str(node.state_dir)!r},
+                "--interval", "1ms", "--count", "20"])
+gc.set_debug(gc.DEBUG_SAVEALL)
+gc.collect()
+print(dict(collections.Counter(type(o).__name__ for o in gc.garbage)))
+sys.exit(code)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], env=node.env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    written = (tmp_path / "gpu.prom").read_text()
+    assert 'gputext_collector_success{collector="nvml"} 1' in written
+    assert 'collector="gpm"' not in written  # not applicable (no GPM on these GPUs), every cycle
+    garbage = eval(proc.stdout)
+    assert {name: garbage.get(name, 0) for name in ("Samples", "Result", "frame", "traceback")} == {
+        "Samples": 0, "Result": 0, "frame": 0, "traceback": 0}
