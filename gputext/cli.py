@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 import re
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 from . import __version__
 from .catalogue import DETAILS, FULL, STANDARD

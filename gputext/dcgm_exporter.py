@@ -17,9 +17,9 @@ import csv
 import re
 import socket
 from collections import namedtuple
+from collections.abc import Iterable, Mapping
 from functools import cached_property
 from pathlib import Path
-from collections.abc import Iterable, Mapping
 
 from .catalogue import METRICS, Dcgm
 from .exposition import render_family

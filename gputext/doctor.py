@@ -22,9 +22,9 @@ import pwd
 import socket
 import stat
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 
 from .run import Context, Options
 

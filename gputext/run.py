@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from . import __version__
 from .collectors import REGISTRY, LastingFailure, NotApplicable, load

@@ -14,9 +14,9 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Iterator
 
 from .locks import FileLock, LockTimeout, LockUnavailable
 from .run import Context, collect

@@ -17,8 +17,8 @@ import shutil
 import sys
 import textwrap
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 from .catalogue import BY_KEY
 from .exposition import Samples

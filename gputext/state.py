@@ -14,8 +14,8 @@ import functools
 import json
 import os
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 from .textfile import write_atomically
 

@@ -22,10 +22,10 @@ import re
 import signal
 import stat
 import tempfile
-from contextlib import contextmanager
-from pathlib import Path
 from collections import namedtuple
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 _HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 TEMP_SUFFIX = ".tmp"

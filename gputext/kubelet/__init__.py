@@ -9,8 +9,8 @@ are generated from it (README, "Kubernetes", gives the command). grpcio and prot
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 # A node with hundreds of pods answers well under 1 MiB; gRPC's default limit is 4 MiB.
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
