@@ -8,21 +8,24 @@ pynvml.nvmlInit(); [handles of every GPU]"` against the same fake (common.FLOOR)
 floor, gputext, ...) so that drift in a noisy machine hits all alike; each figure is a median, and a ratio
 is the median of the pairwise ratios. Wall time is the parent's clock around the child; CPU time is the
 child's user+system from wait4. NVML calls per device are counted by the fake library: a cold run (no
-inventory cache) and a warm one. Targets (issue 14): all collectors at most 2.5x the floor, wall and CPU;
+inventory cache) and a warm one. Series per GPU are counted in what one run writes at each detail level,
+on H100s without and with GPM. Targets (issue 14): all collectors at most 2.5x the floor, wall and CPU;
 at most 12 NVML calls per device for the device metrics (nvml); NVLink and PCIe add at most 10% to an
-nvml-only run on 8 GPUs x 18 links.
+nvml-only run on 8 GPUs x 18 links; at most 80 series per GPU at --detail standard.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import re
 import shutil
 import statistics
 import subprocess
 from pathlib import Path
 
 from common import FLOOR, OLD_FLOOR, alternate, bench_env, fake_gpus, gputext_command, timed, write_scenario
-from fakegpu import H100_NVLINKS, h100, read_calls
+from fakegpu import H100_NVLINKS, h100, read_calls, with_gpm
 
 
 def calls_per_device(cmd, env, calls_path: Path) -> dict:
@@ -95,6 +98,28 @@ def main() -> None:
     print(f"{'NVML calls per device':24}{'cold':>10}{'warm':>10}   (target warm <= 12 for nvml)")
     for name, (cold, warm) in call_counts.items():
         print(f"{'  ' + name:24}{max(cold.values()):10}{max(warm.values()):10}")
+    print(f"{'series per GPU':24}{'standard':>10}{'full':>10}   (every collector but processes, whose "
+          f"series scale with the workload; target standard <= 80)")
+    gpm = bench_env(libdir, write_scenario(work / "scenario-gpm.txt", [with_gpm(h100(i)) for i in range(args.gpus)]))
+    for name, series_env, state in (("  H100s without GPM", env, "state"), ("  H100s with GPM", gpm, "state-gpm")):
+        # its own state dir: the inventory cache keeps which GPUs have GPM
+        counts = [series_per_gpu(gputext_command() + ["collect", "--out", "-", "--state-dir", str(work / state),
+                                                      "--collectors", ALL_BUT_PROCESSES, "--detail", detail,
+                                                      "--gpm-window", "150ms"], series_env)
+                  for detail in ("standard", "full")]
+        print(f"{name:24}{counts[0]:10}{counts[1]:10}")
+
+
+ALL_BUT_PROCESSES = "nvml,nvlink,pcie,dcgm,kubernetes,xid,gpm"
+
+
+def series_per_gpu(cmd: list, env: dict) -> int:
+    """The most gpu_* series (the prefixed device series) any one GPU has in what `cmd` writes to
+    standard output."""
+    text = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False).stdout
+    counts = collections.Counter(re.search(r'gpu="(\d+)"', line).group(1) for line in text.splitlines()
+                                 if line.startswith("gpu_") and 'gpu="' in line)
+    return max(counts.values())
 
 
 if __name__ == "__main__":
