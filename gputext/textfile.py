@@ -3,10 +3,10 @@
 node_exporter's textfile collector reads every `*.prom` file in its directory whenever Prometheus scrapes,
 possibly while we write. So the new content goes to a temp file in the same directory whose name does not
 end in `.prom` (node_exporter ignores it), is fsynced, made 0644 (node_exporter runs as another user,
-and mkstemp's 0600 would lock it out), renamed over the target, and the directory is fsynced so the rename
+and the temp file is created 0600), renamed over the target, and the directory is fsynced so the rename
 survives a crash. Termination signals are held back while the temp file exists, so a SIGTERM from systemd
 lands between writes, not in the middle of one. A temp file left by a run that was SIGKILLed is removed by
-the next run that writes the same target.
+the next run that writes the same target (a repeating process looks again once a minute).
 
 `--out` may also name a FIFO, a character device or a descriptor link such as /dev/stdout: those are
 written straight through, never replaced (replacing /dev/stdout or /dev/full with a regular file would
@@ -21,14 +21,20 @@ import os
 import re
 import signal
 import stat
-import tempfile
+import time
 from collections import namedtuple
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import count
 from pathlib import Path
 
 _HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 TEMP_SUFFIX = ".tmp"
+# A repeating process writes the same files every few seconds: it looks for other writers' stale temp
+# files this often, not at every write (a directory listing each time).
+SWEEP_EVERY_SECONDS = 60.0
+_swept: dict[Path, float] = {}  # target -> when its stale temp files were last looked for (monotonic)
+_temp_numbers = count()
 
 
 def _temp_prefix(target: Path) -> str:
@@ -37,6 +43,10 @@ def _temp_prefix(target: Path) -> str:
 
 def _remove_stale_temps(target: Path) -> None:
     """Remove temp files of `target` whose writer (PID in the name) no longer runs."""
+    now = time.monotonic()
+    if target in _swept and now - _swept[target] < SWEEP_EVERY_SECONDS:
+        return
+    _swept[target] = now
     prefix = _temp_prefix(target)
     try:
         names = os.listdir(target.parent)
@@ -88,8 +98,7 @@ def write_atomically(target: Path, data: bytes, mode: int = 0o644, durable: bool
     directory = target.parent
     _remove_stale_temps(target)
     with _signals_held():
-        fd, temp_name = tempfile.mkstemp(dir=directory, prefix=f"{_temp_prefix(target)}{os.getpid()}.",
-                                         suffix=TEMP_SUFFIX)
+        fd, temp_name = _create_temp(target)
         try:
             try:
                 os.fchmod(fd, mode)
@@ -107,6 +116,21 @@ def write_atomically(target: Path, data: bytes, mode: int = 0o644, durable: bool
             raise
     if durable:
         _fsync_directory(directory)
+
+
+def _create_temp(target: Path) -> tuple[int, str]:
+    """(descriptor, name) of a new temp file beside `target`, mode 0600: `.gpu.prom.<PID>.<n>.tmp`. The
+    PID tells _remove_stale_temps whose it is; O_EXCL and O_NOFOLLOW refuse a name that exists, even as a
+    link. (tempfile.mkstemp does the same with random names, at several times the cost.)"""
+    prefix = f"{target.parent}/{_temp_prefix(target)}{os.getpid()}."
+    for _ in range(100):
+        name = f"{prefix}{next(_temp_numbers)}{TEMP_SUFFIX}"
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            return os.open(name, flags, 0o600), name
+        except FileExistsError:
+            continue  # left by an earlier process with this PID: the next number
+    raise FileExistsError(errno.EEXIST, "no free temp file name", name)
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -101,6 +101,25 @@ def test_stale_temp_of_dead_writer_is_removed_live_one_kept(tmp_path):
     assert temps(tmp_path) == sorted([live.name, other.name])
 
 
+def test_a_repeating_writer_looks_for_stale_temps_once_a_minute(tmp_path, monkeypatch):
+    """Every cycle would list the directory again: a process looks for other writers' leftovers of a
+    target at its first write and then once a minute."""
+    clock = [1000.0]
+    monkeypatch.setattr(textfile.time, "monotonic", lambda: clock[0])
+    target = tmp_path / "gpu.prom"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    write_atomically(target, b"a 1\n")
+    stale = tmp_path / f".gpu.prom.{dead}.7.tmp"
+    stale.write_bytes(b"half")
+    clock[0] += textfile.SWEEP_EVERY_SECONDS - 1
+    write_atomically(target, b"a 2\n")
+    assert temps(tmp_path) == [stale.name]
+    clock[0] += 1
+    write_atomically(target, b"a 3\n")
+    assert temps(tmp_path) == [] and target.read_bytes() == b"a 3\n"
+
+
 def test_temp_name_is_ignored_by_node_exporter(tmp_path, monkeypatch):
     """node_exporter reads only *.prom: the temp file must never end in .prom."""
     seen = []

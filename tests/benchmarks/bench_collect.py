@@ -1,6 +1,6 @@
 """Cost of one `gputext collect` process against the fake NVML, as ratios to a floor run alongside it.
 
-    python tests/benchmarks/bench_collect.py [--gpus 8] [--runs 21]
+    python tests/benchmarks/bench_collect.py [--gpus 8] [--runs 21] [--cycles 1000] [--cycle-rounds 3]
 
 The floor is what any Python NVML reader pays before it reads a value: `python -c "import pynvml;
 pynvml.nvmlInit(); [handles of every GPU]"` against the same fake (common.FLOOR). The earlier floor,
@@ -9,9 +9,11 @@ floor, gputext, ...) so that drift in a noisy machine hits all alike; each figur
 is the median of the pairwise ratios. Wall time is the parent's clock around the child; CPU time is the
 child's user+system from wait4. NVML calls per device are counted by the fake library: a cold run (no
 inventory cache) and a warm one. Series per GPU are counted in what one run writes at each detail level,
-on H100s without and with GPM. Targets (issue 14): all collectors at most 2.5x the floor, wall and CPU;
-at most 12 NVML calls per device for the device metrics (nvml); NVLink and PCIe add at most 10% to an
-nvml-only run on 8 GPUs x 18 links; at most 80 series per GPU at --detail standard.
+on H100s without and with GPM. The repeating mode's CPU per cycle is measured as bench_repeat.py does
+(which also follows its memory and compares source trees). Targets (issue 14): all collectors at most
+2.5x the floor, wall and CPU; at most 12 NVML calls per device for the device metrics (nvml); NVLink and
+PCIe add at most 10% to an nvml-only run on 8 GPUs x 18 links; at most 5 ms CPU per cycle; at most 80
+series per GPU at --detail standard.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import statistics
 import subprocess
 from pathlib import Path
 
+from bench_repeat import cycles_cpu
 from common import FLOOR, OLD_FLOOR, alternate, bench_env, fake_gpus, gputext_command, timed, write_scenario
 from fakegpu import H100_NVLINKS, h100, read_calls, with_gpm
 
@@ -40,6 +43,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--runs", type=int, default=21)
+    parser.add_argument("--cycles", type=int, default=1000, help="cycles of a repeating run (0: none)")
+    parser.add_argument("--cycle-rounds", type=int, default=3)
     args = parser.parse_args()
 
     work, libdir, scenario, env = fake_gpus("gputext-bench-", args.gpus)
@@ -98,6 +103,20 @@ def main() -> None:
     print(f"{'NVML calls per device':24}{'cold':>10}{'warm':>10}   (target warm <= 12 for nvml)")
     for name, (cold, warm) in call_counts.items():
         print(f"{'  ' + name:24}{max(cold.values()):10}{max(warm.values()):10}")
+    if args.cycles:
+        # the repeating mode: CPU per cycle = (CPU of N cycles - CPU of 1) / (N - 1), as bench_repeat.py
+        # (which also follows memory and compares source trees), each round beside a floor run
+        repeat = gputext_command() + ["collect", "--out", str(out), "--state-dir", str(work / "state-repeat"),
+                                      "--interval", "1ms"]
+        cycles_cpu(repeat, env, 3)
+        per_cycle, floors = [], []
+        for _ in range(args.cycle_rounds):
+            floors.append(timed(FLOOR, env)[1])
+            one = cycles_cpu(repeat, env, 1)
+            per_cycle.append((cycles_cpu(repeat, env, args.cycles) - one) / (args.cycles - 1))
+        print(f"{'repeating, per cycle':24}{'':10}{med(per_cycle) * 1e3:10.2f}{'':12}"
+              f"{med([c / f for c, f in zip(per_cycle, floors)]):11.3f}   ({args.cycle_rounds} rounds of "
+              f"{args.cycles} cycles, all collectors; target <= 5 ms)")
     print(f"{'series per GPU':24}{'standard':>10}{'full':>10}   (every collector but processes, whose "
           f"series scale with the workload; target standard <= 80)")
     gpm = bench_env(libdir, write_scenario(work / "scenario-gpm.txt", [with_gpm(h100(i)) for i in range(args.gpus)]))
