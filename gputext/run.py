@@ -12,10 +12,6 @@ from .collectors import REGISTRY, LastingFailure, NotApplicable, load
 from .exposition import Samples
 
 
-class UsageProblem(Exception):
-    """A mistake in the options; the message says which and what is allowed."""
-
-
 class Options:
     """Everything a collection needs from the command line; defaults are the CLI's defaults. The class
     attributes are the defaults (all immutable), `Options(name=value, ...)` sets the others. A plain class,
@@ -58,14 +54,6 @@ class Options:
     def host_path(self, path: str) -> Path:
         """A host path such as /proc/1/cgroup, under --host-root."""
         return self.host_root / path.lstrip("/")
-
-
-def parse_collectors(text: str) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in REGISTRY]
-    if unknown:
-        raise UsageProblem(f"unknown collector {unknown[0]!r}: choose from {', '.join(REGISTRY)}")
-    return names
 
 
 def warn_to_stderr(message: str) -> None:
