@@ -314,8 +314,8 @@ def collect_options(*names) -> list:
     return [_COLLECT[name] for name in names]
 
 
-def _prefix_option() -> Option:
-    return Option(("--prefix",), "gpu_", "Prefix of the device metric names.")
+# --prefix of the commands that print files for a prefix (metrics, rules, dashboard)
+PREFIX_OPTION = Option(("--prefix",), "gpu_", "Prefix of the device metric names.")
 
 
 # --- commands ------------------------------------------------------------------------------------------
@@ -450,14 +450,14 @@ COMMANDS = {command.name: command for command in [
     Command("collect", "Collect once and write the metrics file. " + EXIT_CODES_HELP, COLLECT_OPTIONS, collect),
     Command("metrics", "Print the metric catalogue: every series gputext can write.", [
         Option(("--markdown",), help="Print a Markdown table (README's metric table).", is_flag=True, env=False),
-        _prefix_option(),
+        PREFIX_OPTION,
         Option(("--dcgm",), help="Print dcgm-exporter's names that --naming dcgm writes, with the gputext "
                "series each stands for (a Markdown table: README's).", is_flag=True, env=False),
     ], metrics),
     Command("rules", "Print Prometheus rules for gputext's metrics: alerts (with what to do) and the fleet's "
             "recording rules, for --prefix. Load the file with rule_files (README, \"Dashboards and "
             "alerts\").", [
-        _prefix_option(),
+        PREFIX_OPTION,
         Option(("--only",), "all", "Which group: alerts, recording or all.", env=False),
         Option(("--operator",), help="Print a PrometheusRule (Prometheus Operator, kube-prometheus-stack) "
                "holding both groups.", is_flag=True, env=False),
@@ -465,7 +465,7 @@ COMMANDS = {command.name: command for command in [
                "intervals plus the scrape interval).", env=False),
     ], rules),
     Command("dashboard", "Print a Grafana dashboard (JSON, to import) of gputext's metrics for --prefix.",
-            [_prefix_option()], dashboard),
+            [PREFIX_OPTION], dashboard),
     Command("show", "Print this node's GPUs for a person at a terminal: temperature, power, memory, "
             "utilisation, NVLink and PCIe rates, and processes with their pods. Takes collect's options and "
             "GPUTEXT_* variables; writes no file and no state. Exit code 1 when NVML cannot be read.", [

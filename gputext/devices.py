@@ -30,8 +30,7 @@ CLOCKS = (("graphics", pynvml.NVML_CLOCK_GRAPHICS), ("sm", pynvml.NVML_CLOCK_SM)
           ("memory", pynvml.NVML_CLOCK_MEM), ("video", pynvml.NVML_CLOCK_VIDEO))
 
 
-# Plain classes and namedtuples, not dataclasses: importing dataclasses imports inspect (with ast, dis
-# and tokenize), about 15 ms of CPU of every run on a slow core, for __init__s that fit in a few lines.
+# Plain classes and namedtuples, not dataclasses, for the import (see gputext.catalogue).
 System = namedtuple("System", "driver_version cuda_driver_version device_count")
 
 
