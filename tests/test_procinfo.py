@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -17,7 +18,14 @@ def started(tmp_path, name: str) -> subprocess.Popen:
     """A sleeping process whose executable is called `name` (a copy of sleep)."""
     program = tmp_path / name
     shutil.copy(shutil.which("sleep"), program)
-    return subprocess.Popen([str(program), "30"])
+    proc = subprocess.Popen([str(program), "30"])
+    # exec() sets the new comm before the new command line: wait until both are there, as a process
+    # that has been using a GPU long enough to be seen has them
+    cmdline = Path("/proc", str(proc.pid), "cmdline")
+    deadline = time.monotonic() + 10
+    while not cmdline.read_bytes().startswith(os.fsencode(program)) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return proc
 
 
 @pytest.mark.parametrize("name", ["short", "exactly15chars_", "a-much-longer-program-name", "spa ce(par)en",
