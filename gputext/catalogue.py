@@ -1,7 +1,7 @@
 """The metric catalogue: every series gputext can write, as data.
 
 The collectors emit samples by catalogue key, the renderer takes HELP and TYPE from here, `gputext
-metrics` prints this table, README's metric table is generated from it, and the tests check the written
+metrics` prints this table, docs/reference/metrics.md is generated from it, and the tests check the written
 files against it. Adding a metric means adding a row here first.
 
 Names are written without the device prefix: `prefixed` rows get `--prefix` (default `gpu_`) in front,
@@ -344,10 +344,10 @@ BY_KEY: dict[str, Metric] = {m.key: m for m in METRICS}
 
 # --- detail levels -------------------------------------------------------------------------------------
 # Every series is stored by the fleet's Prometheus, so `--detail standard` (the default) writes what an
-# operator watches every day, at most 80 series per GPU on an 8 x H100 node with 18 NVLink links (README,
-# tests/test_detail.py); `--detail full` writes every row, for debugging a node. A series means the same at
-# both levels: standard leaves series out, it never folds them into a name of full's (the per-GPU NVLink
-# error sum has a name of its own and is written at both).
+# operator watches every day, at most 80 series per GPU on an 8 x H100 node with 18 NVLink links
+# (docs/reference/metrics.md, tests/test_detail.py); `--detail full` writes every row, for debugging a
+# node. A series means the same at both levels: standard leaves series out, it never folds them into a
+# name of full's (the per-GPU NVLink error sum has a name of its own and is written at both).
 STANDARD, FULL = "standard", "full"
 DETAILS = (STANDARD, FULL)
 
@@ -386,7 +386,7 @@ def written_at(detail: str, key: str) -> bool:
 
 
 def detail_of(metric: Metric) -> str:
-    """The level that writes the row, as README's table says it: `standard`, `full`, or
+    """The level that writes the row, as the metric reference says it: `standard`, `full`, or
     `standard: clock=sm` (the rest of the row at full)."""
     if metric.key in FULL_ONLY:
         return FULL

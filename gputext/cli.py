@@ -1,6 +1,6 @@
 """The command line: a thin layer over gputext.run.
 
-Exit codes (also in README and `gputext collect --help`):
+Exit codes (also in docs/guarantees.md and `gputext collect --help`):
   0  the file was written
   1  the file was written, but NVML could not be read at all (no driver, no library)
   2  a usage error, or the file could not be written (the previous file is left as it was)
@@ -449,14 +449,14 @@ def doctor(given: Given) -> int:
 COMMANDS = {command.name: command for command in [
     Command("collect", "Collect once and write the metrics file. " + EXIT_CODES_HELP, COLLECT_OPTIONS, collect),
     Command("metrics", "Print the metric catalogue: every series gputext can write.", [
-        Option(("--markdown",), help="Print a Markdown table (README's metric table).", is_flag=True, env=False),
+        Option(("--markdown",), help="Print a Markdown table (docs/reference/metrics.md).", is_flag=True, env=False),
         PREFIX_OPTION,
         Option(("--dcgm",), help="Print dcgm-exporter's names that --naming dcgm writes, with the gputext "
-               "series each stands for (a Markdown table: README's).", is_flag=True, env=False),
+               "series each stands for (a Markdown table: docs/dcgm-exporter.md's).", is_flag=True, env=False),
     ], metrics),
     Command("rules", "Print Prometheus rules for gputext's metrics: alerts (with what to do) and the fleet's "
-            "recording rules, for --prefix. Load the file with rule_files (README, \"Dashboards and "
-            "alerts\").", [
+            "recording rules, for --prefix. Load the file with rule_files "
+            "(docs/dashboards-and-alerts.md).", [
         PREFIX_OPTION,
         Option(("--only",), "all", "Which group: alerts, recording or all.", env=False),
         Option(("--operator",), help="Print a PrometheusRule (Prometheus Operator, kube-prometheus-stack) "

@@ -304,7 +304,7 @@ def counters_note(counters: Counters) -> str | None:
 
 
 def markdown_table(prefix: str) -> str:
-    """DCGM name -> the gputext series it stands for (README's table, `gputext metrics --dcgm`)."""
+    """DCGM name -> the gputext series it stands for (docs/dcgm-exporter.md's table, `gputext metrics --dcgm`)."""
     defaults = {d.name for d in default_counters().metrics}
     rows = ["| DCGM name | type | gputext series | DCGM value | default |", "| --- | --- | --- | --- | --- |"]
     for metric in METRICS:

@@ -24,7 +24,7 @@ DEFAULT_PREFIX = "gpu_"
 # stays quiet on a healthy node yet pages within two minutes of gputext stopping. cron's job restarts once
 # a minute, which a minute also covers.
 DEFAULT_STALE_AFTER = 60
-TEXTFILE = "gpu.prom"  # the file name README and the units use
+TEXTFILE = "gpu.prom"  # the file name the docs and the units use
 # node_exporter 1.5 labels the file with its full path; a bare name matches too ("\\." is a PromQL dot)
 TEXTFILE_SELECTOR = 'file=~"(.*/)?' + TEXTFILE.replace(".", "\\\\.") + '"'
 NEAR_SLOWDOWN_CELSIUS = 5  # how close to the slowdown threshold warns

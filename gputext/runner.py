@@ -22,7 +22,7 @@ from .locks import FileLock, LockTimeout, LockUnavailable
 from .run import Context, collect
 from .textfile import Destination, write_atomically, write_through
 
-# the exit codes of `gputext collect` (README, --help): file written; written without NVML; not written
+# the exit codes of `gputext collect` (docs/guarantees.md, --help): file written; written without NVML; not written
 EXIT_OK, EXIT_NO_NVML, EXIT_NOT_WRITTEN = 0, 1, 2
 
 

@@ -1,4 +1,4 @@
-"""The catalogue follows Prometheus naming conventions, and README's metric table is generated from it."""
+"""The catalogue follows Prometheus naming conventions, and the metric reference is generated from it."""
 
 import re
 import subprocess
@@ -37,21 +37,22 @@ def test_names_are_unique():
     assert len(names) == len(set(names))
 
 
-def test_readme_metric_table_is_the_catalogue():
+def test_metric_reference_is_the_catalogue():
     generated = subprocess.run([sys.executable, "-m", "gputext", "metrics", "--markdown"], capture_output=True,
                                text=True, check=True).stdout.strip()
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- metrics:start -->\n(.*?)\n<!-- metrics:end -->", readme, re.S)
-    assert block, "README.md lacks the metrics:start/metrics:end markers"
+    reference = (ROOT / "docs/reference/metrics.md").read_text()
+    block = re.search(r"<!-- metrics:start -->\n(.*?)\n<!-- metrics:end -->", reference, re.S)
+    assert block, "docs/reference/metrics.md lacks the metrics:start/metrics:end markers"
     assert block.group(1).strip() == generated, (
-        "README's metric table differs from the catalogue: regenerate it with "
+        "docs/reference/metrics.md differs from the catalogue: regenerate it with "
         "`gputext metrics --markdown`")
 
 
-def test_readme_dcgm_table_is_the_catalogue():
+def test_dcgm_table_is_the_catalogue():
     generated = subprocess.run([sys.executable, "-m", "gputext", "metrics", "--dcgm"], capture_output=True,
                                text=True, check=True).stdout.strip()
-    block = re.search(r"<!-- dcgm:start -->\n(.*?)\n<!-- dcgm:end -->", (ROOT / "README.md").read_text(), re.S)
-    assert block, "README.md lacks the dcgm:start/dcgm:end markers"
+    block = re.search(r"<!-- dcgm:start -->\n(.*?)\n<!-- dcgm:end -->", (ROOT / "docs/dcgm-exporter.md").read_text(),
+                      re.S)
+    assert block, "docs/dcgm-exporter.md lacks the dcgm:start/dcgm:end markers"
     assert block.group(1).strip() == generated, (
-        "README's DCGM table differs from the catalogue: regenerate it with `gputext metrics --dcgm`")
+        "docs/dcgm-exporter.md's DCGM table differs from the catalogue: regenerate it with `gputext metrics --dcgm`")
