@@ -95,9 +95,15 @@ METRICS: tuple[Metric, ...] = (
             dcgm=[_dcgm("DEV_GPU_TEMP", G, "GPU temperature (in C).")]),
     _device("memory_temperature_celsius", G, "celsius", "GPU memory (HBM) temperature, where reported.",
             dcgm=[_dcgm("DEV_MEMORY_TEMP", G, "Memory temperature (in C).")]),
-    _device("temperature_threshold_celsius", G, "celsius", "Temperature at which the GPU slows down "
-            "(slowdown), shuts down (shutdown), or above which it should not run (gpu_max, memory_max).",
-            ["threshold"]),
+    _device("temperature_threshold_celsius", G, "celsius", "GPU temperature at which the GPU shuts down "
+            "(shutdown), slows down in hardware (slowdown) or may be held below its base clock (gpu_max), and "
+            "memory temperature at which it slows down (memory_max).", ["threshold"]),
+    _device("temperature_margin_celsius", G, "celsius", "Degrees the GPU is below its T.Limit, the "
+            "temperature its thermal control works to (Ada and newer): it slows down near 0 (at the slowdown "
+            "value of temperature_tlimit_offset_celsius) and is negative past it."),
+    _device("temperature_tlimit_offset_celsius", G, "celsius", "The thresholds as T.Limit temperatures "
+            "(Ada and newer): signed offsets from the T.Limit, not temperatures; the GPU reaches the "
+            "threshold when temperature_margin_celsius falls to this value.", ["threshold"]),
     _device("power_watts", G, "watts", "Current power draw of the GPU.",
             dcgm=[_dcgm("DEV_POWER_USAGE", G, "Power draw (in W).")]),
     _device("power_limit_watts", G, "watts", "Power limit currently enforced on the GPU."),
@@ -352,7 +358,7 @@ STANDARD, FULL = "standard", "full"
 DETAILS = (STANDARD, FULL)
 
 FULL_ONLY = frozenset({
-    "power_limit_watts", "memory_free_bytes", "memory_reserved_bytes", "memory_utilization_ratio",
+    "temperature_tlimit_offset_celsius", "power_limit_watts", "memory_free_bytes", "memory_reserved_bytes", "memory_utilization_ratio",
     "encoder_utilization_ratio", "decoder_utilization_ratio", "clock_max_hertz",
     "clock_event_duration_seconds_total", "fan_speed_ratio", "performance_state", "persistence_mode",
     "accounting_mode", "compute_mode", "mig_mode", "mig_mode_pending", "ecc_mode", "ecc_lifetime_errors_total",

@@ -18,7 +18,8 @@ from collections.abc import Callable, Collection, Mapping
 from .catalogue import FULL, FULL_ONLY, METRICS, POD_LABELS, STANDARD_SUBSET
 
 # NVML_VALUE_NOT_AVAILABLE as the unsigned and signed types carry it (gputext.nvml reads field values against
-# them too). No metric here is ever negative.
+# them too, for the unsigned types only). The metrics that can be negative (a temperature margin, a T.Limit
+# offset) are read as signed numbers and do not pass through clean().
 NOT_AVAILABLE = frozenset({0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF, -1})
 
 

@@ -114,12 +114,16 @@ def alert_rules(prefix: str = DEFAULT_PREFIX, stale_after: int = DEFAULT_STALE_A
                "thermal protection or the power-brake signal from the chassis, not software limits.",
                "hw_thermal_slowdown: check the node's fans, air flow and inlet temperature. "
                "hw_power_brake_slowdown: check the power supplies and the chassis's power-brake signal."),
+        # Degrees left: the margin to the T.Limit where NVML gives one (Ada and newer, where NVIDIA says to
+        # watch it; slowdown comes at or just past 0), else the slowdown threshold less the temperature.
         _alert("GpuTemperatureNearSlowdown",
-               f"{n('temperature_celsius')} >= ignoring (threshold) "
-               f'({n("temperature_threshold_celsius")}{{threshold="slowdown"}} - {NEAR_SLOWDOWN_CELSIUS})',
+               f"{n('temperature_margin_celsius')} <= {NEAR_SLOWDOWN_CELSIUS} or "
+               f'({n("temperature_threshold_celsius")}{{threshold="slowdown"}} - ignoring (threshold) '
+               f"{n('temperature_celsius')} <= {NEAR_SLOWDOWN_CELSIUS} unless {n('temperature_margin_celsius')})",
                "5m", "warning", f"{_GPU} is near its slowdown temperature",
-               f"{_GPU} has run at {{{{ $value }}}} °C, within {NEAR_SLOWDOWN_CELSIUS} °C of the temperature "
-               "at which it slows down, for 5 minutes.",
+               f"{_GPU} has been within {NEAR_SLOWDOWN_CELSIUS} °C of the temperature at which it slows down "
+               "for 5 minutes ({{ $value }} °C left: its margin to the T.Limit where the GPU reports one, "
+               "else its slowdown threshold less its temperature).",
                "Check the node's cooling (fans, air flow, inlet temperature, blocked filters)."),
         _alert("GpuEccUncorrectedErrors",
                f'increase({n("ecc_errors_total")}{{type="uncorrected"}}[10m]) > 0', "0s", "critical",

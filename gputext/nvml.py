@@ -47,6 +47,9 @@ assert _RETURN_OFFSET == _TYPE_OFFSET + 4 and _VALUE_OFFSET >= _RETURN_OFFSET + 
 _VALUE_CODE = {0: "d", 1: "I", 2: "Q" if ctypes.sizeof(ctypes.c_ulong) == 8 else "I", 3: "Q", 4: "q",
                5: "i", 6: "H"}
 _DOUBLE = 0  # NVML_VALUE_TYPE_DOUBLE: the one type that can be NaN or infinite
+# NVML_VALUE_TYPE_SIGNED_LONG_LONG and _SIGNED_INT: -1 is a value there (a T.Limit offset of -1 °C), not
+# NVML_VALUE_NOT_AVAILABLE, which marks the unsigned types' values
+_SIGNED = (4, 5)
 
 
 class _Answer:
@@ -57,7 +60,7 @@ class _Answer:
 
     def __init__(self, types: tuple[int, ...]):
         self.types = types
-        parts, self.bits, self.known, self.doubles = [], [], [], []
+        parts, self.bits, self.known, self.doubles, self.signed = [], [], [], [], []
         for position, value_type in enumerate(types):
             code = _VALUE_CODE.get(value_type)
             if code is None:  # a type newer than this table: its entries are left out
@@ -66,6 +69,8 @@ class _Answer:
                 self.known.append(position)
                 if value_type == _DOUBLE:
                     self.doubles.append(position)
+                elif value_type in _SIGNED:
+                    self.signed.append(position)
             size = struct.calcsize("=" + code)
             self.bits.append(size * 8)
             parts.append(f"{_TYPE_OFFSET}xII{_VALUE_OFFSET - _RETURN_OFFSET - 4}x{code}"
@@ -75,7 +80,8 @@ class _Answer:
 
     def values(self, keys: tuple["FieldKey", ...], flat: tuple) -> list[float | None]:
         """The value of each entry, in request order, cleaned as exposition.clean does (None where
-        the entry failed, has a type newer than this module or holds a not-available marker); `flat` is
+        the entry failed, has a type newer than this module or holds a not-available marker, which a
+        signed type does not have); `flat` is
         (valueType, nvmlReturn, value) per entry, as self.format unpacks them. Raises DeviceGone."""
         statuses, raw = flat[1::3], flat[2::3]
         # exposition.clean on each: the not-available markers out (integer types stay ints, doubles
@@ -93,6 +99,9 @@ class _Answer:
             value = values[position]
             if value is not None and not math.isfinite(value):
                 values[position] = None
+        for position in self.signed:
+            if statuses[position] == pynvml.NVML_SUCCESS:
+                values[position] = raw[position]
         return values
 
 
@@ -150,7 +159,7 @@ class Nvml:
                 pass
 
     def call(self, fn: Callable, *args: object, device: str = "", not_found: object = None,
-             no_function: object = None) -> object:
+             no_function: object = None, signed: bool = False) -> object:
         """fn(*args), or None where the value does not exist. Raises DeviceGone.
 
         For queries that list things (samples, records), NVML answers NOT_FOUND when there are none:
@@ -158,11 +167,12 @@ class Nvml:
         `no_function` is returned where the driver predates the function (FUNCTION_NOT_FOUND), for a
         caller that tells a person so.
 
-        Numbers come back cleaned of NVML's not-available markers; structs are returned as they are and
-        their members pass through exposition.clean when they become samples."""
+        Numbers come back cleaned of NVML's not-available markers, except where `signed` says the answer
+        is a signed number (a margin), for which -1 is a value; structs are returned as they are and their
+        members pass through exposition.clean when they become samples."""
         try:
             result = fn(*args)
-            if isinstance(result, int) and clean(result) is None:
+            if not signed and isinstance(result, int) and clean(result) is None:
                 return None
             return result
         except pynvml.NVMLError as err:

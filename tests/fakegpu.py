@@ -198,7 +198,7 @@ SYSTEM_NUMBER_KEYS = ("cuda_driver_version", "init_error")
 DEVICE_STRING_KEYS = ("uuid", "name", "serial", "vbios_version", "pci_bus_id")
 DEVICE_NUMBER_KEYS = (
     "brand", "minor_number", "architecture", "pci_device_id", "pci_sub_system_id",
-    "temperature", "memory_total", "memory_used", "memory_free", "memory_reserved",
+    "temperature", "temperature_margin", "memory_total", "memory_used", "memory_free", "memory_reserved",
     "utilization_gpu", "utilization_memory", "encoder_utilization", "decoder_utilization",
     "clock_graphics", "clock_sm", "clock_memory", "clock_video",
     "max_clock_graphics", "max_clock_sm", "max_clock_memory", "max_clock_video",
@@ -209,7 +209,8 @@ DEVICE_NUMBER_KEYS = (
 )
 _HEX_KEYS = ("pci_device_id", "pci_sub_system_id", "clocks_event_reasons", "event_types")
 DEVICE_PAIR_KEYS = ("mig_mode", "ecc_mode")  # (current, pending)
-DEVICE_INDEXED_KEYS = ("fan_speed", "nvlink_state", "nvlink_version", "nvlink_remote_type")
+DEVICE_INDEXED_KEYS = ("fan_speed", "temperature_threshold", "nvlink_state", "nvlink_version",
+                       "nvlink_remote_type")
 DEVICE_OTHER_KEYS = (
     "nvlink_remote_pci", "ecc_errors", "fields", "processes", "process_samples",
     "accounting", "mig_devices", "gpm_metrics", "gpm_mig_metrics", "errors", "lost", "extra",
@@ -383,6 +384,26 @@ GiB = 1 << 30
 MiB = 1 << 20
 
 
+# nvmlTemperatureThresholds_t -> °C from nvmlDeviceGetTemperatureThreshold, as nvidia-smi -q shows them
+# ("GPU Shutdown Temp" ...); 0 SHUTDOWN, 1 SLOWDOWN, 2 MEM_MAX (memory sensor), 3 GPU_MAX (max operating)
+H100_THRESHOLDS = {0: 92, 1: 89, 2: 95, 3: 87}
+A100_THRESHOLDS = {0: 92, 1: 89, 2: 95, 3: 85}  # A100 SXM4: no T.Limit fields, no margin
+T4_THRESHOLDS = {0: 96, 1: 93, 3: 85}  # T4: GDDR6 without a memory sensor, so no MEM_MAX
+# Ada and newer: the T.Limit (where the GPU's thermal control aims), and the T.Limit fields 193-196
+# (SHUTDOWN, SLOWDOWN, MEM_MAX, GPU_MAX) as offsets from it, consistent with H100_THRESHOLDS:
+# 87 - (-5) = 92, 87 - (-2) = 89, 87 - 0 = 87 (nvidia-smi's "GPU Slowdown T.Limit Temp: -2 C" on an H100)
+H100_TLIMIT = 87
+H100_TLIMIT_OFFSETS = {193: -5, 194: -2, 195: 0, 196: 0}
+
+
+def pre_ada(dev: dict[str, Any], thresholds: Mapping[int, int]) -> dict[str, Any]:
+    """The device as an Ampere or older GPU answers temperatures: the absolute thresholds given, and
+    neither the T.Limit fields (193-196) nor nvmlDeviceGetMarginTemperature."""
+    dev = dict(dev, temperature_threshold=dict(thresholds), temperature_margin=None)
+    dev["fields"] = {fid: value for fid, value in dev["fields"].items() if fid not in H100_TLIMIT_OFFSETS}
+    return dev
+
+
 def h100_uuid(index: int) -> str:
     return "GPU-" + str(_uuid.uuid5(_uuid.NAMESPACE_URL, f"fakegpu/h100/{index}"))
 
@@ -418,9 +439,9 @@ def h100(index: int = 0, **overrides: Any) -> dict[str, Any]:
         95: Field(0, type="uint"),          # PCIE_REPLAY_ROLLOVER_COUNTER
         142: Field(0, type="uint"), 143: Field(0, type="uint"),   # REMAPPED_COR / _UNC
         144: Field(0, type="uint"), 145: Field(0, type="uint"),   # REMAPPED_PENDING / _FAILURE
-        # TEMPERATURE_SHUTDOWN/SLOWDOWN/MEM_MAX/GPU_MAX_TLIMIT, as nvidia-smi -q shows an H100 SXM's
-        193: Field(92, type="uint"), 194: Field(89, type="uint"), 195: Field(95, type="uint"),
-        196: Field(87, type="uint"),
+        # TEMPERATURE_SHUTDOWN/SLOWDOWN/MEM_MAX/GPU_MAX_TLIMIT: "T.Limit temperatures", signed offsets
+        # from the GPU's T.Limit (the margin at which each threshold is reached), not degrees
+        **{fid: Field(offset, type="sint") for fid, offset in H100_TLIMIT_OFFSETS.items()},
         169: 0, 173: 0, 174: 0, 175: 0, 176: 0, 177: 0, 178: 0, 179: 0, 180: 0, 181: 0, 182: 0,
         186: Field(power_mw, type="uint") if power_mw is not None else None,  # POWER_INSTANT (mW)
         190: Field(limit_mw, type="uint") if limit_mw is not None else None,  # POWER_CURRENT_LIMIT (mW)
@@ -451,6 +472,9 @@ def h100(index: int = 0, **overrides: Any) -> dict[str, Any]:
         "pci_device_id": 0x233010DE,
         "pci_sub_system_id": 0x16C110DE,
         "temperature": celsius,
+        "temperature_threshold": dict(H100_THRESHOLDS),
+        # nvmlDeviceGetMarginTemperature: degrees left to the T.Limit (H100: 87 °C)
+        "temperature_margin": H100_TLIMIT - celsius if isinstance(celsius, int) else None,
         "memory_total": total,
         "memory_used": used,
         "memory_reserved": reserved,

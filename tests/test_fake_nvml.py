@@ -362,6 +362,39 @@ def test_version_mismatch_and_null_arguments(libdir, tmp_path):
                    fakegpu.NVML_ERROR_INSUFFICIENT_SIZE]
 
 
+def test_temperature_thresholds_margin_and_tlimit_fields_follow_nvml_h(libdir, tmp_path):
+    """nvmlDeviceGetTemperatureThreshold in °C, nvmlDeviceGetMarginTemperature's versioned struct, and
+    fields 193-196 as signed ints (offsets from the T.Limit); an A100 answers only the first."""
+    got = run(libdir, tmp_path, """
+        N.nvmlInit()
+        h100, a100 = N.nvmlDeviceGetHandleByIndex(0), N.nvmlDeviceGetHandleByIndex(1)
+        lib = N.nvmlLib
+        def margin(h, version):
+            m = N.c_nvmlMarginTemperature_v1_t(); m.version = version
+            return [lib.nvmlDeviceGetMarginTemperature(h, ctypes.byref(m)), m.marginTemperature]
+        def tlimit(h):
+            return [[v.valueType, v.nvmlReturn, v.value.siVal if v.nvmlReturn == 0 else None]
+                    for v in N.nvmlDeviceGetFieldValues(h, [193, 194, 195, 196])]
+        out({"h100": [N.nvmlDeviceGetTemperatureThreshold(h100, t) for t in range(4)],
+             "h100_margin": N.nvmlDeviceGetMarginTemperature(h100),
+             "h100_tlimit": tlimit(h100),
+             "a100": [N.nvmlDeviceGetTemperatureThreshold(a100, t) for t in range(4)],
+             "a100_margin": err(N.nvmlDeviceGetMarginTemperature, a100),
+             "a100_tlimit": [row[1] for row in tlimit(a100)],
+             "acoustic": err(N.nvmlDeviceGetTemperatureThreshold, h100, N.NVML_TEMPERATURE_THRESHOLD_ACOUSTIC_CURR),
+             "bad_type": err(N.nvmlDeviceGetTemperatureThreshold, h100, N.NVML_TEMPERATURE_THRESHOLD_COUNT),
+             "null": [lib.nvmlDeviceGetTemperatureThreshold(h100, 0, None),
+                      lib.nvmlDeviceGetMarginTemperature(h100, None)],
+             "v1": margin(h100, 0x1000008), "v2": margin(h100, 0x2000008)})
+    """, devices=[h100(0, temperature=88), fakegpu.pre_ada(h100(1), fakegpu.A100_THRESHOLDS)])
+    assert got == {
+        "h100": [92, 89, 95, 87], "h100_margin": -1, "h100_tlimit": [[5, 0, -5], [5, 0, -2], [5, 0, 0], [5, 0, 0]],
+        "a100": [92, 89, 95, 85], "a100_margin": fakegpu.NVML_ERROR_NOT_SUPPORTED, "a100_tlimit": [3] * 4,
+        "acoustic": fakegpu.NVML_ERROR_NOT_SUPPORTED, "bad_type": fakegpu.NVML_ERROR_INVALID_ARGUMENT,
+        "null": [fakegpu.NVML_ERROR_INVALID_ARGUMENT] * 2,
+        "v1": [0, -1], "v2": [fakegpu.NVML_ERROR_ARGUMENT_VERSION_MISMATCH, 0]}
+
+
 def test_handle_by_pci_bus_id(libdir, tmp_path):
     devs = [h100(0), h100(1)]
     got = run(libdir, tmp_path, """
@@ -945,5 +978,5 @@ def test_render_rejects_unknown_keys_and_drops_none():
     assert "system driver_version 1.2" in lines
     assert "energy 10 step 2" in lines
     assert "pci_device_id 0x233010de" in lines
-    assert not any(line.startswith("temperature") for line in lines)
+    assert not any(line.startswith(("temperature ", "temperature_margin ")) for line in lines)
     assert "system cuda_driver_version" not in text

@@ -233,6 +233,36 @@ def test_every_alert_fires_after_its_for_and_not_on_healthy_input(tmp_path):
     assert proc.returncode == 0 and "SUCCESS" in proc.stdout, proc.stdout + proc.stderr
 
 
+def test_near_slowdown_uses_the_margin_where_the_gpu_gives_one(tmp_path):
+    """Ada and newer give a margin to the T.Limit, which decides there; other GPUs compare their
+    temperature with the slowdown threshold. An idle GPU of either kind stays silent."""
+    gpu1 = {"gpu": "1", "uuid": "GPU-1"}
+    slowdown = lambda **gpu: series("gpu_temperature_threshold_celsius", "89x10", threshold="slowdown", **gpu)[0]  # noqa: E731
+    hot_margin, hot = series("gpu_temperature_margin_celsius", "3x10")  # an H100 2 °C short of its T.Limit
+    cases = [
+        # H100s: 3 °C of margin fires whatever the absolute threshold says; 20 °C does not, even where
+        # the slowdown threshold less the temperature would (the margin decides where there is one)
+        ([hot_margin, series("gpu_temperature_celsius", "84x10")[0], slowdown(),
+          series("gpu_temperature_margin_celsius", "20x10", **gpu1)[0],
+          series("gpu_temperature_celsius", "86x10", **gpu1)[0], slowdown(**gpu1)], [hot]),
+        # an A100 without a margin: 86 °C is within 5 °C of its 89 °C slowdown; GPU 1 at 80 °C is not
+        ([series("gpu_temperature_celsius", "86x10")[0], slowdown(),
+          series("gpu_temperature_celsius", "80x10", **gpu1)[0], slowdown(**gpu1)], [N1]),
+        # idle: an H100 at 41 °C with 46 °C of margin, an A100 at 35 °C
+        ([series("gpu_temperature_margin_celsius", "46x10")[0], series("gpu_temperature_celsius", "41x10")[0],
+          slowdown(), series("gpu_temperature_celsius", "35x10", **gpu1)[0], slowdown(**gpu1)], []),
+    ]
+    tests = [{"interval": "1m", "input_series": inputs, "alert_rule_test": [
+        {"eval_time": "6m", "alertname": "GpuTemperatureNearSlowdown",
+         "exp_alerts": [{"exp_labels": {**labels, "severity": "warning"}} for labels in firing]}]}
+        for inputs, firing in cases]
+    unit = tmp_path / "near_slowdown_test.yaml"
+    unit.write_text(yaml.safe_dump({"rule_files": [str(rules_without_annotations(tmp_path))],
+                                    "evaluation_interval": "1m", "tests": tests}))
+    proc = promtool("test", "rules", str(unit))
+    assert proc.returncode == 0 and "SUCCESS" in proc.stdout, proc.stdout + proc.stderr
+
+
 # --- queries on metrics not merged yet (GPM, XID): promtool with synthetic series --------------------
 
 GRAFANA = {"$__rate_interval": "5m", "$__range": "1h", "$instance": ".*", "$gpu": ".*", "$namespace": ".*"}
@@ -431,6 +461,11 @@ def test_real_prometheus_evaluates_every_panel_and_recording_rule(node, tmp_path
         assert set(checked) | synthetic == set(exprs), "every panel query is checked here or with promtool"
         for key in synthetic - set(checked):
             assert evaluate(exprs[key]) == [], f"{key}: this scenario writes no GPM or XID series"
+
+        # two idle H100s (45 and 47 °C, 42 and 40 °C of margin, slowdown at 89 °C) are not near slowdown
+        near = next(r["expr"] for r in monitoring.alert_rules() if r["alert"] == "GpuTemperatureNearSlowdown")
+        assert by(prom.query("gpu_temperature_margin_celsius", at), "gpu") == {("0",): 42, ("1",): 40}
+        assert prom.query(near, at) == []
 
         records = {r["record"]: r["expr"] for r in monitoring.recording_rules()}
         expected = expected_records(S, W, exporter.address)

@@ -36,11 +36,13 @@ FIELD_METRICS: dict[int, tuple[str, dict[str, str], float]] = {
     143: ("remapped_rows_total", {"cause": "uncorrectable"}, 1),
     144: ("remapped_rows_pending", {}, 1),
     145: ("remapped_rows_failed", {}, 1),
-    # Temperature limits, in °C (static, but in the same call they cost next to nothing)
-    193: ("temperature_threshold_celsius", {"threshold": "shutdown"}, 1),
-    194: ("temperature_threshold_celsius", {"threshold": "slowdown"}, 1),
-    195: ("temperature_threshold_celsius", {"threshold": "memory_max"}, 1),
-    196: ("temperature_threshold_celsius", {"threshold": "gpu_max"}, 1),
+    # "T.Limit temperatures" (Ada and newer): signed offsets from the GPU's T.Limit, the margin at which
+    # each threshold is reached, not degrees (the degrees come from THRESHOLDS). Static, but in the same
+    # call they cost next to nothing.
+    193: ("temperature_tlimit_offset_celsius", {"threshold": "shutdown"}, 1),
+    194: ("temperature_tlimit_offset_celsius", {"threshold": "slowdown"}, 1),
+    195: ("temperature_tlimit_offset_celsius", {"threshold": "memory_max"}, 1),
+    196: ("temperature_tlimit_offset_celsius", {"threshold": "gpu_max"}, 1),
     # Violation (clock event) time counters, in ns. The reason names match clock_event_active's where
     # the two describe the same cause.
     74: ("clock_event_duration_seconds_total", {"reason": "sw_power_cap"}, 1e-9),
@@ -63,6 +65,16 @@ ECC_FIELDS: dict[int, tuple[str, str]] = {
     5: ("ecc_lifetime_errors_total", "corrected"),  # aggregate
     6: ("ecc_lifetime_errors_total", "uncorrected"),
 }
+
+# nvmlTemperatureThresholds_t values an operator watches, in °C from nvmlDeviceGetTemperatureThreshold; static,
+# so read once into the inventory cache. Left out: ACOUSTIC_MIN/CURR/MAX and GPS_CURR, a fan-noise target
+# someone sets on workstation boards, its allowed range, and a target nvml.h does not explain.
+THRESHOLDS = (("shutdown", pynvml.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN),
+              ("slowdown", pynvml.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN),
+              ("memory_max", pynvml.NVML_TEMPERATURE_THRESHOLD_MEM_MAX),
+              ("gpu_max", pynvml.NVML_TEMPERATURE_THRESHOLD_GPU_MAX))
+# nvmlDeviceGetMarginTemperature (Ada and newer): older nvidia-ml-py releases than gputext allows lack it
+MARGIN = getattr(pynvml, "nvmlDeviceGetMarginTemperature", None)
 
 # nvmlComputeMode_t values (nvml.h NVML_COMPUTEMODE_*)
 COMPUTE_MODES = ("default", "exclusive_thread", "prohibited", "exclusive_process")
@@ -161,6 +173,9 @@ class _Plan:
         max_clocks = dev.info.get("max_clocks_mhz", {})
         self.max_clocks = [(labels, _scaled(max_clocks.get(clock), MHZ)) for clock, _ in CLOCKS
                            for labels in [rows.get("clock_max_hertz", clock)] if labels is not None]
+        self.thresholds = [(name, labels) for name, _ in THRESHOLDS
+                           for labels in [rows.get("temperature_threshold_celsius", name)] if labels is not None]
+        self.margin = rows.get("temperature_margin_celsius") if MARGIN is not None else None
         self.reasons = [(bit, labels) for bit, reason in CLOCK_EVENT_REASONS
                         for labels in [rows.get("clock_event_active", reason)] if labels is not None]
         self.performance_state = rows.get("performance_state")
@@ -189,6 +204,13 @@ def _collect_device(ctx, dev: Device, samples, rows: DeviceRows, extra_fields=()
     if fields[plan.ecc_current] == 1:
         for at, key, labels in plan.ecc:
             put((key, fields[at], labels))
+
+    if plan.thresholds:
+        thresholds = ctx.static(dev, "temperature_thresholds_celsius", lambda: _read_thresholds(nvml, dev))
+        for name, labels in plan.thresholds:
+            put(("temperature_threshold_celsius", thresholds.get(name), labels))
+    if plan.margin is not None:
+        put(("temperature_margin_celsius", nvml.call(MARGIN, h, device=where, signed=True), plan.margin))
 
     if plan.memory:
         memory = nvml.call(pynvml.nvmlDeviceGetMemoryInfo, h, pynvml.nvmlMemory_v2, device=where)
@@ -232,6 +254,16 @@ def _collect_device(ctx, dev: Device, samples, rows: DeviceRows, extra_fields=()
     for extra, at in plan.extras:
         scope = {"scope": str(extra.scope)} if extra.scope is not None else {}
         samples.add_extra(extra.name, extra.type, extra.help, fields[at], {**dev.labels, **scope})
+
+
+def _read_thresholds(nvml: Nvml, dev: Device) -> dict[str, int]:
+    """The temperature thresholds the GPU answers, by name. Raises DeviceGone."""
+    found = {}
+    for name, threshold in THRESHOLDS:
+        celsius = nvml.call(pynvml.nvmlDeviceGetTemperatureThreshold, dev.handle, threshold, device=dev.name)
+        if celsius is not None:
+            found[name] = celsius
+    return found
 
 
 def _settings(dev: Device, rows: DeviceRows, put) -> None:

@@ -118,6 +118,17 @@ _Static_assert(sizeof(fake_temperature_v1_t) == 12, "nvmlTemperature_v1_t layout
 /* nvmlTemperature_v1 = NVML_STRUCT_VERSION(Temperature, 1) = 0x0100000C */
 #define FAKE_TEMPERATURE_V1 ((unsigned int)(sizeof(fake_temperature_v1_t) | (1u << 24)))
 #define FAKE_TEMPERATURE_COUNT 2 /* NVML_TEMPERATURE_COUNT (GPU, GPU_MAX) */
+/* NVML_TEMPERATURE_THRESHOLD_COUNT: shutdown, slowdown, mem max, gpu max, acoustic min/curr/max, gps curr */
+#define FAKE_TEMPERATURE_THRESHOLD_COUNT 8
+
+/* mirrors nvmlMarginTemperature_v1_t */
+typedef struct {
+    unsigned int version;
+    int marginTemperature; /* signed: below zero past the GPU's T.Limit */
+} fake_margin_temperature_v1_t;
+_Static_assert(sizeof(fake_margin_temperature_v1_t) == 8, "nvmlMarginTemperature_v1_t layout");
+/* nvmlMarginTemperature_v1 = NVML_STRUCT_VERSION(MarginTemperature, 1) = 0x01000008 */
+#define FAKE_MARGIN_TEMPERATURE_V1 ((unsigned int)(sizeof(fake_margin_temperature_v1_t) | (1u << 24)))
 
 /* mirrors nvmlUtilization_t (struct nvmlUtilization_st) */
 typedef struct {
@@ -267,6 +278,8 @@ _Static_assert(sizeof(fake_gpm_support_t) == 8, "nvmlGpmSupport_t layout");
     X(nvmlDeviceGetArchitecture)                     \
     X(nvmlDeviceGetTemperatureV)                     \
     X(nvmlDeviceGetTemperature)                      \
+    X(nvmlDeviceGetTemperatureThreshold)             \
+    X(nvmlDeviceGetMarginTemperature)                \
     X(nvmlDeviceGetMemoryInfo)                       \
     X(nvmlDeviceGetMemoryInfo_v2)                    \
     X(nvmlDeviceGetUtilizationRates)                 \
@@ -591,6 +604,8 @@ static const key_spec key_specs[] = {
     {"pci_sub_system_id", 1, 'n', 0, 1},
     /* gauges */
     {"temperature", 1, 'n', 0, 1},
+    {"temperature_threshold", 1, 'n', 1, 1},
+    {"temperature_margin", 1, 'n', 0, 1},
     {"memory_total", 1, 'n', 0, 1},
     {"memory_used", 1, 'n', 0, 1},
     {"memory_free", 1, 'n', 0, 1},
@@ -1896,6 +1911,32 @@ EXPORT nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t device, int sensorType
     rc = scalar(d, "temperature", &v);
     if (rc == NVML_SUCCESS)
         *temp = (unsigned int)v;
+    RETURN(rc);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetTemperatureThreshold(nvmlDevice_t device, int thresholdType, unsigned int *temp)
+{
+    DEV_BEGIN(nvmlDeviceGetTemperatureThreshold, device, MIG_NO);
+    if (!temp || thresholdType < 0 || thresholdType >= FAKE_TEMPERATURE_THRESHOLD_COUNT)
+        RETURN(NVML_ERROR_INVALID_ARGUMENT);
+    long long v;
+    rc = indexed(d, "temperature_threshold", 1, thresholdType, 0, &v);
+    if (rc == NVML_SUCCESS)
+        *temp = (unsigned int)v;
+    RETURN(rc);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetMarginTemperature(nvmlDevice_t device, fake_margin_temperature_v1_t *margin)
+{
+    DEV_BEGIN(nvmlDeviceGetMarginTemperature, device, MIG_NO);
+    if (!margin)
+        RETURN(NVML_ERROR_INVALID_ARGUMENT);
+    if (margin->version != FAKE_MARGIN_TEMPERATURE_V1)
+        RETURN(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+    long long v;
+    rc = scalar(d, "temperature_margin", &v);
+    if (rc == NVML_SUCCESS)
+        margin->marginTemperature = (int)v;
     RETURN(rc);
 }
 
