@@ -22,7 +22,7 @@ from .nvml import DeviceGone, Nvml, text
 from .state import boot_id
 from .textfile import write_atomically
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # raised whenever a cached value changes meaning (2: NVLink versions as "4.0", not 6)
 CACHE_FILE = "inventory.json"
 SETTINGS_TTL_SECONDS = 60.0
 

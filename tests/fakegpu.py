@@ -384,6 +384,9 @@ GiB = 1 << 30
 MiB = 1 << 20
 
 
+# nvmlNvlinkVersion_t: what nvmlDeviceGetNvLinkVersion and field 166 answer (NVLink 4.0 is 6, not 4)
+NVLINK_VERSION_4_0 = 6
+
 # nvmlTemperatureThresholds_t -> °C from nvmlDeviceGetTemperatureThreshold, as nvidia-smi -q shows them
 # ("GPU Shutdown Temp" ...); 0 SHUTDOWN, 1 SLOWDOWN, 2 MEM_MAX (memory sensor), 3 GPU_MAX (max operating)
 H100_THRESHOLDS = {0: 92, 1: 89, 2: 95, 3: 87}
@@ -452,7 +455,7 @@ def h100(index: int = 0, **overrides: Any) -> dict[str, Any]:
     for link in links:
         fields[(164, link)] = Field(26_562, type="uint")  # NVLINK_GET_SPEED (MBps), NVLink 4
         fields[(165, link)] = Field(1, type="uint")       # NVLINK_GET_STATE: active
-        fields[(166, link)] = Field(4, type="uint")       # NVLINK_GET_VERSION
+        fields[(166, link)] = Field(NVLINK_VERSION_4_0, type="uint")  # NVLINK_GET_VERSION
         fields[(138, link)] = 1_000_000 + link * 1000   # THROUGHPUT_DATA_TX (KiB)
         fields[(139, link)] = 2_000_000 + link * 1000   # THROUGHPUT_DATA_RX (KiB)
         fields[(140, link)] = 1_100_000 + link * 1000   # THROUGHPUT_RAW_TX (KiB)
@@ -515,7 +518,7 @@ def h100(index: int = 0, **overrides: Any) -> dict[str, Any]:
         "pcie_rx_kbps": 2_345_678,
         "pcie_replays": 0,
         "nvlink_state": {link: 1 for link in links},
-        "nvlink_version": {link: 4 for link in links},
+        "nvlink_version": {link: NVLINK_VERSION_4_0 for link in links},
         "nvlink_remote_type": {link: 2 for link in links},  # NVML_NVLINK_DEVICE_TYPE_SWITCH
         "nvlink_remote_pci": {link: (_NVSWITCH_BUS[_LINK_SWITCH[link]], NVSWITCH_PCI_DEVICE_ID) for link in links},
         "fields": fields,

@@ -182,7 +182,7 @@ def test_h100_values_round_trip(libdir, tmp_path):
         "power": 412345, "limit": 700000, "mlimit": 700000, "energy": dev["energy"],
         "ecc": [1, 1], "eccerr": [0, 0, 0, 0],
         "pcie": [5, 5, 5, 16, 16, 0], "pcie_tp": [1234567, 2345678],
-        "nvl_state": [1] * 18, "nvl_version": [4] * 18, "nvl_type": [2] * 18,
+        "nvl_state": [1] * 18, "nvl_version": [6] * 18, "nvl_type": [2] * 18,  # nvmlNvlinkVersion_t 4.0
         "nvl_18": fakegpu.NVML_ERROR_NOT_SUPPORTED, "nvl_36": fakegpu.NVML_ERROR_INVALID_ARGUMENT,
         "rpci": ["00000000:08:00.0", 8, fakegpu.NVSWITCH_PCI_DEVICE_ID],
     }

@@ -64,7 +64,8 @@ def test_link_speed_errors_and_peer(node):
     assert value(s, "gpu_nvlink_link_errors_total", **link4, type="crc") == 2
     assert value(s, "gpu_nvlink_link_errors_total", **link4, type="recovery") == 0
     assert value(s, "gpu_nvlink_link_errors_total", **link4, type="recovery_failed") is None  # NVLink 5 only
-    assert value(s, "gpu_nvlink_info", **link4, version="4", remote_pci_bus_id="00000000:05:00.0") == 1
+    # NVML answers nvmlNvlinkVersion_t (6 = NVLink 4.0), written as the version it names
+    assert value(s, "gpu_nvlink_info", **link4, version="4.0", remote_pci_bus_id="00000000:05:00.0") == 1
     assert value(s, "gpu_nvlink_info", gpu="0", link="17", remote_pci_bus_id="00000000:08:00.0") == 1
     assert value(s, "gpu_nvlink_raw_transmit_bytes_total", **link4) == (1_100_000 + 4 * 1000) * KIB
     # the per-GPU sum: every link's replays, recoveries and CRC errors (only link 4 has any)
@@ -90,7 +91,7 @@ def test_standard_detail_keeps_link_traffic_and_state_and_sums_errors(node):
 
 
 def test_blackwell_byte_counters_and_recovery_events(node):
-    gpu = h100(0, nvlink_state={0: 1, 1: 1}, nvlink_version={0: 5, 1: 5}, nvlink_remote_pci={})
+    gpu = h100(0, nvlink_state={0: 1, 1: 1}, nvlink_version={0: 7, 1: 7}, nvlink_remote_pci={})
     fields = {fid: v for fid, v in gpu["fields"].items() if not isinstance(fid, tuple)}
     fields[91] = 2
     for link in (0, 1):
@@ -109,7 +110,7 @@ def test_blackwell_byte_counters_and_recovery_events(node):
     assert value(s, "gpu_nvlink_link_errors_total", gpu="0", link="0", type="recovery_failed") == 1
     assert value(s, "gpu_nvlink_link_errors_total", gpu="0", link="0", type="replay") is None
     assert value(s, "gpu_nvlink_errors_total", gpu="0") == 6  # recoveries of both links; failed ones are among them
-    assert value(s, "gpu_nvlink_info", gpu="0", link="0", version="5", remote_pci_bus_id="") == 1
+    assert value(s, "gpu_nvlink_info", gpu="0", link="0", version="5.0", remote_pci_bus_id="") == 1
 
 
 def test_counters_beyond_two_to_the_53_are_written_exactly(node):

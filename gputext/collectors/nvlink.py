@@ -22,6 +22,9 @@ NVML_NVLINK_MAX_LINKS = 36
 STATE_ACTIVE = 1  # NVML_NVLINK_STATE_ACTIVE
 KIB = 1024
 MB = 1_000_000  # NVML's NVLink "MBps" are decimal megabytes per second
+# nvmlNvlinkVersion_t, what field 166 and nvmlDeviceGetNvLinkVersion answer, as the version it names
+# (NVLink 4.0, an H100's, is 6); a newer value than this table is left out, not written as a version
+NVLINK_VERSIONS = {1: "1.0", 2: "2.0", 3: "2.2", 4: "3.0", 5: "3.1", 6: "4.0", 7: "5.0", 8: "6.0"}
 
 # Traffic counters: metric key -> field ids, the first the device answers wins, with their scale.
 # Blackwell's NVLink5 drops the KiB throughput fields in favour of byte counters (202/204).
@@ -206,5 +209,5 @@ def _read_peer(nvml, dev, link):
     if version is None:
         version = nvml.call(pynvml.nvmlDeviceGetNvLinkVersion, dev.handle, link, device=dev.name)
     pci = nvml.call(pynvml.nvmlDeviceGetNvLinkRemotePciInfo, dev.handle, link, device=dev.name)
-    return {"version": "" if version is None else str(int(version)),
+    return {"version": "" if version is None else NVLINK_VERSIONS.get(int(version), ""),
             "remote_pci_bus_id": text(pci.busId) if pci is not None else ""}
