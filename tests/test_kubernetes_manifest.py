@@ -7,11 +7,14 @@ import posixpath
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import require
+from conftest import parse_exposition, require, value
+from fakegpu import h100
+from test_xid import GPU0, Log, xid_515
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = sorted((ROOT / "kubernetes").glob("*.yaml"))
@@ -21,6 +24,14 @@ PODMONITOR = ROOT / "kubernetes" / "podmonitor.yaml"
 HELM_VALUES = ROOT / "kubernetes" / "helm" / "prometheus-node-exporter.yaml"
 # Objects of the Kubernetes API itself, which kubernetes-validate knows; the PodMonitor is a custom resource.
 CORE_MANIFESTS = [path for path in MANIFESTS if path != PODMONITOR]
+# kube-prometheus-stack's prometheus-node-exporter.extraArgs (its values.yaml, chart 81.4.5), which values
+# given for its subchart replace.
+KUBE_PROMETHEUS_STACK_NODE_EXPORTER_ARGS = [
+    "--collector.filesystem.mount-points-exclude=^/(dev|proc|sys|var/lib/docker/.+|var/lib/kubelet/.+)($|/)",
+    "--collector.filesystem.fs-types-exclude=^(autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs"
+    "|fusectl|hugetlbfs|iso9660|mqueue|nsfs|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs|squashfs"
+    "|sysfs|tracefs|erofs)$",
+]
 # The oldest Kubernetes the manifests must work on (pod-resources List is GA from 1.28), and the newest
 # the installed kubernetes-validate knows (its default).
 OLDEST = "1.28.0"
@@ -111,10 +122,13 @@ def test_the_textfile_only_daemonset_writes_where_the_helm_values_make_node_expo
     import yaml
 
     pod = pod_spec(TEXTFILE_ONLY)
-    (gputext,) = pod["containers"]  # gputext alone: the cluster's node-exporter publishes the file
-    # the same gputext container as the self-contained DaemonSet's, so the two cannot drift apart
-    (same,) = [c for c in pod_spec()["containers"] if c["name"] == "gputext"]
-    assert gputext == same
+    # gputext and its kernel log alone: the cluster's node-exporter publishes the file
+    containers = {c["name"]: c for c in pod["containers"]}
+    assert set(containers) == {"gputext", "kernel-log"}
+    gputext = containers["gputext"]
+    # the same containers as the self-contained DaemonSet's, so the two cannot drift apart
+    same = {c["name"]: c for c in pod_spec()["containers"]}
+    assert gputext == same["gputext"] and containers["kernel-log"] == same["kernel-log"]
     out = gputext["args"][gputext["args"].index("--out") + 1]
     volumes = {v["name"]: v for v in pod["volumes"]}
     textfile = volumes[mounts(gputext)[posixpath.dirname(out)]["name"]]
@@ -125,7 +139,13 @@ def test_the_textfile_only_daemonset_writes_where_the_helm_values_make_node_expo
     (mount,) = values["extraHostVolumeMounts"]
     assert mount["hostPath"] == host_directory and mount["readOnly"] is True
     assert set(mount) <= {"name", "hostPath", "type", "mountPath", "readOnly", "mountPropagation"}  # the chart's
-    assert values["extraArgs"] == [f"--collector.textfile.directory={mount['mountPath']}"]
+    textfile_arg = f"--collector.textfile.directory={mount['mountPath']}"
+    assert values["extraArgs"] == [textfile_arg]  # the prometheus-node-exporter chart's own default is []
+    # kube-prometheus-stack's subchart: the same mount, and the stack's own arguments kept (Helm replaces
+    # a list given in values whole)
+    subchart = values["prometheus-node-exporter"]
+    assert subchart["extraHostVolumeMounts"] == values["extraHostVolumeMounts"]
+    assert subchart["extraArgs"] == [*KUBE_PROMETHEUS_STACK_NODE_EXPORTER_ARGS, textfile_arg]
     # the directory the systemd units and doctor use on a node without Kubernetes, so one node_exporter
     # configuration serves both
     from gputext import doctor
@@ -197,3 +217,111 @@ def test_the_podmonitor_has_the_operators_fields_and_scrapes_node_exporter():
     assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
     ports = {port["name"] for c in target["spec"]["template"]["spec"]["containers"] for port in c.get("ports", [])}
     assert {endpoint["port"] for endpoint in monitor["spec"]["podMetricsEndpoints"]} <= ports
+
+
+@pytest.mark.parametrize("path", [SELF_CONTAINED, TEXTFILE_ONLY], ids=["self-contained", "textfile-only"])
+def test_the_namespace_admits_what_the_pod_needs(path):
+    """hostPID, host paths and a privileged container are refused under the "baseline" Pod Security
+    Standard, the default of many clusters: the namespace the manifest makes says "privileged"."""
+    (namespace,) = [d for d in documents(path) if d["kind"] == "Namespace"]
+    assert namespace["metadata"]["name"] == daemonset(path)["metadata"]["namespace"]
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    pod = pod_spec(path)
+    assert pod["hostPID"] is True and any(v.get("hostPath") for v in pod["volumes"])
+
+
+@pytest.mark.parametrize("path", [SELF_CONTAINED, TEXTFILE_ONLY], ids=["self-contained", "textfile-only"])
+def test_host_paths_that_may_be_elsewhere_do_not_keep_the_pod_from_starting(path):
+    """A kubelet with another root directory (k0s, MicroK8s) has no /var/lib/kubelet/pod-resources: with
+    `type: Directory` the pod would never start and no GPU metric would be written. Only /proc, which
+    every node has, is required."""
+    for volume in pod_spec(path)["volumes"]:
+        host = volume.get("hostPath")
+        if host is not None and host["path"] != "/proc":
+            assert host["type"] == "DirectoryOrCreate", volume
+
+
+def kernel_log_container(path: Path = SELF_CONTAINED) -> dict:
+    (found,) = [c for c in pod_spec(path)["containers"] if c["name"] == "kernel-log"]
+    return found
+
+
+@pytest.mark.parametrize("path", [SELF_CONTAINED, TEXTFILE_ONLY], ids=["self-contained", "textfile-only"])
+def test_gputext_reads_the_kernel_log_that_only_the_cat_container_may_open(path):
+    """The device cgroup lets a container open /dev/kmsg only where it is privileged: that container runs
+    cat into a FIFO on a volume it shares with gputext, which stays without capabilities."""
+    pod = pod_spec(path)
+    containers = {c["name"]: c for c in pod["containers"]}
+    gputext, kernel_log = containers["gputext"], kernel_log_container(path)
+    privileged = [name for name, c in containers.items() if c.get("securityContext", {}).get("privileged")]
+    assert privileged == ["kernel-log"]
+    assert gputext["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert gputext["securityContext"]["allowPrivilegeEscalation"] is False
+    assert kernel_log["securityContext"]["readOnlyRootFilesystem"] is True
+    (shared,) = kernel_log["volumeMounts"]  # nothing of the host but its /dev, which privileged gives
+    assert "emptyDir" in {v["name"]: v for v in pod["volumes"]}[shared["name"]]
+    fifo = environment(gputext)["GPUTEXT_KMSG"]
+    assert mounts(gputext)[posixpath.dirname(fifo)] == {**shared, "readOnly": True}
+    assert fifo in kernel_log["command"][-1] and "/dev/kmsg" in kernel_log["command"][-1]
+
+
+def run_kernel_log_container(tmp_path: Path, kmsg: Path) -> tuple:
+    """The kernel-log container's command, with the host's /dev/kmsg and the shared volume moved to
+    tmp_path; returns (the process, the FIFO's path, gputext's environment pointing at it)."""
+    command = kernel_log_container()["command"]
+    assert command[:2] == ["sh", "-c"]
+    fifo = environment(pod_spec()["containers"][0])["GPUTEXT_KMSG"]
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    script = command[2].replace("/dev/kmsg", str(kmsg)).replace(posixpath.dirname(fifo), str(shared))
+    moved = shared / posixpath.basename(fifo)
+    process = subprocess.Popen(["sh", "-c", script], stderr=subprocess.PIPE, text=True)
+    return process, moved, {"GPUTEXT_KMSG": str(moved)}
+
+
+def test_the_kernel_log_container_feeds_gputexts_xid_collector(node, tmp_path):
+    node.write([h100(0, accounting_mode=1)])  # no other lasting condition to say
+    log = Log(tmp_path)  # a saved log stands in for /dev/kmsg: cat copies either
+    log.add("Linux version 6.1.0", xid_515(GPU0, 79))
+    process, fifo, env = run_kernel_log_container(tmp_path, log.path)
+    try:
+        for _ in range(3000):
+            if fifo.exists():
+                break
+            time.sleep(0.01)
+        assert fifo.is_fifo()
+        # held open so that cat's open() returns and what it writes stays in the pipe until gputext reads it
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        assert process.wait(timeout=60) == 0, process.stderr.read()
+        proc = subprocess.run([sys.executable, "-m", "gputext", "collect", "--out", "-", "--host-root",
+                               str(log.root), "--state-dir", str(node.state_dir)],
+                              env={**node.env(), **env}, capture_output=True, text=True, timeout=60)
+        os.close(reader)
+    finally:
+        process.kill()
+        process.wait()
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert value(parse_exposition(proc.stdout), "gpu_xid_errors_total", gpu="0", xid="79") == 1
+
+
+def test_a_node_without_a_kernel_log_gets_every_other_metric_and_doctor_says_why(node, tmp_path):
+    node.write([h100(0, accounting_mode=1)])
+    process, fifo, env = run_kernel_log_container(tmp_path, tmp_path / "no-kmsg")
+    try:
+        said = process.stderr.readline()
+    finally:
+        process.kill()  # it sleeps, so that the pod does not restart it again and again
+        process.wait()
+    assert said == f"no {tmp_path / 'no-kmsg'} on this node: gputext counts no XIDs\n"
+    assert not fifo.exists()
+    proc = subprocess.run([sys.executable, "-m", "gputext", "collect", "--out", "-", "--state-dir",
+                           str(node.state_dir)], env={**node.env(), **env}, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    series = parse_exposition(proc.stdout)
+    assert value(series, "gpu_up", gpu="0") == 1 and value(series, "gputext_collector_success",
+                                                             collector="nvml") == 1
+    assert value(series, "gputext_collector_success", collector="xid") is None  # does not apply here
+    doctor = subprocess.run([sys.executable, "-m", "gputext", "doctor", "--state-dir", str(node.state_dir)],
+                            env={**node.env(), **env}, capture_output=True, text=True, timeout=60)
+    assert f"no kernel log at {fifo}, so no XIDs" in doctor.stdout
