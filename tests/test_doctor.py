@@ -80,6 +80,24 @@ def test_kernel_log_readable_or_not(node, tmp_path):
     assert by_name["kernel"].startswith(f"FAIL  kernel log: no kernel log at {tmp_path / 'none'}")
 
 
+def test_a_fifo_is_left_to_the_collector(node, tmp_path):
+    """A record read from a FIFO is gone for every other reader: doctor reads none."""
+    node.write([h100(0)])
+    fifo = tmp_path / "kmsg"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    writer = os.open(fifo, os.O_WRONLY)
+    record = b"4,0,1000,-;NVRM: Xid (PCI:0000:18:00): 79, pid='<unknown>', name=<unknown>, off the bus\n"
+    try:
+        os.write(writer, record)
+        proc, by_name = run_doctor(node, tmp_path, "--kmsg", str(fifo))
+        assert os.read(reader, 4096) == record
+    finally:
+        os.close(writer)
+        os.close(reader)
+    assert by_name["kernel"].startswith(f"ok    kernel log: {fifo} is a FIFO, filled by whatever writes it")
+
+
 def test_no_nvml_fails(node, tmp_path, shared_dir):
     node.write([h100(0)])
     proc, by_name = run_doctor(node, tmp_path, out=shared_dir / "gpu.prom", nvml=False)
