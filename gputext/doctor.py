@@ -278,8 +278,13 @@ def host_port(text: str, default_port: int):
 def check_kubelet(options: Options) -> Check:
     if not enabled(options, "kubernetes"):
         return Check(INFO, "kubelet", "not enabled (--collectors)")
+    from .collectors.kubernetes import grpc_missing, socket_missing_in_a_pod
+
     path = options.pod_resources_socket
     if not path.exists():
+        misplaced = socket_missing_in_a_pod(path)
+        if misplaced:
+            return Check(FAIL if named(options, "kubernetes") else WARN, "kubelet", misplaced)
         if named(options, "kubernetes"):
             return Check(FAIL, "kubelet", f"no pod-resources socket at {path}; fix: run on a Kubernetes node "
                          "(kubelet 1.20 or newer), or set GPUTEXT_POD_RESOURCES_SOCKET")
@@ -295,8 +300,6 @@ def check_kubelet(options: Options) -> Check:
         except OSError as err:
             return Check(FAIL, "kubelet", f"cannot connect to {path}: {err.strerror or err}; fix: run gputext "
                          "as root (the units do), and check that the kubelet runs")
-    from .collectors.kubernetes import grpc_missing
-
     missing = grpc_missing()
     if missing:
         return Check(FAIL, "kubelet", f"{path} accepts connections, but {missing}")

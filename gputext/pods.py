@@ -63,6 +63,7 @@ class PodResolver:
         self.host_root = Path(host_root)
         self._pods: dict[str, str] | None = None  # pod UID -> its /var/log/pods directory name
         self._containers: dict[str, tuple[str, str, str]] | None = None  # id -> (pod, namespace, name)
+        self.unnamed_pods: set[str] = set()  # UIDs of pods that processes run in but the log layout lacks
 
     def for_pid(self, pid: int) -> PodRef:
         """The pod of a host PID, or NOT_IN_A_POD (a process outside Kubernetes keeps its series)."""
@@ -78,7 +79,8 @@ class PodResolver:
             return PodRef(*named)
         directory = self._pod_directories().get(uid)
         if directory is None:
-            return NOT_IN_A_POD  # a pod the kubelet has no logs of (or /var/log is not mounted)
+            self.unnamed_pods.add(uid)  # a pod the kubelet has no logs of (or /var/log is not mounted)
+            return NOT_IN_A_POD
         namespace, pod, _ = directory.split("_")
         return PodRef(pod, namespace, self._only_container(directory))
 

@@ -573,6 +573,7 @@ def fake_env(libdir: str | os.PathLike, scenario_path: str | os.PathLike,
     """A copy of ``os.environ`` (or ``base``) that makes ``CDLL("libnvidia-ml.so.1")``
     load the fake from ``libdir`` and points it at the scenario."""
     env = dict(os.environ if base is None else base)
+    env.pop("KUBERNETES_SERVICE_HOST", None)  # a node of its own, even where the tests run in a pod
     old = env.get("LD_LIBRARY_PATH")
     env["LD_LIBRARY_PATH"] = str(Path(libdir).resolve()) + (os.pathsep + old if old else "")
     env["FAKE_NVML_SCENARIO"] = str(Path(scenario_path).resolve())

@@ -255,6 +255,31 @@ def test_no_socket_is_not_applicable_and_silent(node, tmp_path):
         f"gputext: collector kubernetes: no kubelet pod-resources socket at {tmp_path / 'absent.sock'}"]
 
 
+def test_no_socket_in_a_pod_is_a_failure_said_once(node, tmp_path):
+    """In a pod (the kubelet sets KUBERNETES_SERVICE_HOST in every one) a missing socket is a mount of the
+    wrong host directory (a kubelet with another --root-dir): every run reports the collector failed, and
+    the first of the boot says why; doctor says it too."""
+    node.write(gpus())
+    absent = tmp_path / "pod-resources" / "kubelet.sock"
+    in_a_pod = {**node.env(), "KUBERNETES_SERVICE_HOST": "10.96.0.1"}
+    said = (f"gputext: collector kubernetes: no kubelet pod-resources socket at {absent}, though gputext runs in "
+            f"a Kubernetes pod, so no pod names; fix: mount the kubelet's pod-resources directory at "
+            f"{absent.parent} (it is under the kubelet's --root-dir, /var/lib/kubelet by default; k0s and "
+            "MicroK8s use others)")
+    for stderr in ([said], []):
+        proc = subprocess.run([sys.executable, "-m", "gputext", "collect", "--out", "-", "--pod-resources-socket",
+                               str(absent), "--state-dir", str(node.state_dir), "--collectors", "nvml,kubernetes"],
+                              env=in_a_pod, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and proc.stderr.splitlines() == stderr
+        series = parse_exposition(proc.stdout)
+        assert success(series) == 0 and value(series, "gpu_up", gpu="0") == 1
+    proc = subprocess.run([sys.executable, "-m", "gputext", "doctor", "--pod-resources-socket", str(absent),
+                           "--state-dir", str(node.state_dir)], env=in_a_pod, capture_output=True, text=True,
+                          timeout=60)
+    (line,) = [line for line in proc.stdout.splitlines() if " kubelet: " in line]
+    assert line == "warn  kubelet: " + said.split(": ", 2)[2]
+
+
 def assert_failed_but_written(started, timeout, proc, out):
     elapsed = time.monotonic() - started
     assert elapsed < timeout + 1, f"the run took {elapsed:.2f}s"

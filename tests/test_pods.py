@@ -110,3 +110,19 @@ def test_time_sliced_pods_get_their_own_process_labels(node, tmp_path, host):
     assert value(series, "gpu_temperature_celsius", gpu="0") == 41
     assert value(series, "gpu_temperature_celsius", gpu="0", pod="train-a-0") is None
     assert value(series, "gpu_allocation_info", gpu="0", pod="infer-7d9f", container="model") == 1
+
+
+def test_processes_in_pods_the_log_layout_does_not_name_are_said_once(node, tmp_path, host):
+    """Where the kubelet keeps its logs elsewhere (or they are not mounted under --host-root) a process in a
+    pod keeps its series without pod labels, and the run says why, once per boot."""
+    shutil.rmtree(host / "var" / "log")
+    node.write([h100(0, accounting_mode=1, processes=[{"pid": 101, "used_memory": 10 << 30}],
+                     process_samples=[])])
+    proc, series = node.collect("--host-root", str(host), "--collectors", "nvml,processes")
+    assert proc.returncode == 0
+    assert proc.stderr == (f"gputext: processes in pods that {host}/var/log/pods does not name have no pod labels: "
+                           "gputext names pods from the kubelet's log directories, /var/log/pods and "
+                           "/var/log/containers under --host-root; mount the host's there\n")
+    assert value(series, "gpu_process_memory_used_bytes", pid="101", pod="") == 10 << 30
+    proc, _ = node.collect("--host-root", str(host), "--collectors", "nvml,processes")
+    assert proc.returncode == 0 and proc.stderr == ""  # said this boot already

@@ -54,6 +54,9 @@ def collect(ctx, samples) -> None:
     try:
         stat = os.stat(socket)
     except FileNotFoundError:
+        misplaced = socket_missing_in_a_pod(socket)
+        if misplaced:
+            raise LastingFailure(misplaced) from None
         raise NotApplicable(f"no kubelet pod-resources socket at {socket}") from None
     except PermissionError:
         from ..kubelet import KubeletError
@@ -86,6 +89,17 @@ def collect(ctx, samples) -> None:
         if len(who) == 1 and None not in who:
             pod, namespace, container = next(iter(who))
             ctx.pod_labels[uuid] = {"pod": pod, "namespace": namespace, "container": container}
+
+
+def socket_missing_in_a_pod(socket: os.PathLike) -> str | None:
+    """What to do where gputext runs in a Kubernetes pod (the kubelet gives every pod
+    KUBERNETES_SERVICE_HOST) and the socket is missing: the pod mounts a host directory where the kubelet
+    keeps no socket. None outside a pod, where no socket means no kubelet."""
+    if "KUBERNETES_SERVICE_HOST" not in os.environ:
+        return None
+    return (f"no kubelet pod-resources socket at {socket}, though gputext runs in a Kubernetes pod, so no pod "
+            f"names; fix: mount the kubelet's pod-resources directory at {os.path.dirname(socket)} (it is "
+            "under the kubelet's --root-dir, /var/lib/kubelet by default; k0s and MicroK8s use others)")
 
 
 def _cache_section(ctx) -> dict | None:

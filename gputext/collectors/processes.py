@@ -71,6 +71,10 @@ def collect(ctx, samples) -> None:
         except DeviceGone as err:
             ctx.warn(f"{dev.name}: processes not read: {err}")
     ctx.processes = scan.found
+    if scan.pods.unnamed_pods:
+        ctx.note_once(f"processes in pods that {ctx.options.host_path('/var/log/pods')} does not name have no "
+                      "pod labels: gputext names pods from the kubelet's log directories, /var/log/pods and "
+                      "/var/log/containers under --host-root; mount the host's there")
     if accounting_off:
         ctx.note_once(f"accounting mode is off on GPU {', '.join(accounting_off)}: processes that start and exit "
                  "between two runs are missed and start times are first-seen times; enable it with "
