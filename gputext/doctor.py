@@ -224,10 +224,9 @@ def check_kmsg(options: Options) -> Check:
         restrict = _read_text(options.host_path("/proc/sys/kernel/dmesg_restrict"))
         return Check(FAIL if named(options, "xid") else WARN, "kernel log",
                      f"cannot read {err}, so XIDs are not counted (kernel.dmesg_restrict={restrict or '?'}: "
-                     "opening the log needs CAP_SYSLOG); fix: the systemd units have systemd open it "
-                     "(StandardInput=file:/dev/kmsg, GPUTEXT_KMSG=-); elsewhere run gputext as root with "
-                     "CAP_SYSLOG, pass the log opened on standard input with --kmsg -, or set "
-                     "kernel.dmesg_restrict=0")
+                     "opening the log needs CAP_SYSLOG); fix: run gputext as root with CAP_SYSLOG (the systemd "
+                     "units keep that capability), pass the log opened on standard input with --kmsg -, or "
+                     "set kernel.dmesg_restrict=0")
     except OSError as err:
         return Check(FAIL, "kernel log", f"cannot read {path}: {err.strerror or err}; fix: set GPUTEXT_KMSG "
                      "to /dev/kmsg")

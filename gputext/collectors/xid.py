@@ -127,8 +127,7 @@ def _count_log(ctx, section: dict[str, object], counts: dict[str, list], watchin
     except KmsgUnreadable as err:
         reader.close()
         why = (f"cannot read the kernel log ({err}), so XIDs are not counted: with kernel.dmesg_restrict=1 "
-               "opening it needs CAP_SYSLOG; the systemd units open it for gputext (StandardInput=, --kmsg -); "
-               "see 'gputext doctor'")
+               "opening it needs CAP_SYSLOG, which the systemd units give gputext; see 'gputext doctor'")
         if "xid" in ctx.options.collectors:
             return LastingFailure(why)  # asked for by name: a failure, said once per boot
         ctx.note_once(f"collector xid: {why}")
