@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from conftest import require
+from test_install import install_block  # the block as .ci/run reads it
 
 ROOT = Path(__file__).resolve().parent.parent
 README_LIMIT = 16 * 1024  # a few screens; the rest belongs in docs/
@@ -20,13 +21,6 @@ def sh_blocks(text: str) -> list:
     return re.findall(r"(?:^(<!--.*?-->)\n)?^```sh\n(.*?)^```$", text, re.M | re.S)
 
 
-def install_and_run() -> str:
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"^<!-- install-and-run.*?-->\n```sh\n(.*?)\n```$", readme, re.M | re.S)
-    assert block, "README.md lacks the install-and-run block (.ci/run reads it)"
-    return block.group(1)
-
-
 def test_readme_is_a_front_page():
     size = len((ROOT / "README.md").read_bytes())
     assert size <= README_LIMIT, f"README.md is {size} bytes: move the details into a page under docs/"
@@ -35,7 +29,7 @@ def test_readme_is_a_front_page():
 def test_install_page_gives_the_readme_command_step_by_step():
     install = (ROOT / "docs/install.md").read_text()
     first = next(body for comment, body in sh_blocks(install) if "apt-get" in body)
-    assert " && ".join(first.strip().splitlines()) == install_and_run(), (
+    assert " && ".join(first.strip().splitlines()) == install_block().strip(), (
         "docs/install.md's steps differ from README's install-and-run command: make them the same")
 
 
