@@ -164,8 +164,9 @@ class Values:
             return "dcgm"  # a counters file is dcgm-exporter's: its series are DCGM's
         return naming
 
-    def counters(self, naming: str):
-        """dcgm_exporter.Counters from --counters, else dcgm-exporter's defaults (for --naming dcgm)."""
+    def counters(self, naming: str, prefix: str):
+        """dcgm_exporter.Counters from --counters, else dcgm-exporter's defaults (for --naming dcgm); `prefix`:
+        the device metrics' (a file's NVML field may not take a name gputext writes)."""
         path = self.raw("counters")
         if not path and naming != "dcgm":
             return None  # the common case imports nothing of dcgm_exporter
@@ -174,7 +175,7 @@ class Values:
         if not path:
             return default_counters()
         try:
-            counters = parse_counters(Path(path))
+            counters = parse_counters(Path(path), prefix)
         except CountersError as err:
             self.bad("counters", str(err))
             return default_counters() if naming == "dcgm" else None
@@ -205,9 +206,10 @@ def run_options(values: Values, state_dir: str | None = None):
 
     names = values.params
     naming = values.naming() if "naming" in names else "gputext"
+    prefix = values.prefix() if "prefix" in names else "gpu_"
     state = state_dir if state_dir is not None else (names.get("state_dir") or default_state_dir())
     return Options(
-        collectors=values.collectors(), prefix=values.prefix() if "prefix" in names else "gpu_",
+        collectors=values.collectors(), prefix=prefix,
         state_dir=Path(state) if state else None, debug=values.flag("debug"),
         host_root=Path(names["host_root"]), retention_seconds=values.seconds("retention"),
         max_processes=values.number("max_processes"), dcgm_host=names["dcgm_host"],
@@ -220,7 +222,7 @@ def run_options(values: Values, state_dir: str | None = None):
         kmsg=Path(names["kmsg"]) if names["kmsg"] else None,
         # show writes nothing that is stored, so it reads everything (its tables use full's series)
         detail=values.detail() if "detail" in names else FULL,
-        naming=naming, counters=values.counters(naming) if "counters" in names else None,
+        naming=naming, counters=values.counters(naming, prefix) if "counters" in names else None,
     )
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .catalogue import METRICS, Dcgm
 from .exposition import render_family
+from .readfile import CONFIG_FILE_LIMIT, NotARegularFile, TooLarge, read_bounded_text
 
 # The label fields of a counters file that gputext can fill, from the device's identity (gpu_info).
 LABEL_FIELDS: dict[str, str] = {
@@ -41,11 +42,28 @@ NVLINK_COUNTERS = ("nvlink_transmit_bytes_total", "nvlink_receive_bytes_total")
 # gpu_xid_last_time_seconds, the code whose last record is the newest, where the xid collector read the log.
 XID_ERRORS = Dcgm("DCGM_FI_DEV_XID_ERRORS", "gauge", "Value of the last XID error encountered.")
 DERIVED = (NVLINK_BANDWIDTH, XID_ERRORS)
-# dcgm-exporter's default counters file has DCGM_FI_DEV_VGPU_LICENSE_STATUS too: NVML has no such field.
+# DCGM fields that dcgm-exporter's own counters files name, enabled or commented out, and that gputext does
+# not write (NVML has no vGPU licence field; the rest have no DCGM meaning gputext reproduces): a file that
+# names one is read, and the field is said once and skipped, so that those files work as they are. Any other
+# DCGM name is a typo as far as gputext can tell. From NVIDIA/dcgm-exporter etc/default-counters.csv and
+# etc/dcp-metrics-included.csv (4.x).
+NOT_FROM_NVML = frozenset({
+    "DCGM_FI_DEV_VGPU_LICENSE_STATUS", "DCGM_FI_DEV_PCIE_TX_THROUGHPUT", "DCGM_FI_DEV_PCIE_RX_THROUGHPUT",
+    "DCGM_FI_DEV_RETIRED_PENDING", "DCGM_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL",
+    "DCGM_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL", "DCGM_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL",
+    "DCGM_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL", "DCGM_FI_DEV_NVLINK_BANDWIDTH_L0",
+    # label fields
+    "DCGM_FI_NVML_VERSION", "DCGM_FI_DEV_BRAND", "DCGM_FI_DEV_OEM_INFOROM_VER", "DCGM_FI_DEV_ECC_INFOROM_VER",
+    "DCGM_FI_DEV_POWER_INFOROM_VER", "DCGM_FI_DEV_INFOROM_IMAGE_VER",
+})
 DEFAULT_LABELS = ("DCGM_FI_DRIVER_VERSION",)
 # the catalogue labels that dcgm-exporter spells its own way (MIG: the GPU instance and its profile)
 MIG_LABELS = (("gpu_instance_profile", "GPU_I_PROFILE"), ("gpu_instance", "GPU_I_ID"))
 
+# A counters line (field, type, help, name): dcgm-exporter's longest is under 200 characters
+MAX_LINE = 4096
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # tabs are whitespace; other control characters have no place in a counters line
+FIELD_LIMIT = 1 << 32  # nvml.h: a field id and a scope are unsigned int
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _NVML_FIELD = re.compile(r"(NVML_FI_[A-Z0-9_]+|\d+)(?::(\d+))?")
 
@@ -72,12 +90,12 @@ class Counters:
 
     def __init__(self, metrics: tuple[Dcgm, ...], labels: tuple[str, ...] = DEFAULT_LABELS,
                  fields: tuple[Field, ...] = (), skipped: tuple[str, ...] = (),
-                 source: str = "dcgm-exporter's default counters"):
+                 source: str | None = None):
         self.metrics = metrics
         self.labels = labels
         self.fields = fields
         self.skipped = skipped
-        self.source = source
+        self.source = source  # the file's path; None for dcgm-exporter's default counters
 
     @cached_property  # asked by every run (and by the gpm collector for every GPU): built once
     def selected(self) -> dict[str, list[Dcgm]]:
@@ -123,32 +141,37 @@ def default_counters() -> Counters:
     return Counters(tuple(defaults))
 
 
-def parse_counters(path: Path) -> Counters:
-    """Read a counters file. Raises CountersError with `FILE:LINE: what is wrong`."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise CountersError(f"cannot read counters file {path}: {getattr(err, 'strerror', None) or err}") from None
+def parse_counters(path: Path, prefix: str) -> Counters:
+    """Read a counters file for a run whose device metrics carry `prefix`. Raises CountersError with
+    `FILE:LINE: what is wrong` (or `FILE: ...` for the file as a whole)."""
+    text = _read(path)
     names = known()
+    written = written_names(prefix)
     metrics: list[Dcgm] = []
     labels: list[str] = []
     fields: list[Field] = []
     skipped: list[str] = []
     seen: dict[str, int] = {}
+    families: dict[str, tuple[int, Field]] = {}  # the stem of each NVML field's name -> its first line
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         where = f"{path}:{number}"
-        columns = [c.strip() for c in next(csv.reader([line], skipinitialspace=True))]
+        columns = _columns(line, where)
         if len(columns) not in (3, 4):
             raise CountersError(f"{where}: expected 'FIELD, gauge|counter|label, help' (3 columns, or 4 with a "
                                 f"metric name for an NVML field), found {len(columns)}")
         field, kind, help_ = columns[:3]
+        if not help_:
+            raise CountersError(f"{where}: {field} has no help text: say what the field is (3rd column)")
         if kind not in ("gauge", "counter", "label"):
             raise CountersError(f"{where}: type {kind!r} of {field}: use gauge, counter or label")
         if field.startswith(("DCGM_FI_", "DCGM_EXP_")):
             if len(columns) == 4:
                 raise CountersError(f"{where}: a DCGM field keeps its own name; the 4th column is for NVML fields")
+            if field not in names and field not in LABEL_FIELDS and field not in NOT_FROM_NVML:
+                raise CountersError(f"{where}: {field} is not a DCGM field gputext knows: check its spelling "
+                                    "('gputext metrics --dcgm' lists the fields it writes)")
             _once(seen, field, where, number)
             if kind == "label":
                 (labels if field in LABEL_FIELDS else skipped).append(field)
@@ -164,20 +187,78 @@ def parse_counters(path: Path) -> Counters:
         if kind == "label":
             raise CountersError(f"{where}: an NVML field is a gauge or a counter, not a label")
         field_id = _nvml_field_id(match.group(1), where)
-        scope = int(match.group(2)) if match.group(2) is not None else None
+        scope = _unsigned(match.group(2), "scope", where) if match.group(2) is not None else None
         name = columns[3] if len(columns) == 4 else match.group(1) if not match.group(1).isdigit() \
             else f"NVML_FI_{field_id}"
-        if not _METRIC_NAME.fullmatch(name):
-            raise CountersError(f"{where}: {name!r} is not a valid metric name")
+        if not _METRIC_NAME.fullmatch(name) or name.startswith("__"):
+            raise CountersError(f"{where}: {name!r} is not a valid metric name (letters, digits, _ and :, not "
+                                "starting with a digit or __)")
+        if _stem(name) in written:
+            raise CountersError(f"{where}: {name} is a name gputext writes itself ({written[_stem(name)]}): give "
+                                "the field a name of its own in the 4th column")
         _once(seen, f"{name}:{scope}" if scope is not None else name, where, number)
-        scoped = {f.scope is not None for f in fields if f.name == name} | {scope is not None}
-        if len(scoped) > 1:
-            raise CountersError(f"{where}: {name} is written with and without a scope; give them two names")
-        fields.append(Field(field_id, scope, name, kind, help_))
-    clash = {f.name for f in fields} & set(names)
-    if clash:
-        raise CountersError(f"{path}: NVML field name {sorted(clash)[0]} is a DCGM name gputext writes")
+        entry = Field(field_id, scope, name, kind, help_)
+        first_line, first = families.setdefault(_stem(name), (number, entry))
+        if first is not entry:
+            _same_family(first, first_line, entry, where)
+        fields.append(entry)
+    if not (metrics or labels or fields):
+        only = f" (only {', '.join(skipped)})" if skipped else ""
+        raise CountersError(f"{path}: names no field gputext can write{only}: list the DCGM or NVML fields to "
+                            "write, one a line")
     return Counters(tuple(metrics), tuple(labels), tuple(fields), tuple(skipped), str(path))
+
+
+def _read(path: Path) -> str:
+    try:
+        return read_bounded_text(path, CONFIG_FILE_LIMIT)
+    except OSError as err:
+        raise CountersError(f"cannot read counters file {path}: {err.strerror or err}") from None
+    except NotARegularFile:
+        raise CountersError(f"counters file {path} is not a regular file: name a CSV file") from None
+    except TooLarge:
+        raise CountersError(f"counters file {path} is larger than {CONFIG_FILE_LIMIT // 1024} KiB: a counters "
+                            "file is a few hundred lines") from None
+    except UnicodeDecodeError as err:
+        raise CountersError(f"counters file {path} is not UTF-8 text (byte {err.start})") from None
+
+
+def _columns(line: str, where: str) -> list[str]:
+    if len(line) > MAX_LINE:
+        raise CountersError(f"{where}: {len(line)} characters; a line (field, type, help, name) holds at most "
+                            f"{MAX_LINE}")
+    control = _CONTROL.search(line)
+    if control:
+        raise CountersError(f"{where}: control character U+{ord(control.group()):04X} in the line")
+    try:
+        return [c.strip() for c in next(csv.reader([line], skipinitialspace=True))]
+    except csv.Error as err:
+        raise CountersError(f"{where}: not a CSV line: {err}") from None
+
+
+def _stem(name: str) -> str:
+    """A family's name without `_total`: a counter `x` is exposed as `x_total` in OpenMetrics, so `x` and
+    `x_total` are one name to Prometheus."""
+    return name[:-len("_total")] if name.endswith("_total") else name
+
+
+def written_names(prefix: str) -> dict[str, str]:
+    """The stem of every name gputext can write with this prefix, under either naming -> what it is."""
+    names = {_stem(m.name(prefix)): "a gputext metric" for m in METRICS}
+    names.update((_stem(name), "a DCGM field") for name in known())
+    return names
+
+
+def _same_family(first: Field, first_line: int, entry: Field, where: str) -> None:
+    """Fields written under one name make one family: one type (and the first line's help)."""
+    if entry.name != first.name:
+        raise CountersError(f"{where}: {entry.name} and {first.name} (line {first_line}) are one name to "
+                            "Prometheus (a counter's _total): give them two names")
+    if entry.type != first.type:
+        raise CountersError(f"{where}: {entry.name} is a {first.type} on line {first_line}: the fields of one "
+                            "name share their type")
+    if (entry.scope is None) != (first.scope is None):
+        raise CountersError(f"{where}: {entry.name} is written with and without a scope; give them two names")
 
 
 def _once(seen: dict[str, int], name: str, where: str, number: int) -> None:
@@ -186,9 +267,18 @@ def _once(seen: dict[str, int], name: str, where: str, number: int) -> None:
     seen[name] = number
 
 
+def _unsigned(text: str, what: str, where: str) -> int:
+    # nvml.h: nvmlFieldValue_t's fieldId and scopeId are unsigned int; the length check first, as int()
+    # refuses more than 4300 digits with a ValueError of its own
+    if len(text) > 10 or int(text) >= FIELD_LIMIT:
+        raise CountersError(f"{where}: NVML field {what} {text[:20]}{'...' if len(text) > 20 else ''} is out of "
+                            f"range: NVML takes 0 to {FIELD_LIMIT - 1}")
+    return int(text)
+
+
 def _nvml_field_id(text: str, where: str) -> int:
     if text.isdigit():
-        return int(text)
+        return _unsigned(text, "id", where)
     import pynvml  # only for files that name NVML fields
 
     value = getattr(pynvml, text, None)
@@ -301,6 +391,42 @@ def counters_note(counters: Counters) -> str | None:
         return None
     return (f"counters file {counters.source}: gputext cannot read {', '.join(counters.skipped)} from NVML; "
             "skipped (the other fields are written)")
+
+
+def unanswered_notes(counters: Counters, samples, gpus: Mapping[str, str]) -> list[str]:
+    """One line for each set of the counters file's fields that some GPUs did not answer in this run (a
+    T4 has no memory temperature), naming those GPUs. `gpus`: the UUID of every GPU that answered NVML ->
+    its index. Only fields whose collector ran without failing are judged; the derived DCGM series are
+    not (the NVLink rate needs two runs, the XID gauge is written wherever the kernel log was read)."""
+    if counters.source is None:
+        return []  # dcgm-exporter's defaults, chosen by gputext: what a GPU lacks is simply left out
+    ran = {label_values[0] for label_values, ok in samples.series("gputext_collector_success").items() if ok}
+    answered: dict[str, set[str]] = {}  # the file's name of a field -> the UUIDs that gave it
+    for metric in METRICS:
+        mappings = counters.selected.get(metric.key, ())
+        if not mappings or not ran & set(metric.source.split(", ")):
+            continue
+        for dcgm in mappings:
+            answered.setdefault(dcgm.name, set())
+        for label_values in samples.series(metric.key):
+            labels = dict(zip(metric.all_labels, label_values))
+            for dcgm in mappings:
+                if dcgm.covers(labels):
+                    answered[dcgm.name].add(labels["uuid"])
+    if "nvml" in ran:
+        for field in counters.fields:
+            name = f"{field.name} (scope {field.scope})" if field.scope is not None else field.name
+            extra = samples.extras.get(field.name)
+            answered[name] = set() if extra is None else {
+                labels["uuid"] for labels in (dict(zip(extra.labels, values)) for values in extra.series)
+                if labels.get("scope") == (str(field.scope) if field.scope is not None else None)}
+    missing: dict[tuple[str, ...], list[str]] = {}  # the names a GPU did not give -> those GPUs
+    for uuid, index in gpus.items():
+        names = tuple(name for name, uuids in answered.items() if uuid not in uuids)
+        if names:
+            missing.setdefault(names, []).append(index)
+    return [f"counters file {counters.source}: GPU {', '.join(indices)} gave no value for {', '.join(names)} "
+            "(not supported there); left out" for names, indices in missing.items()]
 
 
 def markdown_table(prefix: str) -> str:

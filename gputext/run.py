@@ -269,6 +269,16 @@ def _dcgm_naming(ctx: Context, samples: Samples) -> DcgmNaming:
     return naming
 
 
+def _say_unanswered(ctx: Context, samples: Samples) -> None:
+    """Once, what fields of the counters file a GPU does not answer: a field asked for and never written
+    would otherwise look like a bug of gputext's."""
+    from .dcgm_exporter import unanswered_notes
+
+    _, devices = ctx.devices()
+    for note in unanswered_notes(ctx.options.counters, samples, {d.uuid: str(d.index) for d in devices if d.up}):
+        ctx.note_once(note)
+
+
 def collect(ctx: Context) -> Result:
     from .nvml import NvmlUnavailable
 
@@ -327,5 +337,7 @@ def collect(ctx: Context) -> Result:
         samples.add("gputext_collector_duration_seconds", spent + time.perf_counter() - started,
                     {"collector": name})
     samples.add("gputext_build_info", 1, {"version": __version__})
+    if ctx.options.counters is not None and not ctx.nvml_unavailable:
+        _say_unanswered(ctx, samples)
     dcgm = _dcgm_naming(ctx, samples) if ctx.options.naming == "dcgm" else None
     return Result(samples, ctx.nvml_unavailable, failed, ctx.pod_labels, dcgm)
