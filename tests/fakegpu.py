@@ -412,7 +412,7 @@ def h100_uuid(index: int) -> str:
 
 
 def h100(index: int = 0, **overrides: Any) -> dict[str, Any]:
-    """A complete H100 80GB HBM3 SXM5 under load: every key populated, no fans,
+    """A complete H100 80GB HBM3 SXM5 under load: every key populated but the fan count (it has none),
     ECC on, MIG off, accounting off, 18 active NVLink 4 links to 4 NVSwitches,
     one compute process.  Keyword arguments replace top-level keys (``None``
     removes a key, which makes the fake answer NOT_SUPPORTED for it)."""
@@ -498,7 +498,9 @@ def h100(index: int = 0, **overrides: Any) -> dict[str, Any]:
         # NVML events it can send: single and double bit ECC, P-state, XID (nvmlEventType*)
         "event_types": 0xF,
         "pstate": 0,
-        "fan_count": 0,
+        # a passively cooled SXM board: nvmlDeviceGetNumFans answers NOT_SUPPORTED ("if the device does
+        # not have a fan", nvml.h), not a count of 0
+        "fan_count": None,
         "fan_speed": {},
         "persistence_mode": 1,
         "accounting_mode": 0,

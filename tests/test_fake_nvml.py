@@ -229,13 +229,13 @@ def test_missing_keys_are_not_supported(libdir, tmp_path):
              "nvl0": N.nvmlDeviceGetNvLinkState(h, 0), "nvl1": err(N.nvmlDeviceGetNvLinkState, h, 1),
              "sm": err(N.nvmlDeviceGetClockInfo, h, 1), "gr": N.nvmlDeviceGetClockInfo(h, 0),
              "mig": err(N.nvmlDeviceGetMigMode, h), "migmax": N.nvmlDeviceGetMaxMigDeviceCount(h),
-             "fans": N.nvmlDeviceGetNumFans(h), "fan": err(N.nvmlDeviceGetFanSpeed, h),
+             "fans": err(N.nvmlDeviceGetNumFans, h), "fan": err(N.nvmlDeviceGetFanSpeed, h),
              "str": str(N.NVMLError(3))})
     """, devices=[dev])
     ns = fakegpu.NVML_ERROR_NOT_SUPPORTED
     assert got == {"temp": ns, "tempV": ns, "power": ns, "mem": ns, "mem2": ns, "name": ns, "tx": ns,
                    "rx": 2345678, "nvl0": 1, "nvl1": ns, "sm": ns, "gr": 1980, "mig": ns, "migmax": 0,
-                   "fans": 0, "fan": ns,
+                   "fans": ns, "fan": ns,  # an SXM H100 has no fan: NOT_SUPPORTED, as nvml.h says
                    "str": "Not Supported"}
 
 
