@@ -17,7 +17,8 @@ Value forms: numbers, ``step(base, s)``, or raw strings ("0x4", "10 step 2");
 where value is a number, ``step(...)``, ``Field(...)`` or ``(value, type[, step])``;
 ``processes``/``process_samples``/``accounting`` take lists of dicts (see
 :func:`h100`); ``mig_devices`` takes ``{slot: {"uuid", "gi", "ci"[, "profile", "memory"]}}``, where
-``memory`` is ``(total, used[, reserved])`` in bytes or ``Field(error=CODE)``;
+``memory`` is ``(total, used[, reserved])`` in bytes or ``Field(error=CODE)``; ``gpu_instances`` takes
+``{gpu instance id: (profile id, placement start, placement size)}``;
 ``gpm_metrics`` takes ``{GPM metric id: value or Field(error=CODE)}`` and ``gpm_mig_metrics``
 ``{gpu instance id: {metric id: ...}}`` (with ``gpm_supported: 1``, see :func:`with_gpm`);
 ``errors`` takes ``{c_function_name: code}``; ``lost`` a bool; ``extra`` raw lines.
@@ -213,7 +214,7 @@ DEVICE_INDEXED_KEYS = ("fan_speed", "temperature_threshold", "nvlink_state", "nv
                        "nvlink_remote_type")
 DEVICE_OTHER_KEYS = (
     "nvlink_remote_pci", "ecc_errors", "fields", "processes", "process_samples",
-    "accounting", "mig_devices", "gpm_metrics", "gpm_mig_metrics", "errors", "lost", "extra",
+    "accounting", "mig_devices", "gpu_instances", "gpm_metrics", "gpm_mig_metrics", "errors", "lost", "extra",
 )
 DEVICE_KEYS = frozenset(
     DEVICE_STRING_KEYS + DEVICE_NUMBER_KEYS + DEVICE_PAIR_KEYS + DEVICE_INDEXED_KEYS + DEVICE_OTHER_KEYS
@@ -317,6 +318,8 @@ def render_device(dev: Mapping[str, Any]) -> list[str]:
             lines.append(f"mig_memory {int(idx)} error {int(memory.error)}")
         elif memory is not None:
             lines.append(f"mig_memory {int(idx)} " + " ".join(str(int(v)) for v in memory))
+    for gi, (profile_id, start, size) in sorted((g("gpu_instances") or {}).items()):
+        lines.append(f"gpu_instance {int(gi)} {int(profile_id)} {int(start)} {int(size)}")
     for fid, v in (g("gpm_metrics") or {}).items():
         lines.append(f"gpm_metric {int(fid)} {_gpm_val(v)}")
     for gi, metrics in sorted((g("gpm_mig_metrics") or {}).items()):

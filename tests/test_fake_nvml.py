@@ -676,6 +676,45 @@ def test_mig_device_memory(libdir, tmp_path):
                    "other": 5 << 30, "gpu": 9 << 30, "none": 3, "failing": [999, 999]}
 
 
+def test_gpu_instances_and_minor_numbers(libdir, tmp_path):
+    migs = {0: {"uuid": "MIG-aaaaaaaa-0000-5000-8000-000000000000", "gi": 9, "ci": 0},
+            1: {"uuid": "MIG-bbbbbbbb-0000-5000-8000-000000000000", "gi": 3, "ci": 0}}
+    # H100 profile ids: 19 is 1g.10gb (one slice), 9 is 3g.40gb (four memory slices)
+    devs = [h100(0, minor_number=4, mig_mode=(1, 1), mig_devices=migs,
+                 gpu_instances={9: (19, 6, 1), 3: (9, 0, 4)}),
+            h100(1, minor_number=0, mig_mode=(0, 0), gpu_instances={1: (0, 0, 8)}),
+            h100(2, minor_number=2, mig_mode=(1, 1), gpu_instances={1: (19, 0, 1)},
+                 errors={"nvmlDeviceGetGpuInstanceById": 4})]
+    calls = tmp_path / "calls.txt"
+    got = run(libdir, tmp_path, """
+        N.nvmlInit()
+        h = [N.nvmlDeviceGetHandleByIndex(i) for i in range(3)]
+        addr = lambda x: ctypes.cast(x, ctypes.c_void_p).value
+        def info(gi):
+            i = N.nvmlGpuInstanceGetInfo(N.nvmlDeviceGetGpuInstanceById(h[0], gi))
+            return [addr(i.device) == addr(h[0]), i.id, i.profileId, i.placement.start, i.placement.size]
+        mig = N.nvmlDeviceGetMigDeviceHandleByIndex(h[0], 0)
+        out({"minors": [N.nvmlDeviceGetMinorNumber(x) for x in h], "gi9": info(9), "gi3": info(3),
+             "absent": err(N.nvmlDeviceGetGpuInstanceById, h[0], 5),
+             "mig_off": err(N.nvmlDeviceGetGpuInstanceById, h[1], 1),
+             "on_mig_handle": err(N.nvmlDeviceGetGpuInstanceById, mig, 9),
+             "not_root": err(N.nvmlDeviceGetGpuInstanceById, h[2], 1),
+             "foreign": err(N.nvmlGpuInstanceGetInfo, ctypes.cast(h[0], N.c_nvmlGpuInstance_t))})
+        N.nvmlShutdown()
+    """, devices=devs, calls=calls)
+    assert got == {"minors": [4, 0, 2], "gi9": [True, 9, 19, 6, 1], "gi3": [True, 3, 9, 0, 4],
+                   "absent": 6, "mig_off": 3, "on_mig_handle": 3, "not_root": 4, "foreign": 2}
+    counts = read_calls(calls)
+    assert counts[0]["nvmlGpuInstanceGetInfo"] == 2 and counts["system"]["nvmlGpuInstanceGetInfo"] == 1
+    assert counts[0]["nvmlDeviceGetGpuInstanceById"] == 4
+
+
+def test_gpu_instance_lines_are_checked(libdir, tmp_path):
+    for bad in ("gpu_instance 1 19 0", "gpu_instance 1 19 0 x", "gpu_instance -1 19 0 1"):
+        proc = run(libdir, tmp_path, "N.nvmlInit()", scenario_text=f"device\n{bad}\n", expect_rc=1)
+        assert "gpu_instance" in proc.stderr or "bad number" in proc.stderr, (bad, proc.stderr)
+
+
 # --------------------------------------------------------------------------
 # GPM
 # --------------------------------------------------------------------------

@@ -57,6 +57,26 @@ struct nvmlDevice_st {
 };
 typedef struct nvmlDevice_st *nvmlDevice_t;
 
+/* mirrors nvmlGpuInstance_t (typedef struct nvmlGpuInstance_st* nvmlGpuInstance_t), opaque to callers */
+struct nvmlGpuInstance_st {
+    int dev;   /* index of the parent GPU */
+    int slot;  /* index into that GPU's gpu_instance entries */
+};
+typedef struct nvmlGpuInstance_st *nvmlGpuInstance_t;
+
+/* mirrors nvmlGpuInstancePlacement_t and nvmlGpuInstanceInfo_t */
+typedef struct {
+    unsigned int start; /* index of the first occupied memory slice */
+    unsigned int size;  /* number of memory slices occupied */
+} fake_gpu_instance_placement_t;
+typedef struct {
+    nvmlDevice_t device;
+    unsigned int id;
+    unsigned int profileId;
+    fake_gpu_instance_placement_t placement;
+} fake_gpu_instance_info_t;
+_Static_assert(sizeof(fake_gpu_instance_info_t) == 24, "nvmlGpuInstanceInfo_t layout");
+
 #define PCI_BUS_ID_BUFFER_SIZE 32    /* NVML_DEVICE_PCI_BUS_ID_BUFFER_SIZE */
 #define PCI_BUS_ID_BUFFER_V2_SIZE 16 /* NVML_DEVICE_PCI_BUS_ID_BUFFER_V2_SIZE */
 
@@ -328,6 +348,8 @@ _Static_assert(sizeof(fake_gpm_support_t) == 8, "nvmlGpmSupport_t layout");
     X(nvmlDeviceGetComputeInstanceId)                \
     X(nvmlDeviceIsMigDeviceHandle)                   \
     X(nvmlDeviceGetDeviceHandleFromMigDeviceHandle)  \
+    X(nvmlDeviceGetGpuInstanceById)                  \
+    X(nvmlGpuInstanceGetInfo)                        \
     X(nvmlGpmQueryDeviceSupport)                     \
     X(nvmlGpmSampleAlloc)                            \
     X(nvmlGpmSampleFree)                             \
@@ -361,6 +383,7 @@ static int fn_lookup(const char *name)
 
 #define MAX_DEV 64
 #define MAX_MIG 16
+#define MAX_GI 16
 #define MAX_VALS 8
 #define SYS_SLOT MAX_DEV /* call-count row for calls not tied to a device */
 
@@ -435,6 +458,12 @@ typedef struct {
     unsigned long long memory_total, memory_used, memory_reserved;
 } mig_entry;
 
+/* gpu_instance ID PROFILE_ID PLACEMENT_START PLACEMENT_SIZE */
+typedef struct {
+    int present;
+    unsigned int id, profile_id, start, size;
+} gi_entry;
+
 #define DYN(T, name) T *name; size_t n_##name, cap_##name
 
 typedef struct {
@@ -448,6 +477,7 @@ typedef struct {
     DYN(gpm_entry, gpms);
     int lost;
     mig_entry mig[MAX_MIG];
+    gi_entry gis[MAX_GI];
 } device_t;
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -460,6 +490,7 @@ static device_t g_dev[MAX_DEV];
  * shutdown/re-init, like real NVML handles do. */
 static struct nvmlDevice_st g_handles[MAX_DEV];
 static struct nvmlDevice_st g_mig_handles[MAX_DEV][MAX_MIG];
+static struct nvmlGpuInstance_st g_gi_handles[MAX_DEV][MAX_GI];
 static unsigned long g_counts[MAX_DEV + 1][FN_COUNT];
 /* GPM samples: allocated now, most allocated at once since the last flush, and whether any ever was */
 static unsigned long g_gpm_live, g_gpm_peak;
@@ -1025,6 +1056,36 @@ static int parse_gpm_line(device_t *d, line_t *L)
     return 0;
 }
 
+/* gpu_instance ID PROFILE_ID PLACEMENT_START PLACEMENT_SIZE: a GPU instance, as nvmlGpuInstanceGetInfo
+ * describes it; a later line with the same ID replaces it */
+static int parse_gpu_instance_line(device_t *d, line_t *L)
+{
+    long long v[4];
+    if (L->n != 5)
+        return perr("expected `gpu_instance ID PROFILE_ID PLACEMENT_START PLACEMENT_SIZE`", NULL);
+    for (int i = 0; i < 4; i++)
+        if (parse_int(L->tok[i + 1], &v[i]) || v[i] < 0 || v[i] > 0xFFFFFFFFLL)
+            return perr("bad number", L->tok[i + 1]);
+    int free_slot = -1;
+    for (int i = 0; i < MAX_GI; i++) {
+        if (d->gis[i].present && d->gis[i].id == (unsigned int)v[0]) {
+            free_slot = i;
+            break;
+        }
+        if (!d->gis[i].present && free_slot < 0)
+            free_slot = i;
+    }
+    if (free_slot < 0)
+        return perr("more than 16 gpu_instance lines", NULL);
+    gi_entry *g = &d->gis[free_slot];
+    g->present = 1;
+    g->id = (unsigned int)v[0];
+    g->profile_id = (unsigned int)v[1];
+    g->start = (unsigned int)v[2];
+    g->size = (unsigned int)v[3];
+    return 0;
+}
+
 /* mig_memory INDEX TOTAL USED [RESERVED] | mig_memory INDEX error CODE: the memory of a MIG slot */
 static int parse_mig_memory_line(device_t *d, line_t *L)
 {
@@ -1126,6 +1187,8 @@ static int parse_line(char *raw, int *cur)
         rc = parse_gpm_line(d, &L);
     } else if (strcmp(k, "mig_memory") == 0) {
         rc = parse_mig_memory_line(d, &L);
+    } else if (strcmp(k, "gpu_instance") == 0) {
+        rc = parse_gpu_instance_line(d, &L);
     } else if (strcmp(k, "mig_device") == 0) {
         /* mig_device INDEX UUID GI CI [PROFILE...] */
         long long idx, gi, ci;
@@ -2619,6 +2682,55 @@ EXPORT nvmlReturn_t nvmlDeviceGetDeviceHandleFromMigDeviceHandle(nvmlDevice_t mi
     if (!device || slot < 0)
         RETURN(NVML_ERROR_INVALID_ARGUMENT);
     *device = dev_handle((int)(d - g_dev));
+    RETURN(NVML_SUCCESS);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetGpuInstanceById(nvmlDevice_t device, unsigned int id,
+                                                 nvmlGpuInstance_t *gpuInstance)
+{
+    DEV_BEGIN(nvmlDeviceGetGpuInstanceById, device, MIG_NO);
+    if (!gpuInstance)
+        RETURN(NVML_ERROR_INVALID_ARGUMENT);
+    num_entry *mode = num_find(d, "mig_mode", 0, 0, 0);
+    if (!mode || num_val(mode, 0) != 1)
+        RETURN(NVML_ERROR_NOT_SUPPORTED); /* "If device doesn't have MIG mode enabled" */
+    int di = (int)(d - g_dev);
+    for (int i = 0; i < MAX_GI; i++) {
+        if (d->gis[i].present && d->gis[i].id == id) {
+            g_gi_handles[di][i].dev = di;
+            g_gi_handles[di][i].slot = i;
+            *gpuInstance = &g_gi_handles[di][i];
+            RETURN(NVML_SUCCESS);
+        }
+    }
+    RETURN(NVML_ERROR_NOT_FOUND);
+}
+
+EXPORT nvmlReturn_t nvmlGpuInstanceGetInfo(nvmlGpuInstance_t gpuInstance, fake_gpu_instance_info_t *info)
+{
+    /* a GPU instance handle counts for its parent GPU; one that is not ours is INVALID_ARGUMENT */
+    uintptr_t p = (uintptr_t)gpuInstance, a = (uintptr_t)g_gi_handles, b = a + sizeof g_gi_handles;
+    int known = gpuInstance && p >= a && p < b && (p - a) % sizeof(g_gi_handles[0][0]) == 0;
+    int di = known ? gpuInstance->dev : -1, slot = known ? gpuInstance->slot : -1;
+    LOCK();
+    count_call(FN_nvmlGpuInstanceGetInfo, known && di < g_ndev ? di : SYS_SLOT);
+    if (g_refcount <= 0)
+        RETURN(NVML_ERROR_UNINITIALIZED);
+    if (!known || di >= g_ndev || !g_dev[di].gis[slot].present)
+        RETURN(NVML_ERROR_INVALID_ARGUMENT); /* a scenario re-read since may have dropped it */
+    device_t *d = &g_dev[di];
+    if (d->lost)
+        RETURN(NVML_ERROR_GPU_IS_LOST);
+    int c = override_code(d, FN_nvmlGpuInstanceGetInfo);
+    if (c)
+        RETURN(c);
+    if (!info)
+        RETURN(NVML_ERROR_INVALID_ARGUMENT);
+    info->device = dev_handle(di);
+    info->id = d->gis[slot].id;
+    info->profileId = d->gis[slot].profile_id;
+    info->placement.start = d->gis[slot].start;
+    info->placement.size = d->gis[slot].size;
     RETURN(NVML_SUCCESS);
 }
 
