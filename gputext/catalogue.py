@@ -253,9 +253,11 @@ METRICS: tuple[Metric, ...] = (
             source="processes"),
     # Kubernetes
     _device("allocation_info", G, "", "A container the kubelet gave this GPU (every sharer of a "
-            "time-sliced GPU) or a MIG device of it (gpu_instance and mig_device, else empty); the value "
-            "is always 1.", ["pod", "namespace", "container", "resource", "gpu_instance", "mig_device"],
-            source="kubernetes"),
+            "time-sliced GPU or a shared claim) or a MIG device of it (gpu_instance and mig_device, else "
+            "empty), through a device plugin (resource: its resource name) or a DRA ResourceClaim (resource: "
+            "the driver; claim and claim_namespace, else empty); the value is always 1.",
+            ["pod", "namespace", "container", "resource", "gpu_instance", "mig_device", "claim",
+             "claim_namespace"], source="kubernetes"),
     # profiling (GPM, Hopper and newer): averages over gpm_window_seconds, per GPU or MIG GPU instance
     _device("gpm_window_seconds", G, "seconds", "Time between the two GPM samples the profiling ratios "
             "and rates of this GPU or GPU instance average over.", MIG_LABELS, source="gpm"),

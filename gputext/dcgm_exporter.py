@@ -305,6 +305,21 @@ def identity(system, devices: Iterable, minor) -> dict[str, dict[str, str]]:
     return labels
 
 
+def holder_labels(allocation) -> dict[str, str]:
+    """dcgm-exporter's labels for the container that alone holds a GPU or GPU instance
+    (collectors.kubernetes.Allocation): pod, namespace, container, and for a DRA device what
+    --kubernetes-enable-dra adds (dra_claim_name ... dra_device_name; dra_mig_profile and
+    dra_mig_device_uuid for a MIG device), in its order; empty values left out."""
+    a = allocation
+    labels = {"pod": a.pod, "namespace": a.namespace, "container": a.container}
+    if a.device:
+        labels.update(dra_claim_name=a.claim, dra_claim_namespace=a.claim_namespace, dra_driver_name=a.resource,
+                      dra_pool_name=a.pool, dra_device_name=a.device)
+        if a.gpu_instance:
+            labels.update(dra_mig_profile=a.mig_profile, dra_mig_device_uuid=a.mig_device)
+    return {label: value for label, value in labels.items() if value}
+
+
 def nvlink_bandwidth(samples, previous: dict[str, list[float]], now: float) -> tuple[dict[str, float], dict]:
     """DCGM's NVLINK_BANDWIDTH_TOTAL per GPU UUID, from the NVLink data counters of this run and the sums
     the previous run left (`previous`: uuid -> [bytes, time]); returns the values and what to keep."""
@@ -333,9 +348,12 @@ def last_xids(samples, devices: Mapping[str, Mapping[str, str]]) -> list[tuple[s
 
 
 def render(samples, counters: Counters, devices: Mapping[str, Mapping[str, str]], prefix: str,
-           pod_labels: Mapping[str, Mapping[str, str]], derived: Mapping[str, float]) -> bytes:
+           pod_labels: Mapping[str, Mapping[str, str]], derived: Mapping[str, float],
+           holders: Mapping[tuple[str, str], Mapping[str, str]]) -> bytes:
     """The text exposition under dcgm-exporter's names: the counters' DCGM series first, in the file's
-    order and with its types and help, then every other series under gputext's name."""
+    order and with its types and help, then every other series under gputext's name (with gputext's
+    `pod_labels`). `holders`: (GPU UUID, GPU instance or "") -> the labels of the one container holding
+    it (holder_labels), which its DCGM series end with."""
     selected = counters.selected
     families: dict[str, list[tuple[dict[str, str], float]]] = {d.name: [] for d in counters.metrics}
 
@@ -349,7 +367,7 @@ def render(samples, counters: Counters, devices: Mapping[str, Mapping[str, str]]
             labels["Hostname"] = gpu["Hostname"]
         for field in counters.labels:
             labels[field] = gpu.get("_" + LABEL_FIELDS[field], "")
-        labels.update(pod_labels.get(uuid, {}))
+        labels.update(holders.get((uuid, row_labels.get("gpu_instance", "")), {}))
         return labels
 
     renamed = set()  # (key, label values) written under a DCGM name

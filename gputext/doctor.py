@@ -62,7 +62,11 @@ def diagnose(options: Options, out: str | None, problems: Sequence[str] = ()) ->
         checks.append(Check(INFO, "user", f"running as uid {os.geteuid()}, the units run as root: files, "
                             "sockets and processes may look different to them; run doctor as root"))
     checks += check_nvml(options)
-    checks += [check_dcgm(options), check_kubelet(options), check_kmsg(options)]
+    kubelet = check_kubelet(options)
+    checks += [check_dcgm(options), kubelet]
+    if kubelet.status == OK:
+        checks += check_allocations(options)
+    checks.append(check_kmsg(options))
     named = out or str(UNITS_OUT)
     target = _replaced_file(named)
     exporters = node_exporters(options)
@@ -303,6 +307,67 @@ def check_kubelet(options: Options) -> Check:
     if missing:
         return Check(FAIL, "kubelet", f"{path} accepts connections, but {missing}")
     return Check(OK, "kubelet", f"{path} accepts connections")
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'' if n == 1 else 's'}"
+
+
+def check_allocations(options: Options) -> list[Check]:
+    """What the kubelet's answer holds (one List call, as a run whose pod cache is old makes): the
+    device-plugin and DRA allocations of this node's GPUs, and what could not be placed."""
+    from . import dra
+    from .collectors.kubernetes import GPU_RESOURCE, ask_kubelet, unreadable_name
+    from .kubelet import KubeletError
+    from .nvml import NvmlUnavailable
+
+    ctx = Context(options.replace(state_dir=None), lambda message: None)
+    try:
+        _, devices = ctx.devices()
+        found = ask_kubelet(ctx, devices, sorted({GPU_RESOURCE, *options.gpu_resource_names}))
+    except (NvmlUnavailable, ImportError):
+        return []  # the nvml and kubelet checks say why
+    except KubeletError as err:
+        return [Check(FAIL, "allocations", f"{err}")]
+    finally:
+        ctx.close()
+    parts = [f"the kubelet gave {found.plugged} GPU{'' if found.plugged == 1 else 's'} through device plugins "
+             f"and {found.claimed} through DRA ({dra.DRIVER})"]
+    if found.not_created:
+        parts.append(f"{_count(len(found.not_created), 'DRA MIG device')} "
+                     f"{'has' if len(found.not_created) == 1 else 'have'} no GPU instance yet "
+                     f"({', '.join(found.not_created[:5])})")
+    if found.named_by_cdi:
+        parts.append(f"{_count(found.named_by_cdi, 'DRA device')} named by CDI only (a kubelet before 1.31)")
+    status = OK
+    if found.unknown:
+        status = WARN
+        parts.append(f"{_count(len(found.unknown), 'device')} name no GPU NVML lists here "
+                     f"({', '.join(found.unknown[:5])})")
+    checks = [Check(status, "allocations", "; ".join(parts))]
+    checks += [Check(WARN, "dra", unreadable_name(name)) for name in found.unreadable]
+    prepared = _prepared_claims(options)
+    if prepared and not found.dra_devices:
+        checks.append(Check(WARN, "dra", f"NVIDIA's DRA driver has prepared {_count(len(prepared), 'claim')} on "
+                            f"this node ({options.host_path(CDI_DIRECTORY)}/{dra.CDI_VENDOR}-claim_*.yaml), but "
+                            "the kubelet reports no DRA device: its GPUs get no pod; fix: Kubernetes 1.34 or "
+                            "newer, or on 1.27-1.33 the kubelet feature gate "
+                            "KubeletPodResourcesDynamicResources=true"))
+    return checks
+
+
+# where NVIDIA's DRA driver writes a CDI spec for each claim it prepares on the node
+CDI_DIRECTORY = "/var/run/cdi"
+
+
+def _prepared_claims(options: Options) -> list[str]:
+    from . import dra
+
+    try:
+        names = os.listdir(options.host_path(CDI_DIRECTORY))
+    except OSError:
+        return []
+    return [name for name in names if name.startswith(f"{dra.CDI_VENDOR}-claim_") and name.endswith(".yaml")]
 
 
 # --- the file and who reads it -------------------------------------------------------------------------

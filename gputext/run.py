@@ -89,6 +89,10 @@ class Context:
         self.now = time.time()
         # GPU UUID -> pod/namespace/container for its device series; set by the kubernetes collector
         self.pod_labels: dict[str, dict[str, str]] = {}
+        # --naming dcgm: (GPU UUID, GPU instance, "" for the whole GPU) -> the labels dcgm-exporter gives the
+        # series of a GPU or GPU instance that one container holds (pod, and a DRA claim's); set by the
+        # kubernetes collector
+        self.dcgm_holders: dict[tuple[str, str], dict[str, str]] = {}
         # the process series of this run (collectors.processes.Process); set by the processes collector
         self.processes: list | None = None
         self._devices = None
@@ -212,7 +216,7 @@ class Result:
             from .dcgm_exporter import render
 
             return render(self.samples, self.dcgm.counters, self.dcgm.devices, prefix, self.pod_labels,
-                          self.dcgm.nvlink_bandwidth)
+                          self.dcgm.nvlink_bandwidth, self.dcgm.holders)
         return self.samples.render(prefix, self.pod_labels)
 
 
@@ -223,6 +227,7 @@ class DcgmNaming:
         self.counters = counters
         self.devices: dict[str, dict[str, str]] = {}
         self.nvlink_bandwidth: dict[str, float] = {}
+        self.holders: dict[tuple[str, str], dict[str, str]] = {}  # Context.dcgm_holders
 
 
 def _samples(options: Options) -> Samples:
@@ -240,6 +245,7 @@ def _dcgm_naming(ctx: Context, samples: Samples) -> DcgmNaming:
 
     counters = ctx.options.counters
     naming = DcgmNaming(counters)
+    naming.holders = ctx.dcgm_holders
     note = counters_note(counters)
     if note:
         ctx.note_once(note)

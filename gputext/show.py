@@ -177,6 +177,25 @@ def process_rows(samples: Samples) -> list[ProcessRow] | None:
     return sorted(rows, key=lambda row: (int(row.gpu), int(row.pid)))
 
 
+@dataclass
+class AllocationRow:
+    gpu: str
+    gpu_instance: str
+    pod: str
+    namespace: str
+    container: str
+    resource: str
+    claim: str
+
+
+def allocation_rows(samples: Samples) -> list[AllocationRow]:
+    """The containers the kubelet gave GPUs, through device plugins and DRA claims alike."""
+    rows = [AllocationRow(labels["gpu"], labels["gpu_instance"], labels["pod"], labels["namespace"],
+                          labels["container"], labels["resource"], labels["claim"])
+            for labels, _ in labelled(samples, "allocation_info")]
+    return sorted(rows, key=lambda row: (int(row.gpu), row.gpu_instance, row.namespace, row.pod, row.container))
+
+
 # --- formatting ----------------------------------------------------------------------------------------
 
 def _number(value: float | None) -> str:
@@ -311,6 +330,10 @@ def render(s: Sampled, warnings: Sequence[str], style: Style) -> str:
         out += _device_table(rows, style)
         out.append("")
         out += _traffic_table(rows, s.seconds, style)
+    allocations = allocation_rows(s.last)
+    if allocations:
+        out.append("")
+        out += _allocation_table(allocations, style)
     processes = process_rows(s.last)
     if processes is not None:
         out.append("")
@@ -378,6 +401,15 @@ def _process_table(rows: list[ProcessRow], style: Style) -> list[str]:
     cells = [[row.gpu, row.pid, row.name or "?", _gib(row.memory), _percent(row.sm), row.pod or "-",
               row.namespace or "-"] for row in rows]
     return [style.bold("Processes")] + table(columns, cells, style)
+
+
+def _allocation_table(rows: list[AllocationRow], style: Style) -> list[str]:
+    columns = [Column("GPU", right=True), Column("MIG GI", right=True), Column("POD", shrinks=True),
+               Column("NAMESPACE", shrinks=True), Column("CONTAINER", shrinks=True),
+               Column("RESOURCE", shrinks=True), Column("CLAIM", shrinks=True)]
+    cells = [[row.gpu, row.gpu_instance or "-", row.pod, row.namespace, row.container, row.resource,
+              row.claim or "-"] for row in rows]
+    return [style.bold("Allocated to pods")] + table(columns, cells, style)
 
 
 def unique(items: Iterable[str]) -> list[str]:

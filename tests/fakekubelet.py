@@ -4,6 +4,8 @@
         with serve(socket, [pod("train", "ml", {"main": {"nvidia.com/gpu": ["GPU-..."]}})]) as kubelet:
             ...  # gputext collect --pod-resources-socket <socket>; kubelet.calls counts List calls
 
+DRA devices: `pod(..., claims={"main": [claim("gpus", "ml", claimed("gpu-0"), claimed("gpu-3"))]})`.
+
 `serve_hanging` accepts connections and never answers; `serve_garbage` answers every connection with bytes
 that are not HTTP/2, and `serve_undecodable` is a gRPC server whose List answer is not protobuf.
 """
@@ -17,7 +19,7 @@ import tempfile
 import threading
 from concurrent import futures
 from pathlib import Path
-from typing import Iterator, List, Mapping, Sequence
+from typing import Iterator, List, Mapping, Optional, Sequence
 
 import grpc
 
@@ -27,12 +29,32 @@ from gputext.kubelet import api_pb2, api_pb2_grpc
 Containers = Mapping[str, Mapping[str, Sequence[str]]]
 
 
-def pod(name: str, namespace: str, containers: Containers) -> api_pb2.PodResources:
+def pod(name: str, namespace: str, containers: Containers,
+        claims: Optional[Mapping[str, Sequence[api_pb2.DynamicResource]]] = None) -> api_pb2.PodResources:
+    """A pod whose containers hold device-plugin devices (`containers`) and DRA claims (`claims`)."""
+    claims = claims or {}
     return api_pb2.PodResources(name=name, namespace=namespace, containers=[
         api_pb2.ContainerResources(name=container, devices=[
             api_pb2.ContainerDevices(resource_name=resource, device_ids=list(ids))
-            for resource, ids in devices.items()])
-        for container, devices in containers.items()])
+            for resource, ids in containers.get(container, {}).items()],
+            dynamic_resources=list(claims.get(container, ())))
+        for container in dict.fromkeys([*containers, *claims])])
+
+
+def claim(name: str, namespace: str, *devices: api_pb2.ClaimResource) -> api_pb2.DynamicResource:
+    """A ResourceClaim a container holds, with its allocated devices."""
+    return api_pb2.DynamicResource(claim_name=name, claim_namespace=namespace, claim_resources=list(devices))
+
+
+def claimed(device_name: str, driver: str = "gpu.nvidia.com", pool: str = "node-1", cdi: Sequence[str] = (),
+            share_id: Optional[str] = None) -> api_pb2.ClaimResource:
+    """One device of a claim, as the kubelet 1.31+ names it (a kubelet before 1.31: device_name "" and
+    the driver's CDI names in `cdi`)."""
+    device = api_pb2.ClaimResource(driver_name=driver, pool_name=pool, device_name=device_name,
+                                   cdi_devices=[api_pb2.CDIDevice(name=n) for n in cdi])
+    if share_id is not None:
+        device.share_id = share_id
+    return device
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ import pytest
 
 from fakegpu import h100, with_gpm
 from fakehost import fake_host, node_exporter
+from fakekubelet import serve
 from gputext import doctor
 from gputext.doctor import FAIL, OK, Reader
 
@@ -235,11 +236,9 @@ def test_reachable_dcgm_and_kubelet_are_ok(node, tmp_path, shared_dir):
     bindings = tmp_path / "bindings"
     bindings.mkdir()
     (bindings / "pydcgm.py").write_text("")
-    with socket.socket() as engine, socket.socket(socket.AF_UNIX) as kubelet:
+    with socket.socket() as engine, serve(tmp_path / "kubelet.sock", []):  # a real gRPC kubelet, no pods
         engine.bind(("127.0.0.1", 0))
         engine.listen()
-        kubelet.bind(str(tmp_path / "kubelet.sock"))
-        kubelet.listen()
         port = engine.getsockname()[1]
         proc, by_name = run_doctor(node, tmp_path, "--collectors", "nvml,dcgm,kubernetes",
                                    "--dcgm-host", f"127.0.0.1:{port}", "--dcgm-bindings", str(bindings),
@@ -248,6 +247,21 @@ def test_reachable_dcgm_and_kubelet_are_ok(node, tmp_path, shared_dir):
     assert proc.returncode == 0, proc.stdout
     assert by_name["dcgm"] == f"ok    dcgm: nv-hostengine answers on 127.0.0.1:{port}; bindings in {bindings}"
     assert by_name["kubelet"] == f"ok    kubelet: {tmp_path / 'kubelet.sock'} accepts connections"
+    assert by_name["allocations"] == ("ok    allocations: the kubelet gave 0 GPUs through device plugins and 0 "
+                                      "through DRA (gpu.nvidia.com)")
+
+
+def test_a_kubelet_that_accepts_but_does_not_answer_fails(node, tmp_path, shared_dir):
+    node.write([h100(0)])
+    with socket.socket(socket.AF_UNIX) as kubelet:
+        kubelet.bind(str(tmp_path / "kubelet.sock"))
+        kubelet.listen()
+        proc, by_name = run_doctor(node, tmp_path, "--collectors", "nvml,kubernetes", "--kubelet-timeout", "0.5s",
+                                   "--pod-resources-socket", str(tmp_path / "kubelet.sock"),
+                                   out=shared_dir / "gpu.prom")
+    assert proc.returncode == 1
+    assert by_name["allocations"] == (f"FAIL  allocations: the kubelet at {tmp_path / 'kubelet.sock'} did not "
+                                      "answer within 0.5s (--kubelet-timeout)")
 
 
 def test_dcgm_without_bindings(node, tmp_path, shared_dir):

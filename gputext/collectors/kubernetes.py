@@ -11,13 +11,19 @@ each extended resource it holds. Device IDs come in the forms the device plugins
   nvidiaN[/giG][/vgpuK]      GKE: the GPU whose /dev/nvidiaN this is (its minor number, not the NVML
                              index), GPU instance G, time-sharing replica K
 
-Every holder gets one `allocation_info` series, all sharers of a time-sliced GPU included, with the
-parent GPU's gpu/uuid labels so it joins with the device series; a MIG device adds its GPU instance ID and
-its UUID. The device series of a GPU carry pod/namespace/container only where exactly one container holds
-the whole GPU: with several sharers, or with MIG slices, no one pod owns the GPU's temperature or power.
+Devices allocated through Dynamic Resource Allocation come in the same answer, named by driver, pool and
+device name; those of NVIDIA's driver (`gpu.nvidia.com`) name the GPU's minor number or, for a MIG device,
+its GPU instance's profile and placement (gputext.dra). Other drivers' devices are no GPUs gputext knows.
+
+Every holder gets one `allocation_info` series, all sharers of a time-sliced GPU or of a shared claim
+included, with the parent GPU's gpu/uuid labels so it joins with the device series; a MIG device adds its
+GPU instance ID and its UUID, a DRA device the claim. The device series of a GPU carry
+pod/namespace/container only where exactly one container holds the whole GPU: with several sharers, or with
+MIG slices, no one pod owns the GPU's temperature or power.
 
 The kubelet's answer, already resolved to GPU UUIDs, is kept in the state file for --pod-cache-ttl, so most
-runs neither import gRPC nor read MIG devices. The cache is keyed on the socket's inode and change time
+runs neither import gRPC nor read MIG devices or GPU instances (a GPU instance that the DRA driver creates
+when the pod starts is found at the first renewal after). The cache is keyed on the socket's inode and change time
 (a restarted kubelet makes a new socket) and on the resource names asked for.
 """
 
@@ -25,20 +31,30 @@ from __future__ import annotations
 
 import os
 import re
+from collections import namedtuple
 from collections.abc import Sequence
 
 import pynvml
 
 from . import LastingFailure, NotApplicable
+from .. import dra
 from ..devices import Device, MigDevice
-from ..nvml import DeviceGone
+from ..nvml import DeviceGone, text
 
 GPU_RESOURCE = "nvidia.com/gpu"
 MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
 
-# (gpu uuid, pod, namespace, container, resource, gpu instance, MIG device uuid); the last two are ""
-# for a whole GPU
-Allocation = tuple[str, str, str, str, str, str, str]
+
+class Allocation(namedtuple("Allocation", "uuid pod namespace container resource gpu_instance mig_device "
+                                          "claim claim_namespace pool device mig_profile")):
+    """A GPU, or a MIG device of it, that the kubelet gave a container. `resource`: the extended resource
+    (device plugin) or the driver (DRA); gpu_instance and mig_device are "" for a whole GPU; claim,
+    claim_namespace and the DRA pool and device name "" for a device-plugin device; mig_profile (for
+    --naming dcgm) only for a DRA MIG device."""
+
+    __slots__ = ()
+
+
 # where a device ID points: (gpu uuid, gpu instance, MIG device uuid)
 Target = tuple[str, str, str]
 
@@ -75,20 +91,29 @@ def collect(ctx, samples) -> None:
             cache.update(key=key, fetched_at=ctx.now, allocations=[list(a) for a in allocations])
 
     by_uuid = {dev.uuid: dev for dev in devices}
-    holders: dict[str, set] = {}
-    for uuid, pod, namespace, container, resource, gpu_instance, mig_device in allocations:
-        dev = by_uuid.get(uuid)
+    # (gpu uuid, gpu instance or MIG device, "" for the whole GPU) -> {holding container: its allocation}
+    holders: dict[tuple[str, str], dict[tuple[str, str, str], Allocation]] = {}
+    for a in allocations:
+        dev = by_uuid.get(a.uuid)
         if dev is None:
             continue
-        samples.add("allocation_info", 1, {**dev.labels, "pod": pod, "namespace": namespace,
-                                           "container": container, "resource": resource,
-                                           "gpu_instance": gpu_instance, "mig_device": mig_device})
-        # a MIG slice is part of a GPU: its holder does not own the GPU's series
-        holders.setdefault(uuid, set()).add(None if mig_device or gpu_instance else (pod, namespace, container))
-    for uuid, who in holders.items():
-        if len(who) == 1 and None not in who:
-            pod, namespace, container = next(iter(who))
+        samples.add("allocation_info", 1, {**dev.labels, "pod": a.pod, "namespace": a.namespace,
+                                           "container": a.container, "resource": a.resource,
+                                           "gpu_instance": a.gpu_instance, "mig_device": a.mig_device,
+                                           "claim": a.claim, "claim_namespace": a.claim_namespace})
+        holders.setdefault((a.uuid, a.gpu_instance or a.mig_device), {}).setdefault(
+            (a.pod, a.namespace, a.container), a)
+    sliced = {uuid for uuid, part in holders if part}  # a MIG slice's holder does not own the GPU's series
+    for (uuid, part), who in holders.items():
+        if len(who) != 1 or not part and uuid in sliced:
+            continue  # shared: no one container owns the series
+        (pod, namespace, container), allocation = next(iter(who.items()))
+        if not part:
             ctx.pod_labels[uuid] = {"pod": pod, "namespace": namespace, "container": container}
+        if options.naming == "dcgm":
+            from ..dcgm_exporter import holder_labels
+
+            ctx.dcgm_holders[(uuid, part)] = holder_labels(allocation)
 
 
 def socket_missing_in_a_pod(socket: os.PathLike) -> str | None:
@@ -118,9 +143,10 @@ def _cached(cache: dict | None, key: list, now: float, ttl: float) -> list[Alloc
     if not isinstance(fetched_at, (int, float)) or not 0 <= now - fetched_at < ttl:
         return None
     if not isinstance(allocations, list) or not all(
-            isinstance(a, list) and len(a) == 7 and all(isinstance(v, str) for v in a) for a in allocations):
+            isinstance(a, list) and len(a) == len(Allocation._fields) and all(isinstance(v, str) for v in a)
+            for a in allocations):
         return None  # not what this version writes
-    return [tuple(a) for a in allocations]
+    return [Allocation._make(a) for a in allocations]
 
 
 def grpc_missing() -> str | None:
@@ -135,27 +161,82 @@ def grpc_missing() -> str | None:
 
 
 def _ask_kubelet(ctx, devices: Sequence[Device], resources: Sequence[str]) -> list[Allocation]:
-    from ..kubelet import list_devices  # only runs that ask the kubelet load the client
-
     try:
-        holders = list_devices(ctx.options.pod_resources_socket, ctx.options.kubelet_timeout_seconds,
-                               lambda name: name in resources or name.startswith(MIG_RESOURCE_PREFIX))
+        found = ask_kubelet(ctx, devices, resources)
     except ImportError:
         raise LastingFailure(f"no pod labels: {grpc_missing()}") from None
-    finder = DeviceFinder(ctx, devices)
-    allocations: dict[Allocation, None] = {}  # ordered, without duplicates (two replicas of one GPU)
-    unknown = []
-    for pod, namespace, container, resource, device_id in holders:
-        target = finder.find(device_id)
-        if target is None:
-            unknown.append(device_id)
-            continue
-        uuid, gpu_instance, mig_device = target
-        allocations[(uuid, pod, namespace, container, resource, gpu_instance, mig_device)] = None
+    unknown = found.unknown
     if unknown:
         ctx.warn(f"kubernetes: {len(unknown)} device IDs from the kubelet name no GPU NVML lists here, left out: "
                  + ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else ""))
-    return list(allocations)
+    for name in found.unreadable:
+        ctx.note_once(unreadable_name(name))
+    return found.allocations
+
+
+def unreadable_name(name: str) -> str:
+    return (f"kubernetes: the DRA driver {dra.DRIVER} allocated a device named {name!r}, a name gputext cannot "
+            f"read (it knows gpu-<minor>, gpu-<minor>-mig-..., gpu-vfio-<n>); its allocations are left out: "
+            "a newer gputext may know the driver's new names")
+
+
+class Found:
+    """What one `List` answer gave: the allocations of GPUs found here, and what could not be placed."""
+
+    def __init__(self):
+        self.allocations: list[Allocation] = []
+        self.plugged = 0  # device-plugin GPU allocations placed, and DRA ones of gpu.nvidia.com
+        self.claimed = 0
+        self.unknown: list[str] = []  # device IDs and DRA device names that name no GPU here
+        self.unreadable: list[str] = []  # gpu.nvidia.com device names in no known form
+        self.not_created: list[str] = []  # DRA MIG devices whose GPU instance does not exist (yet)
+        self.dra_devices = 0  # gpu.nvidia.com devices in the answer, placed or not
+        self.named_by_cdi = 0  # of those, without a device name (a kubelet before 1.31)
+        self.other_drivers = 0  # DRA devices of other drivers: not GPUs gputext knows
+
+
+def ask_kubelet(ctx, devices: Sequence[Device], resources: Sequence[str]) -> Found:
+    """One `List` call, resolved to this node's GPUs. Raises ImportError without grpcio and KubeletError."""
+    from ..kubelet import list_devices  # only runs that ask the kubelet load the client
+
+    plugged, claimed = list_devices(ctx.options.pod_resources_socket, ctx.options.kubelet_timeout_seconds,
+                                    lambda name: name in resources or name.startswith(MIG_RESOURCE_PREFIX))
+    finder = DeviceFinder(ctx, devices)
+    found = Found()
+    allocations: dict[Allocation, None] = {}  # ordered, without duplicates (two replicas of one GPU)
+    for pod, namespace, container, resource, device_id in plugged:
+        target = finder.find(device_id)
+        if target is None:
+            found.unknown.append(device_id)
+            continue
+        found.plugged += 1
+        uuid, gpu_instance, mig_device = target
+        allocations[Allocation(uuid, pod, namespace, container, resource, gpu_instance, mig_device,
+                               "", "", "", "", "")] = None
+    for pod, namespace, container, claim, claim_namespace, driver, pool, given_name, cdi in claimed:
+        driver, device_name = dra.driver_and_name(driver, given_name, cdi)
+        if driver != dra.DRIVER:
+            found.other_drivers += 1
+            continue
+        found.dra_devices += 1
+        found.named_by_cdi += not given_name
+        name = dra.parse_device_name(device_name)
+        if name is None:
+            found.unreadable.append(device_name)
+            continue
+        if name.kind == "vfio":
+            continue  # bound to vfio-pci for a VM: NVML does not see it
+        target = finder.find_claimed(name)
+        if target is None:
+            (found.not_created if finder.has_minor(name.minor) else found.unknown).append(device_name)
+            continue
+        uuid, gpu_instance, mig_device, mig_profile = target
+        found.claimed += 1
+        allocations[Allocation(uuid, pod, namespace, container, driver, gpu_instance, mig_device, claim,
+                               claim_namespace, pool, device_name, mig_profile)] = None
+    found.allocations = list(allocations)
+    found.unreadable = list(dict.fromkeys(found.unreadable))
+    return found
 
 
 class DeviceFinder:
@@ -169,6 +250,7 @@ class DeviceFinder:
         self.by_uuid = {dev.uuid: dev for dev in self.devices}
         self.by_index = {dev.index: dev for dev in self.devices}
         self._by_minor: dict[int, Device] | None = None
+        self._gpu_instances: dict[str, dict[str, tuple[int, int, int]]] = {}  # see _instances
 
     def find(self, device_id: str) -> Target | None:
         device_id = _REPLICA.sub("", device_id.strip())
@@ -217,6 +299,53 @@ class DeviceFinder:
             return self.ctx.mig_devices(dev)
         except DeviceGone:
             return []
+
+    def find_claimed(self, name: dra.DeviceName) -> tuple[str, str, str, str] | None:
+        """(gpu uuid, gpu instance, MIG device uuid, MIG profile) of a gpu.nvidia.com device, or None where
+        no GPU has its minor number or, for a MIG device, where its GPU has no such GPU instance (yet)."""
+        dev = self._minor(name.minor)
+        if dev is None:
+            return None
+        if name.kind == "gpu":
+            return dev.uuid, "", "", ""
+        for gpu_instance, (profile_id, start, size) in self._instances(dev).items():
+            if (profile_id, start) == (name.profile_id, name.placement_start) and \
+                    name.placement_size in (None, size):
+                members = [m for m in self._mig_devices(dev) if m.gpu_instance == gpu_instance]
+                if len(members) != 1:  # the driver gives pods GPU instances of one compute instance
+                    return dev.uuid, gpu_instance, "", ""
+                return dev.uuid, gpu_instance, members[0].uuid, self._profile(dev, members[0])
+        return None
+
+    def has_minor(self, minor: int) -> bool:
+        return self._minor(minor) is not None
+
+    def _instances(self, dev: Device) -> dict[str, tuple[int, int, int]]:
+        """GPU instance ID -> (profile id, placement start, placement size) of the GPU instances of `dev`
+        that have MIG devices; read once per answer (GPU instances come and go with dynamic MIG)."""
+        if dev.uuid not in self._gpu_instances:
+            nvml, found = self.ctx.nvml, {}
+            try:
+                ids = dict.fromkeys(m.gpu_instance for m in self._mig_devices(dev) if m.gpu_instance)
+                for gpu_instance in ids:
+                    handle = nvml.call(pynvml.nvmlDeviceGetGpuInstanceById, dev.handle, int(gpu_instance),
+                                       device=dev.name)
+                    info = nvml.call(pynvml.nvmlGpuInstanceGetInfo, handle, device=dev.name) if handle else None
+                    if info is not None:
+                        found[gpu_instance] = (info.profileId, info.placement.start, info.placement.size)
+            except DeviceGone:
+                pass
+            self._gpu_instances[dev.uuid] = found
+        return self._gpu_instances[dev.uuid]
+
+    def _profile(self, dev: Device, mig_device: MigDevice) -> str:
+        """The MIG profile ("1g.10gb") that NVML's name of a MIG device ends with, "" where it has none."""
+        try:
+            name = text(self.ctx.nvml.call(pynvml.nvmlDeviceGetName, mig_device.handle, device=dev.name))
+        except DeviceGone:
+            return ""
+        _, mig, profile = name.rpartition(" MIG ")
+        return profile if mig else ""
 
     def _minor(self, minor: int) -> Device | None:
         if self._by_minor is None:

@@ -15,17 +15,24 @@ from pathlib import Path
 # A node with hundreds of pods answers well under 1 MiB; gRPC's default limit is 4 MiB.
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
-# (pod, namespace, container, resource name, device ID)
+# (pod, namespace, container, resource name, device ID): a device-plugin device
 DeviceHolder = tuple[str, str, str, str, str]
+# (pod, namespace, container, claim name, claim namespace, driver, pool, device name, CDI device names):
+# a device allocated through Dynamic Resource Allocation (a ResourceClaim); the kubelet sends these from
+# 1.34 (1.27-1.33 with the KubeletPodResourcesDynamicResources gate), with driver, pool and device name
+# from 1.31 (before, CDI names only)
+ClaimedDevice = tuple[str, str, str, str, str, str, str, str, tuple[str, ...]]
 
 
 class KubeletError(Exception):
     """The kubelet could not be asked, or gave no usable answer; the message is one line."""
 
 
-def list_devices(socket: Path, timeout: float, wanted: Callable[[str], bool]) -> list[DeviceHolder]:
-    """Every device of a resource that `wanted` accepts, with the container that holds it, from one
-    `List` call. Raises ImportError without grpcio/protobuf and KubeletError when the call fails."""
+def list_devices(socket: Path, timeout: float,
+                 wanted: Callable[[str], bool]) -> tuple[list[DeviceHolder], list[ClaimedDevice]]:
+    """Every device-plugin device of a resource that `wanted` accepts, and every DRA device, with the
+    container that holds it, from one `List` call. Raises ImportError without grpcio/protobuf and
+    KubeletError when the call fails."""
     # gRPC's C core logs connection failures to stderr itself; gputext says what failed in one line.
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     import grpc
@@ -41,11 +48,18 @@ def list_devices(socket: Path, timeout: float, wanted: Callable[[str], bool]) ->
         raise KubeletError(_describe(err, socket, timeout)) from None
     finally:
         channel.close()
-    return [(pod.name, pod.namespace, container.name, devices.resource_name, device_id)
-            for pod in answer.pod_resources
-            for container in pod.containers
-            for devices in container.devices if wanted(devices.resource_name)
-            for device_id in devices.device_ids]
+    plugged, claimed = [], []
+    for pod in answer.pod_resources:
+        for container in pod.containers:
+            plugged += [(pod.name, pod.namespace, container.name, devices.resource_name, device_id)
+                        for devices in container.devices if wanted(devices.resource_name)
+                        for device_id in devices.device_ids]
+            claimed += [(pod.name, pod.namespace, container.name, claim.claim_name, claim.claim_namespace,
+                         device.driver_name, device.pool_name, device.device_name,
+                         tuple(cdi.name for cdi in device.cdi_devices))
+                        for claim in container.dynamic_resources
+                        for device in claim.claim_resources]
+    return plugged, claimed
 
 
 def _describe(err, socket: Path, timeout: float) -> str:
