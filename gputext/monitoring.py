@@ -173,6 +173,17 @@ def alert_rules(prefix: str = DEFAULT_PREFIX, stale_after: int = DEFAULT_STALE_A
 
 # --- recording rules ----------------------------------------------------------------------------------
 
+def allocated_per_namespace(n: Names, selector: str = "", idle: bool = False) -> str:
+    """GPUs allocated to each namespace's pods (with `idle`: those below IDLE_BELOW), each GPU once: its
+    allocation_info series (one per container and MIG device, device plugin or DRA claim alike) grouped
+    by GPU, so that a GPU shared by containers, claims or MIG slices is never counted twice."""
+    allocated = f"group by (namespace, instance, uuid) ({n('allocation_info')}{selector})"
+    if idle:
+        busy = f"({n('sm_active_ratio')} or {n('utilization_ratio')})"  # SM active where GPM has it
+        allocated = f"{allocated} and on (instance, uuid) ({busy} < {IDLE_BELOW})"
+    return f"count by (namespace) ({allocated})"
+
+
 def recording_rules(prefix: str = DEFAULT_PREFIX) -> list[dict]:
     n = Names(prefix)
 
@@ -180,8 +191,6 @@ def recording_rules(prefix: str = DEFAULT_PREFIX) -> list[dict]:
         # PCIe: where the driver's byte counters are missing or 32-bit, gputext writes the rate gauge instead
         return f"rate({n(counter)}[5m]) or {n(gauge)}"
 
-    allocated = f"group by (namespace, instance, uuid) ({n('allocation_info')})"
-    busy = f"({n('sm_active_ratio')} or {n('utilization_ratio')})"  # SM active where GPM has it
     energy = f"increase({n('process_attributed_energy_joules_total')}[1h])"
     power = n("power_watts")
     rules = {
@@ -199,9 +208,8 @@ def recording_rules(prefix: str = DEFAULT_PREFIX) -> list[dict]:
         f"namespace:{prefix}process_attributed_energy_joules:increase1h": f"sum by (namespace) ({energy})",
         f"namespace_pod:{prefix}process_attributed_energy_joules:increase1h":
             f"sum by (namespace, pod) ({energy})",
-        f"namespace:{prefix}allocated:count": f"count by (namespace) ({allocated})",
-        f"namespace:{prefix}allocated_idle:count":
-            f"count by (namespace) ({allocated} and on (instance, uuid) ({busy} < {IDLE_BELOW}))",
+        f"namespace:{prefix}allocated:count": allocated_per_namespace(n),
+        f"namespace:{prefix}allocated_idle:count": allocated_per_namespace(n, idle=True),
     }
     return [{"record": name, "expr": expr} for name, expr in rules.items()]
 
@@ -295,6 +303,14 @@ def _panels(n: Names) -> list[dict]:
          [_target(f"{series('xid_errors_total')} * on (instance, job, xid) group_left (description, "
                   f"action, severity) {n('xid_info')}", instant=True),
           _target(f"{series('xid_last_time_seconds')} * 1000", instant=True)]),
+        ("GPUs allocated to pods", "table", "short", "Each container the kubelet gave a GPU or MIG device, "
+         "through a device plugin (resource: its name) or a DRA claim (resource: the driver, and the claim).",
+         [_target(f"{n('allocation_info')}{{{PROCESS}}}", instant=True)]),
+        ("Allocated GPUs per namespace, and idle ones", "stat", "short",
+         f"GPUs allocated to each namespace's pods, each GPU once however many containers share it; and "
+         f"those of them below {IDLE_BELOW:.0%} SM active (or utilisation, without GPM).",
+         [_target(allocated_per_namespace(n, f"{{{PROCESS}}}"), "{{namespace}}", instant=True),
+          _target(allocated_per_namespace(n, f"{{{PROCESS}}}", idle=True), "{{namespace}} idle", instant=True)]),
         ("Processes", "table", "bytes", "GPU memory of each process, with its pod.",
          [_target(f"{n('process_memory_used_bytes')}{{{PROCESS}}}", instant=True)]),
         ("Attributed energy per process in the time range", "table", "joule",
@@ -345,8 +361,10 @@ def dashboard(prefix: str = DEFAULT_PREFIX) -> dict:
             {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus"},
             _variable("instance", "Node", f"label_values({info}, instance)"),
             _variable("gpu", "GPU", f'label_values({info}{{instance=~"$instance"}}, gpu)'),
+            # the namespaces of processes and of allocations (a pod may hold a GPU it does not use)
             _variable("namespace", "Namespace",
-                      f'label_values({n("process_memory_used_bytes")}{{instance=~"$instance"}}, namespace)'),
+                      f'label_values({{__name__=~"{n("process_memory_used_bytes")}|{n("allocation_info")}", '
+                      f'instance=~"$instance"}}, namespace)'),
         ]},
         "panels": panels,
     }

@@ -334,8 +334,9 @@ SAMPLES = [[(100, 100)], [(1000, 60), (2000, 60)], [(3000, 30)]]  # pid 101's SM
 
 
 def gpus_at(run: int):
-    """Two H100s at run 0, 1 or 2: counters advance by run; GPU 0 is allocated to ml/train-a-0, nearly
-    idle (5%), and runs pid 101; GPU 1 has a hardware thermal slowdown and two uncorrected ECC errors."""
+    """Two H100s at run 0, 1 or 2: counters advance by run; GPU 0 is nearly idle (5%) and runs pid 101
+    (ml/train-a-0); GPU 1 has a hardware thermal slowdown and two uncorrected ECC errors (see PODS for
+    who holds them)."""
     gpus = []
     for index in (0, 1):
         samples = [{"pid": 101, "timestamp": t, "sm": sm, "mem": 0, "enc": 0, "dec": 0}
@@ -389,6 +390,13 @@ def expected_panels(S, W):
         ("Errors in the time range", "A"): (("gpu",), {("0",): 0, ("1",): 2}),
         ("Errors in the time range", "B"): (("gpu",), each(3 * inc)),
         ("Errors in the time range", "C"): (("gpu",), each(3 * inc)),
+        ("GPUs allocated to pods", "A"): (("gpu", "pod", "container", "resource", "claim"), {
+            ("0", "serve-0", "model", "gpu.nvidia.com", "shared"): 1,
+            ("0", "serve-0", "proxy", "gpu.nvidia.com", "shared"): 1,
+            ("1", "train-a-0", "trainer", "nvidia.com/gpu", ""): 1}),
+        # GPU 0 once, though two containers share its claim; only it is idle
+        ("Allocated GPUs per namespace, and idle ones", "A"): (("namespace",), {("ml",): 1, ("inference",): 1}),
+        ("Allocated GPUs per namespace, and idle ones", "B"): (("namespace",), {("inference",): 1}),
         ("Processes", "A"): (("pid", "pod", "namespace", "container"),
                              {("101", "train-a-0", "ml", "trainer"): 10 * GiB}),
         ("Attributed energy per process in the time range", "A"):
@@ -410,19 +418,22 @@ def expected_records(S, W, instance):
         "namespace:gpu_process_attributed_energy_joules:increase1h": (("namespace",), {("ml",): 30 * inc}),
         "namespace_pod:gpu_process_attributed_energy_joules:increase1h":
             (("namespace", "pod"), {("ml", "train-a-0"): 30 * inc}),
-        "namespace:gpu_allocated:count": (("namespace",), {("ml",): 1}),
-        "namespace:gpu_allocated_idle:count": (("namespace",), {("ml",): 1}),  # GPU 0 at 5%
+        "namespace:gpu_allocated:count": (("namespace",), {("ml",): 1, ("inference",): 1}),
+        "namespace:gpu_allocated_idle:count": (("namespace",), {("inference",): 1}),  # GPU 0 at 5%
     }
 
 
 def test_real_prometheus_evaluates_every_panel_and_recording_rule(node, tmp_path, host):  # noqa: F811
     require("grpc", "google.protobuf")
-    from fakekubelet import kubelet_socket, pod, serve
+    from fakekubelet import claim, claimed, kubelet_socket, pod, serve
 
     textfiles = tmp_path / "textfile"
     textfiles.mkdir()
     (tmp_path / "prometheus").mkdir()
-    pods = [pod("train-a-0", "ml", {"trainer": {"nvidia.com/gpu": [h100_uuid(0)]}})]
+    # GPU 1 through the device plugin; GPU 0 (minor number 0) through a DRA claim two containers share
+    shared = claim("shared", "inference", claimed("gpu-0"))
+    pods = [pod("train-a-0", "ml", {"trainer": {"nvidia.com/gpu": [h100_uuid(1)]}}),
+            pod("serve-0", "inference", {}, claims={"model": [shared], "proxy": [shared]})]
     rule_files = [MONITORING / "alerts.yaml", MONITORING / "recording.yaml"]
     energy = 'gpu_energy_joules_total{gpu="0"}[2m]'
     with kubelet_socket() as socket, serve(socket, pods), NodeExporter(textfiles) as exporter, \
