@@ -168,6 +168,23 @@ class Context:
         """A static value of a device, cached across runs (see Inventory.static)."""
         return self._inventory.static(dev, name, read)
 
+    def minor_number(self, dev) -> int | None:
+        """The N of the GPU's /dev/nvidiaN, which device plugins (GKE) and DRA (gpu.nvidia.com) name GPUs
+        by and dcgm-exporter's `device` label shows: read once, then kept with the inventory (it can change
+        only with a reboot, which renews the inventory). None where NVML does not give it."""
+        import pynvml
+
+        from .nvml import DeviceGone
+
+        if not dev.up:
+            return None
+        try:
+            number = self.static(dev, "minor_number", lambda: self.nvml.call(
+                pynvml.nvmlDeviceGetMinorNumber, dev.handle, device=dev.name))
+        except DeviceGone:
+            return None
+        return None if number is None else int(number)
+
     def kept(self, name: str, make: Callable[[], object]) -> object:
         """An object a collector keeps for the life of this process, across the cycles of the repeating
         mode (GPM's samples, which live inside NVML and cannot be saved in the state); made on first
@@ -251,19 +268,8 @@ def _dcgm_naming(ctx: Context, samples: Samples) -> DcgmNaming:
         ctx.note_once(note)
     if ctx.nvml_unavailable:
         return naming
-    import pynvml
-
-    from .nvml import DeviceGone
-
-    def minor(dev):
-        try:
-            return ctx.static(dev, "minor_number", lambda: ctx.nvml.call(
-                pynvml.nvmlDeviceGetMinorNumber, dev.handle, device=dev.name)) if dev.up else None
-        except DeviceGone:
-            return None
-
     system, devices = ctx.devices()
-    naming.devices = identity(system, devices, minor)
+    naming.devices = identity(system, devices, ctx.minor_number)
     if counters.wants_nvlink_bandwidth():
         try:
             kept = ctx.state.section("dcgm_nvlink_bandwidth")

@@ -349,14 +349,6 @@ class DeviceFinder:
 
     def _minor(self, minor: int) -> Device | None:
         if self._by_minor is None:
-            self._by_minor = {}
-            nvml = self.ctx.nvml
-            for dev in self.devices:
-                try:
-                    number = self.ctx.static(dev, "minor_number", lambda dev=dev: nvml.call(
-                        pynvml.nvmlDeviceGetMinorNumber, dev.handle, device=dev.name))
-                except DeviceGone:
-                    continue
-                if number is not None:
-                    self._by_minor[int(number)] = dev
+            numbers = ((self.ctx.minor_number(dev), dev) for dev in self.devices)
+            self._by_minor = {number: dev for number, dev in numbers if number is not None}
         return self._by_minor.get(minor)
