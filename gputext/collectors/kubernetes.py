@@ -37,7 +37,6 @@ from collections.abc import Sequence
 import pynvml
 
 from . import LastingFailure, NotApplicable
-from .. import dra
 from ..devices import Device, MigDevice
 from ..nvml import DeviceGone, text
 
@@ -175,6 +174,8 @@ def _ask_kubelet(ctx, devices: Sequence[Device], resources: Sequence[str]) -> li
 
 
 def unreadable_name(name: str) -> str:
+    from .. import dra
+
     return (f"kubernetes: the DRA driver {dra.DRIVER} allocated a device named {name!r}, a name gputext cannot "
             f"read (it knows gpu-<minor>, gpu-<minor>-mig-..., gpu-vfio-<n>); its allocations are left out: "
             "a newer gputext may know the driver's new names")
@@ -197,6 +198,7 @@ class Found:
 
 def ask_kubelet(ctx, devices: Sequence[Device], resources: Sequence[str]) -> Found:
     """One `List` call, resolved to this node's GPUs. Raises ImportError without grpcio and KubeletError."""
+    from .. import dra  # like the client, only for runs that ask the kubelet
     from ..kubelet import list_devices  # only runs that ask the kubelet load the client
 
     plugged, claimed = list_devices(ctx.options.pod_resources_socket, ctx.options.kubelet_timeout_seconds,
@@ -300,9 +302,10 @@ class DeviceFinder:
         except DeviceGone:
             return []
 
-    def find_claimed(self, name: dra.DeviceName) -> tuple[str, str, str, str] | None:
-        """(gpu uuid, gpu instance, MIG device uuid, MIG profile) of a gpu.nvidia.com device, or None where
-        no GPU has its minor number or, for a MIG device, where its GPU has no such GPU instance (yet)."""
+    def find_claimed(self, name) -> tuple[str, str, str, str] | None:
+        """(gpu uuid, gpu instance, MIG device uuid, MIG profile) of a gpu.nvidia.com device (its
+        dra.DeviceName), or None where no GPU has its minor number or, for a MIG device, where its GPU has
+        no such GPU instance (yet)."""
         dev = self._minor(name.minor)
         if dev is None:
             return None

@@ -1,8 +1,8 @@
 """What the benchmark scripts share: the gputext command, one timed child process, a work dir with the
 fake NVML and a scenario, the floor every figure is a ratio to, and the alternating timer.
 
-Importing it puts tests/ on sys.path, so a script run as `python tests/benchmarks/bench_X.py` can then
-import fakegpu and fakekubelet.
+Importing it puts tests/ and the repository on sys.path, so a script run as
+`python tests/benchmarks/bench_X.py` can then import fakegpu and fakekubelet (which imports gputext).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent.parent.parent)]
 
 from fakegpu import build_fake_nvml, default_system, fake_env, h100, render_scenario  # noqa: E402
 
