@@ -331,8 +331,10 @@ def check_allocations(options: Options) -> list[Check]:
         return [Check(FAIL, "allocations", f"{err}")]
     finally:
         ctx.close()
-    parts = [f"the kubelet gave {found.plugged} GPU{'' if found.plugged == 1 else 's'} through device plugins "
-             f"and {found.claimed} through DRA ({dra.DRIVER})"]
+    claimed = sum(1 for allocation in found.allocations if allocation.device)
+    parts = [f"the kubelet reports {_count(len(found.allocations) - claimed, 'device-plugin allocation')} and "
+             f"{_count(claimed, 'DRA allocation')} ({dra.DRIVER}) of this node's GPUs (one per container and GPU "
+             "or MIG device)"]
     if found.not_created:
         parts.append(f"{_count(len(found.not_created), 'DRA MIG device')} "
                      f"{'has' if len(found.not_created) == 1 else 'have'} no GPU instance yet "

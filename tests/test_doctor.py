@@ -247,8 +247,9 @@ def test_reachable_dcgm_and_kubelet_are_ok(node, tmp_path, shared_dir):
     assert proc.returncode == 0, proc.stdout
     assert by_name["dcgm"] == f"ok    dcgm: nv-hostengine answers on 127.0.0.1:{port}; bindings in {bindings}"
     assert by_name["kubelet"] == f"ok    kubelet: {tmp_path / 'kubelet.sock'} accepts connections"
-    assert by_name["allocations"] == ("ok    allocations: the kubelet gave 0 GPUs through device plugins and 0 "
-                                      "through DRA (gpu.nvidia.com)")
+    assert by_name["allocations"] == ("ok    allocations: the kubelet reports 0 device-plugin allocations and 0 "
+                                      "DRA allocations (gpu.nvidia.com) of this node's GPUs (one per container "
+                                      "and GPU or MIG device)")
 
 
 def test_a_kubelet_that_accepts_but_does_not_answer_fails(node, tmp_path, shared_dir):

@@ -240,13 +240,15 @@ def test_show_lists_dra_pods(node, socket):
 def test_doctor_counts_device_plugin_and_dra_allocations(node, socket):
     node.write(gpus())
     pods = [pod("plugged", "ml", {"main": {"nvidia.com/gpu": [h100_uuid(0)]}}),
-            pod("claimed", "ml", {}, claims={"main": [claim("c", "ml", claimed("gpu-0"))]}),
+            pod("claimed", "ml", {}, claims={"main": [claim("c", "ml", claimed("gpu-0"))],
+                                             "sidecar": [claim("c", "ml", claimed("gpu-0"))]}),
             pod("waiting", "ml", {}, claims={"main": [claim("d", "ml", claimed("gpu-5-mig-19-4-1"))]})]
     with serve(socket, pods):
         proc = node.run("doctor", "--collectors", "kubernetes", "--pod-resources-socket", str(socket))
     (line,) = [line for line in proc.stdout.splitlines() if " allocations: " in line]
-    assert line == ("ok    allocations: the kubelet gave 1 GPU through device plugins and 1 through DRA "
-                    "(gpu.nvidia.com); 1 DRA MIG device has no GPU instance yet (gpu-5-mig-19-4-1)")
+    assert line == ("ok    allocations: the kubelet reports 1 device-plugin allocation and 2 DRA allocations "
+                    "(gpu.nvidia.com) of this node's GPUs (one per container and GPU or MIG device); 1 DRA MIG "
+                    "device has no GPU instance yet (gpu-5-mig-19-4-1)")
 
 
 def test_doctor_says_when_dra_claims_are_prepared_but_the_kubelet_reports_none(node, socket, tmp_path):

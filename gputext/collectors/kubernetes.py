@@ -186,8 +186,6 @@ class Found:
 
     def __init__(self):
         self.allocations: list[Allocation] = []
-        self.plugged = 0  # device-plugin GPU allocations placed, and DRA ones of gpu.nvidia.com
-        self.claimed = 0
         self.unknown: list[str] = []  # device IDs and DRA device names that name no GPU here
         self.unreadable: list[str] = []  # gpu.nvidia.com device names in no known form
         self.not_created: list[str] = []  # DRA MIG devices whose GPU instance does not exist (yet)
@@ -211,7 +209,6 @@ def ask_kubelet(ctx, devices: Sequence[Device], resources: Sequence[str]) -> Fou
         if target is None:
             found.unknown.append(device_id)
             continue
-        found.plugged += 1
         uuid, gpu_instance, mig_device = target
         allocations[Allocation(uuid, pod, namespace, container, resource, gpu_instance, mig_device,
                                "", "", "", "", "")] = None
@@ -233,7 +230,6 @@ def ask_kubelet(ctx, devices: Sequence[Device], resources: Sequence[str]) -> Fou
             (found.not_created if finder.has_minor(name.minor) else found.unknown).append(device_name)
             continue
         uuid, gpu_instance, mig_device, mig_profile = target
-        found.claimed += 1
         allocations[Allocation(uuid, pod, namespace, container, driver, gpu_instance, mig_device, claim,
                                claim_namespace, pool, device_name, mig_profile)] = None
     found.allocations = list(allocations)
