@@ -23,8 +23,8 @@ MIG slices, no one pod owns the GPU's temperature or power.
 
 The kubelet's answer, already resolved to GPU UUIDs, is kept in the state file for --pod-cache-ttl, so most
 runs neither import gRPC nor read MIG devices or GPU instances (a GPU instance that the DRA driver creates
-when the pod starts is found at the first renewal after). The cache is keyed on the socket's inode and change time
-(a restarted kubelet makes a new socket) and on the resource names asked for.
+when the pod starts is found at the first renewal after). The cache is keyed on the socket's inode and
+change time (a restarted kubelet makes a new socket) and on the resource names asked for.
 """
 
 from __future__ import annotations
@@ -104,8 +104,8 @@ def collect(ctx, samples) -> None:
             (a.pod, a.namespace, a.container), a)
     sliced = {uuid for uuid, part in holders if part}  # a MIG slice's holder does not own the GPU's series
     for (uuid, part), who in holders.items():
-        if len(who) != 1 or not part and uuid in sliced:
-            continue  # shared: no one container owns the series
+        if len(who) != 1 or (not part and uuid in sliced):
+            continue  # shared, or sliced: no one container owns the series
         (pod, namespace, container), allocation = next(iter(who.items()))
         if not part:
             ctx.pod_labels[uuid] = {"pod": pod, "namespace": namespace, "container": container}
@@ -191,7 +191,6 @@ class Found:
         self.not_created: list[str] = []  # DRA MIG devices whose GPU instance does not exist (yet)
         self.dra_devices = 0  # gpu.nvidia.com devices in the answer, placed or not
         self.named_by_cdi = 0  # of those, without a device name (a kubelet before 1.31)
-        self.other_drivers = 0  # DRA devices of other drivers: not GPUs gputext knows
 
 
 def ask_kubelet(ctx, devices: Sequence[Device], resources: Sequence[str]) -> Found:
@@ -215,8 +214,7 @@ def ask_kubelet(ctx, devices: Sequence[Device], resources: Sequence[str]) -> Fou
     for pod, namespace, container, claim, claim_namespace, driver, pool, given_name, cdi in claimed:
         driver, device_name = dra.driver_and_name(driver, given_name, cdi)
         if driver != dra.DRIVER:
-            found.other_drivers += 1
-            continue
+            continue  # another driver's device (a NIC, another vendor's GPU): not a GPU gputext knows
         found.dra_devices += 1
         found.named_by_cdi += not given_name
         name = dra.parse_device_name(device_name)
