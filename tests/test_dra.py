@@ -266,6 +266,26 @@ def test_doctor_says_when_dra_claims_are_prepared_but_the_kubelet_reports_none(n
                     "feature gate KubeletPodResourcesDynamicResources=true")
 
 
+def test_the_generated_messages_have_the_kubelets_field_numbers():
+    """k8s.io/kubelet pkg/apis/podresources/v1/api.proto (v0.35, v0.36): what api_pb2.py was generated with."""
+    from gputext.kubelet import api_pb2
+
+    def numbers(message):
+        return {field.name: field.number for field in message.DESCRIPTOR.fields}
+
+    assert numbers(api_pb2.ContainerResources) == {"name": 1, "devices": 2, "dynamic_resources": 5}
+    assert numbers(api_pb2.DynamicResource) == {"claim_name": 2, "claim_namespace": 3, "claim_resources": 4}
+    assert numbers(api_pb2.ClaimResource) == {"cdi_devices": 1, "driver_name": 2, "pool_name": 3,
+                                              "device_name": 4, "share_id": 5}
+    assert numbers(api_pb2.CDIDevice) == {"name": 1}
+    assert api_pb2.ClaimResource.DESCRIPTOR.fields_by_name["share_id"].has_presence  # `optional`
+    # an answer a kubelet of 1.30 would send (ClaimResource with CDI devices only, and the class_name = 1
+    # that 1.31 removed) parses, the unknown field skipped
+    old = bytes([0x0a, 0x03]) + b"gpu" + bytes([0x12, 0x01]) + b"c" + bytes([0x22, 0x05, 0x0a, 0x03, 0x0a, 0x01]) + b"x"
+    claim = api_pb2.DynamicResource.FromString(old)
+    assert (claim.claim_name, [c.name for r in claim.claim_resources for c in r.cdi_devices]) == ("c", ["x"])
+
+
 # --- the name parser, on any input -------------------------------------------------------------------
 
 NUMBER = st.integers(0, 10 ** 6)
