@@ -219,6 +219,7 @@ def run_options(values: Values, state_dir: str | None = None):
         gpu_resource_names=tuple(n.strip() for n in names["gpu_resource_names"].split(",") if n.strip()),
         pod_cache_ttl_seconds=values.seconds("pod_cache_ttl"),
         gpm_window_seconds=values.gpm_window(),
+        pcie_sample_interval_seconds=values.seconds("pcie_sample_interval"),
         kmsg=Path(names["kmsg"]) if names["kmsg"] else None,
         # show writes nothing that is stored, so it reads everything (its tables use full's series)
         detail=values.detail() if "detail" in names else FULL,
@@ -291,6 +292,9 @@ COLLECT_OPTIONS = [
     Option(("--pod-cache-ttl",), "30s", "How long the kubelet's answer is reused (0: ask every run)."),
     Option(("--gpm-window",), "1s", "Time between the two GPM samples of a one-shot run (above 100ms); the "
            "repeating mode diffs against its previous cycle instead."),
+    Option(("--pcie-sample-interval",), "15s", "On GPUs without PCIe byte counters, how often the repeating "
+           "mode samples the PCIe rate (each sample blocks 20ms per GPU and direction in the driver; a "
+           "one-shot run samples once)."),
     Option(("--kmsg",), None, "The kernel log the xid collector counts XIDs in: /dev/kmsg, a file of records "
            "in its format, or - for standard input as opened by the caller (the systemd units) [default: "
            "/dev/kmsg under --host-root]."),
@@ -309,7 +313,7 @@ _COLLECT = {option.name: option for option in COLLECT_OPTIONS}
 # flags, variables, defaults and help), so they look at what a collect with the same environment would use.
 RUN_OPTIONS = ("collectors", "host_root", "retention", "max_processes", "dcgm_host", "dcgm_bindings",
                "pod_resources_socket", "kubelet_timeout", "gpu_resource_names", "pod_cache_ttl", "gpm_window",
-               "kmsg", "debug")
+               "pcie_sample_interval", "kmsg", "debug")
 
 
 def collect_options(*names) -> list:

@@ -35,6 +35,8 @@ class Options:
     pod_cache_ttl_seconds: float = 30.0
     # gpm: the wait between a one-shot run's two samples (NVML needs more than 100 ms)
     gpm_window_seconds: float = 1.0
+    # pcie: how often a process that collects again samples the PCIe rate where byte counters are missing
+    pcie_sample_interval_seconds: float = 15.0
     detail: str = "standard"  # catalogue.DETAILS
     naming: str = "gputext"  # or "dcgm": dcgm-exporter's names (gputext.dcgm_exporter)
     counters: object = None  # dcgm_exporter.Counters: the DCGM series --naming dcgm writes, and NVML fields

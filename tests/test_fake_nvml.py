@@ -897,6 +897,24 @@ def test_pcie_throughput_really_sleeps(libdir, tmp_path):
     assert got["bad"] == fakegpu.NVML_ERROR_INVALID_ARGUMENT
 
 
+def test_pcie_throughput_threads_are_counted_once_each(libdir, tmp_path):
+    calls = tmp_path / "calls.txt"
+    run(libdir, tmp_path, """
+        import threading
+        N.nvmlInit()
+        h = N.nvmlDeviceGetHandleByIndex(0)
+        N.nvmlDeviceGetPcieThroughput(h, 0)
+        N.nvmlDeviceGetPcieThroughput(h, 1)  # the same thread again
+        for t in [threading.Thread(target=N.nvmlDeviceGetPcieThroughput, args=(h, 0)) for _ in range(3)]:
+            t.start()
+            t.join()
+        N.nvmlShutdown()
+        out({})
+    """, calls=calls)
+    system = fakegpu.read_call_blocks(calls)[-1]["system"]
+    assert system["pcie_throughput_threads"] == 4
+
+
 # --------------------------------------------------------------------------
 # call counts
 # --------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import names_for_gpu, value
-from fakegpu import H100_NVLINKS, Field, h100
+from fakegpu import H100_NVLINKS, Field, h100, read_call_blocks, with_gpm
 from realtools import promtool_check
 
 KIB = 1024
@@ -190,6 +190,91 @@ def test_pcie_sampled_rate_only_where_counters_are_missing(node):
     counts = node.call_counts()
     assert counts[0]["nvmlDeviceGetPcieThroughput"] == 2
     assert "nvmlDeviceGetPcieThroughput" not in counts[1]
+
+
+def without_pcie_counters(gpu: dict) -> dict:
+    del gpu["fields"][197], gpu["fields"][198]
+    return gpu
+
+
+def two_gpus_without_pcie_counters() -> list:
+    return [without_pcie_counters(h100(0, pcie_tx_kbps=1500, pcie_rx_kbps=2500)),
+            without_pcie_counters(h100(1, pcie_tx_kbps=3000, pcie_rx_kbps=4000))]
+
+
+def test_repeating_mode_samples_pcie_in_one_thread_not_one_per_cycle(node, tmp_path):
+    """The first cycle samples both directions of both GPUs at once (4 threads); every later cycle (the
+    sample interval is shorter than the cycle's here) hands its samples to the one sampler thread. A
+    thread per sample and cycle would show 4 x 6 threads."""
+    node.write(two_gpus_without_pcie_counters())
+    out = tmp_path / "gpu.prom"
+    proc = node.run("collect", "--out", str(out), "--collectors", "pcie", "--interval", "150ms", "--count", "6",
+                    "--pcie-sample-interval", "100ms")
+    assert proc.returncode == 0, proc.stderr
+    from conftest import parse_exposition
+
+    s = parse_exposition(out.read_text())  # the last cycle: the values of the pass the fifth asked for
+    assert value(s, "gpu_pcie_transmit_bytes_per_second", gpu="0") == 1_500_000
+    assert value(s, "gpu_pcie_receive_bytes_per_second", gpu="0") == 2_500_000
+    assert value(s, "gpu_pcie_transmit_bytes_per_second", gpu="1") == 3_000_000
+    assert value(s, "gpu_pcie_receive_bytes_per_second", gpu="1") == 4_000_000
+    blocks = read_call_blocks(node.calls)
+    assert blocks[-1]["system"]["pcie_throughput_threads"] == 4 + 1
+    # the first cycle's 4 samples, then at most a pass of 4 per later cycle: fewer where a pass was still
+    # running when the next cycle came (a loaded machine), and the sixth cycle's pass may be stopped by
+    # the end of the run; at least one whole pass
+    calls = sum(block[dev].get("nvmlDeviceGetPcieThroughput", 0) for block in blocks for dev in (0, 1))
+    assert 4 + 4 <= calls <= 4 + 4 * 5
+
+
+def test_repeating_mode_samples_pcie_once_per_sample_interval(node, tmp_path):
+    """At the default sample interval (15 s) six cycles of 150 ms write the first cycle's samples: no
+    pass, no sampler thread."""
+    node.write(two_gpus_without_pcie_counters())
+    out = tmp_path / "gpu.prom"
+    proc = node.run("collect", "--out", str(out), "--collectors", "pcie", "--interval", "150ms", "--count", "6")
+    assert proc.returncode == 0, proc.stderr
+    from conftest import parse_exposition
+
+    s = parse_exposition(out.read_text())
+    assert value(s, "gpu_pcie_receive_bytes_per_second", gpu="1") == 4_000_000
+    blocks = read_call_blocks(node.calls)
+    assert blocks[-1]["system"]["pcie_throughput_threads"] == 4
+    assert sum(block[dev].get("nvmlDeviceGetPcieThroughput", 0) for block in blocks for dev in (0, 1)) == 4
+
+
+def test_show_stops_the_sampler_thread_and_exits(node):
+    """`show` collects twice: with a sample interval shorter than its look, the second collection starts
+    the sampler; closing the run stops it (between two samples, before NVML shuts down) and the
+    process exits. The sampler may have been stopped before its first sample."""
+    node.write(two_gpus_without_pcie_counters())
+    proc = node.run("show", "--sample", "50ms", "--collectors", "nvml,pcie", "--pcie-sample-interval", "10ms")
+    assert proc.returncode == 0, proc.stderr
+    from gputext.show import bytes_per_second
+
+    assert bytes_per_second(4_000_000) in proc.stdout  # GPU 1's receive rate, from the first collection
+    assert read_call_blocks(node.calls)[-1]["system"]["pcie_throughput_threads"] in (4, 5)
+
+
+def test_gpus_whose_gpm_writes_the_pcie_rates_are_not_sampled(node):
+    """At --detail full the gpm collector writes GPM's PCIe rates: the 20 ms samples would repeat them."""
+    rates = {20: 2384, 21: 1200}  # MiB/s
+    node.write([with_gpm(without_pcie_counters(h100(0, pcie_tx_kbps=1500)), rates),
+                without_pcie_counters(h100(1, pcie_tx_kbps=3000, pcie_rx_kbps=4000))])
+    proc, s = node.collect("--collectors", "pcie,gpm", "--detail", "full", "--gpm-window", "150ms")
+    assert proc.returncode == 0, proc.stderr
+    assert value(s, "gpu_gpm_pcie_transmit_bytes_per_second", gpu="0") == 2384 * 2**20
+    assert value(s, "gpu_gpm_pcie_receive_bytes_per_second", gpu="0") == 1200 * 2**20
+    assert value(s, "gpu_pcie_transmit_bytes_per_second", gpu="0") is None
+    assert value(s, "gpu_pcie_transmit_bytes_per_second", gpu="1") == 3_000_000  # no GPM: sampled
+    counts = node.call_counts()
+    assert "nvmlDeviceGetPcieThroughput" not in counts[0]
+    assert counts[1]["nvmlDeviceGetPcieThroughput"] == 2
+    # at standard GPM's PCIe rates are not written, and without the gpm collector nothing measures them:
+    # the sampled rate stays
+    for args in (("--collectors", "pcie,gpm", "--gpm-window", "150ms"), ("--collectors", "pcie", "--detail", "full")):
+        proc, s = node.collect(*args)
+        assert value(s, "gpu_pcie_transmit_bytes_per_second", gpu="0") == 1_500_000, args
 
 
 def test_pcie_32_bit_counters_give_the_sampled_rate_not_a_wrapping_counter(node):

@@ -241,9 +241,9 @@ def begin(ctx) -> None:
         raise NotApplicable(missing)
     _, devices = ctx.devices()
     sampler = ctx.kept("gpm", lambda: Sampler(ctx.nvml))
-    supported = [dev for dev in devices if _supported(ctx, dev)]
-    sampler.begin([target for dev in supported for target in _targets(ctx, dev)])
-    if not supported:
+    with_gpm = [dev for dev in devices if supported(ctx, dev)]
+    sampler.begin([target for dev in with_gpm for target in _targets(ctx, dev)])
+    if not with_gpm:
         raise NotApplicable("no GPU here supports GPM (NVML's profiling metrics need a Hopper or newer GPU)")
 
 
@@ -251,7 +251,7 @@ def collect(ctx, samples) -> None:
     ctx.kept("gpm", lambda: Sampler(ctx.nvml)).finish(samples, ctx.options.gpm_window_seconds)
 
 
-def _supported(ctx, dev: Device) -> bool:
+def supported(ctx, dev: Device) -> bool:
     """Whether NVML offers GPM for the GPU (a static answer, kept in the inventory cache). A driver
     without the function or its struct version answers no."""
     if not dev.up:

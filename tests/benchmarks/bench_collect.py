@@ -1,6 +1,7 @@
 """Cost of one `gputext collect` process against the fake NVML, as ratios to a floor run alongside it.
 
     python tests/benchmarks/bench_collect.py [--gpus 8] [--runs 21] [--cycles 1000] [--cycle-rounds 3]
+        [--pcie-cycles 7] [--pcie-interval 5] [--against DIR]
 
 The floor is what any Python NVML reader pays before it reads a value: `python -c "import pynvml;
 pynvml.nvmlInit(); [handles of every GPU]"` against the same fake (common.FLOOR). The earlier floor,
@@ -14,6 +15,17 @@ on H100s without and with GPM. The repeating mode's CPU per cycle is measured as
 2.5x the floor, wall and CPU; at most 12 NVML calls per device for the device metrics (nvml); NVLink and
 PCIe add at most 10% to an nvml-only run on 8 GPUs x 18 links; at most 5 ms CPU per cycle; at most 80
 series per GPU at --detail standard.
+
+GPUs without PCIe byte counters (issue 25): the pcie collector then samples nvmlDeviceGetPcieThroughput,
+which the fake, like the driver, answers after sleeping 20 ms. A one-shot run samples all GPUs at once;
+its CPU is compared with a one-shot of nvml,nvlink (target: at most +20%) and its wall time with the
+same run on GPUs with counters (target: about one 20 ms sample more). The repeating mode's cycle of
+nvml,nvlink,pcie is compared with nvml,nvlink alone (target: at most 1.3x), at --pcie-interval (the
+repeating service's 5 s, so that the sampler's passes, one per --pcie-sample-interval of 15 s, come as
+often per cycle as on a node; about 6 minutes in all); the fake counts the threads that sampled (target:
+none started per cycle). --against DIR (a directory
+holding a `gputext/` package, e.g. `git archive main gputext | tar -x -C DIR`) measures that tree's
+cycle too, alternated with this one's.
 """
 
 from __future__ import annotations
@@ -28,7 +40,7 @@ from pathlib import Path
 
 from bench_repeat import cycles_cpu
 from common import FLOOR, OLD_FLOOR, alternate, bench_env, fake_gpus, gputext_command, timed, write_scenario
-from fakegpu import H100_NVLINKS, h100, read_calls, with_gpm
+from fakegpu import H100_NVLINKS, h100, read_call_blocks, read_calls, with_gpm
 
 
 def calls_per_device(cmd, env, calls_path: Path) -> dict:
@@ -45,6 +57,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=21)
     parser.add_argument("--cycles", type=int, default=1000, help="cycles of a repeating run (0: none)")
     parser.add_argument("--cycle-rounds", type=int, default=3)
+    parser.add_argument("--pcie-cycles", type=int, default=7, help="cycles of a repeating run with PCIe "
+                        "sampled (0: none)")
+    parser.add_argument("--pcie-interval", type=float, default=5.0, help="seconds between those cycles")
+    parser.add_argument("--against", help="another source tree for the PCIe cycle (a dir holding gputext/)")
     args = parser.parse_args()
 
     work, libdir, scenario, env = fake_gpus("gputext-bench-", args.gpus)
@@ -65,11 +81,14 @@ def main() -> None:
         "old floor": OLD_FLOOR,
         "all collectors": collect(""),
         "nvml": collect("nvml"),
+        "nvml,nvlink": collect("nvml,nvlink"),
         "nvml,nvlink,pcie": collect("nvml,nvlink,pcie"),
         "  same, PCIe sampled": collect("nvml,nvlink,pcie"),
+        "  nvml,nvlink there": collect("nvml,nvlink"),
     }
     envs = {name: env for name in variants}
-    envs["  same, PCIe sampled"] = bench_env(libdir, no_counters)
+    sampled_env = bench_env(libdir, no_counters)
+    envs["  same, PCIe sampled"] = envs["  nvml,nvlink there"] = sampled_env
     # calls: a cold run (no inventory cache) fills the cache, the warm one uses it
     call_counts = {}
     for name in ("nvml", "nvml,nvlink,pcie"):
@@ -100,6 +119,8 @@ def main() -> None:
     sampled = med(wall["  same, PCIe sampled"]) - med(wall["nvml,nvlink,pcie"])
     print(f"without PCIe byte counters the 20 ms samples add {sampled * 1e3:.1f} ms in parallel; "
           f"a serial loop would add {args.gpus * 2 * 20} ms")
+    sampled_cpu = med([a / b for a, b in zip(cpu["  same, PCIe sampled"], cpu["  nvml,nvlink there"])]) - 1
+    print(f"  and {sampled_cpu * 100:+.1f}% CPU over a one-shot of nvml,nvlink on those GPUs (target <= +20%)")
     print(f"{'NVML calls per device':24}{'cold':>10}{'warm':>10}   (target warm <= 12 for nvml)")
     for name, (cold, warm) in call_counts.items():
         print(f"{'  ' + name:24}{max(cold.values()):10}{max(warm.values()):10}")
@@ -117,6 +138,8 @@ def main() -> None:
         print(f"{'repeating, per cycle':24}{'':10}{med(per_cycle) * 1e3:10.2f}{'':12}"
               f"{med([c / f for c, f in zip(per_cycle, floors)]):11.3f}   ({args.cycle_rounds} rounds of "
               f"{args.cycles} cycles, all collectors; target <= 5 ms)")
+    if args.pcie_cycles:
+        pcie_cycles(work, sampled_env, args)
     print(f"{'series per GPU':24}{'standard':>10}{'full':>10}   (every collector but processes, whose "
           f"series scale with the workload; target standard <= 80)")
     gpm = bench_env(libdir, write_scenario(work / "scenario-gpm.txt", [with_gpm(h100(i)) for i in range(args.gpus)]))
@@ -130,6 +153,41 @@ def main() -> None:
 
 
 ALL_BUT_PROCESSES = "nvml,nvlink,pcie,dcgm,kubernetes,xid,gpm"
+TREE = str(Path(__file__).resolve().parents[2])  # the source tree this benchmark belongs to
+
+
+def pcie_cycles(work: Path, env: dict, args) -> None:
+    """CPU per repeating cycle on GPUs without PCIe byte counters: nvml,nvlink,pcie against nvml,nvlink,
+    per tree (this one, and --against), rounds alternating; and the threads that sampled."""
+    trees = {"this tree": TREE, **({"against": str(Path(args.against).resolve())} if args.against else {})}
+    calls = work / "pcie-calls.txt"
+
+    def command(collectors: str) -> list:
+        return gputext_command() + ["collect", "--out", str(work / "pcie-cycles.prom"), "--state-dir",
+                                    str(work / "state-pcie-cycles"), "--collectors", collectors,
+                                    "--interval", f"{args.pcie_interval}s"]
+
+    variants = {(tree, collectors): (command(collectors), dict(env, PYTHONPATH=path))
+                for tree, path in trees.items() for collectors in ("nvml,nvlink", "nvml,nvlink,pcie")}
+    for cmd, variant_env in variants.values():
+        cycles_cpu(cmd, variant_env, 1)  # .pyc files and the inventory cache
+    per_cycle = {name: [] for name in variants}
+    for _ in range(args.cycle_rounds):
+        for name, (cmd, variant_env) in variants.items():
+            one = cycles_cpu(cmd, variant_env, 1)
+            per_cycle[name].append((cycles_cpu(cmd, variant_env, args.pcie_cycles) - one) / (args.pcie_cycles - 1))
+    med = statistics.median
+    print(f"repeating cycle on GPUs without PCIe byte counters ({args.cycle_rounds} rounds of "
+          f"{args.pcie_cycles} cycles, every {args.pcie_interval}s; CPU ms per cycle; target pcie <= 1.3x):")
+    for tree in trees:
+        without, with_pcie = per_cycle[tree, "nvml,nvlink"], per_cycle[tree, "nvml,nvlink,pcie"]
+        calls.unlink(missing_ok=True)
+        cmd, variant_env = variants[tree, "nvml,nvlink,pcie"]
+        cycles_cpu(cmd, dict(variant_env, FAKE_NVML_CALLS=str(calls)), args.pcie_cycles)
+        threads = read_call_blocks(calls)[-1]["system"].get("pcie_throughput_threads", 0)
+        print(f"  {tree:12} nvml,nvlink {med(without) * 1e3:6.2f}   nvml,nvlink,pcie {med(with_pcie) * 1e3:6.2f}"
+              f"   ratio {med([a / b for a, b in zip(with_pcie, without)]):5.2f}   threads that sampled in "
+              f"{args.pcie_cycles} cycles: {threads}")
 
 
 def series_per_gpu(cmd: list, env: dict) -> int:

@@ -15,6 +15,7 @@
  * comment (NVML 13.x layouts) and is size-checked with _Static_assert.
  */
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* syscall(SYS_gettid): the thread ids that nvmlDeviceGetPcieThroughput counts */
 
 #include <ctype.h>
 #include <errno.h>
@@ -26,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -498,6 +500,11 @@ static int g_gpm_used;
 /* event sets: created and not freed now, and whether any ever was */
 static unsigned long g_event_sets_live;
 static int g_event_sets_used;
+/* the threads that called nvmlDeviceGetPcieThroughput since the last flush (kernel thread ids): a
+ * collector that starts threads for its samples shows as many ids as it started */
+#define MAX_PCIE_THREADS 4096
+static pid_t g_pcie_threads[MAX_PCIE_THREADS];
+static unsigned long g_pcie_thread_count;
 
 #define LOCK() pthread_mutex_lock(&g_lock)
 #define UNLOCK() pthread_mutex_unlock(&g_lock)
@@ -1480,6 +1487,12 @@ static void flush_counts(void)
             return;
         g_gpm_peak = g_gpm_live;
     }
+    if (any && g_pcie_thread_count) {
+        int n = snprintf(line, sizeof line, "system pcie_throughput_threads %lu\n", g_pcie_thread_count);
+        if (append(&buf, &len, &cap, line, n))
+            return;
+        g_pcie_thread_count = 0;
+    }
     if (any && g_event_sets_used) {
         int n = snprintf(line, sizeof line, "system event_sets_live %lu\n", g_event_sets_live);
         if (append(&buf, &len, &cap, line, n))
@@ -2368,6 +2381,12 @@ SCALAR_UINT(nvmlDeviceGetPcieReplayCounter, "pcie_replays")
 EXPORT nvmlReturn_t nvmlDeviceGetPcieThroughput(nvmlDevice_t device, int counter, unsigned int *value)
 {
     DEV_BEGIN(nvmlDeviceGetPcieThroughput, device, MIG_NO);
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    unsigned long seen = 0;
+    while (seen < g_pcie_thread_count && g_pcie_threads[seen] != tid)
+        seen++;
+    if (seen == g_pcie_thread_count && g_pcie_thread_count < MAX_PCIE_THREADS)
+        g_pcie_threads[g_pcie_thread_count++] = tid;
     if (!value || counter < 0 || counter > 1)
         RETURN(NVML_ERROR_INVALID_ARGUMENT);
     long long v;
