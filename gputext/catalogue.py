@@ -205,10 +205,12 @@ METRICS: tuple[Metric, ...] = (
     _device("pcie_transmit_bytes_total", C, "bytes", "Bytes the GPU sent over PCIe.", source="pcie"),
     _device("pcie_receive_bytes_total", C, "bytes", "Bytes the GPU received over PCIe.", source="pcie"),
     _device("pcie_transmit_bytes_per_second", G, "bytes_per_second",
-            "PCIe send rate sampled by the driver over 20 ms; only where the byte counters are missing.",
+            "PCIe send rate sampled by the driver over 20 ms, at most --pcie-sample-interval ago; only where "
+            "neither the byte counters nor GPM's rate (gpm_pcie_*) are written.",
             source="pcie"),
     _device("pcie_receive_bytes_per_second", G, "bytes_per_second",
-            "PCIe receive rate sampled by the driver over 20 ms; only where the byte counters are missing.",
+            "PCIe receive rate sampled by the driver over 20 ms, at most --pcie-sample-interval ago; only where "
+            "neither the byte counters nor GPM's rate (gpm_pcie_*) are written.",
             source="pcie"),
     _device("pcie_replays_total", C, "", "PCIe replays (retransmitted packets).", source="pcie",
             dcgm=[_dcgm("DEV_PCIE_REPLAY_COUNTER", C, "Total number of PCIe retries.")]),
