@@ -134,8 +134,9 @@ class Samples:
         return self.level.keeps(key, labels)
 
     def add_extra(self, name: str, type_: str, help_: str, value, labels: Mapping[str, str]) -> None:
-        """A sample of a family outside the catalogue, left out like the others when not available."""
-        value = clean(value)
+        """A sample of a family outside the catalogue (an NVML field a counters file names), whose value
+        is clean already, as Nvml.field_list gives it (a signed field's -1 is a value there); None is
+        left out."""
         if value is None:
             return
         family = self.extras.get(name)

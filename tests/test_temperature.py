@@ -68,3 +68,15 @@ def test_a_gpu_that_answers_no_threshold_writes_none(node):
     assert proc.returncode == 0, proc.stderr
     assert not [n for n, _ in s if n in (THRESHOLD, MARGIN)]
     assert value(s, "gpu_temperature_celsius", gpu="0") == 41
+
+
+def test_a_counters_file_field_keeps_a_signed_minus_one(node, tmp_path):
+    # an NVML field a counters file adds is read in the same call and written as NVML answered it
+    gpu = h100(0)
+    gpu["fields"][194] = Field(-1, type="sint")
+    node.write([gpu])
+    counters = tmp_path / "counters.csv"
+    counters.write_text("NVML_FI_DEV_TEMPERATURE_SLOWDOWN_TLIMIT, gauge, Slowdown T.Limit offset., slowdown_tlimit\n")
+    proc, s = node.collect("--naming", "gputext", "--counters", str(counters), "--collectors", "nvml")
+    assert proc.returncode == 0, proc.stderr
+    assert value(s, "slowdown_tlimit", gpu="0") == -1
