@@ -227,6 +227,19 @@ def test_dcgm_names_carry_dcgm_exporters_dra_labels(node, socket):
     assert "pod" not in instances["1"]  # held by no one
 
 
+def test_dcgm_names_give_a_device_plugin_mig_instance_its_pod(node, socket):
+    """As dcgm-exporter maps a MIG device's GPU instance to its pod: the instance's series, not the GPU's."""
+    node.write(gpus())
+    with serve(socket, [pod("small", "ml", {"main": {"nvidia.com/mig-1g.10gb": [MIG_A]}})]):
+        _, series = run(node, socket, "--naming", "dcgm")
+    used = {dict(ls).get("GPU_I_ID", ""): dict(ls) for (name, ls) in series
+            if name == "DCGM_FI_DEV_FB_USED" and dict(ls)["gpu"] == "2"}
+    assert {k: used["1"].get(k) for k in ("pod", "namespace", "container")} == {
+        "pod": "small", "namespace": "ml", "container": "main"}
+    assert not any(k.startswith("dra_") for k in used["1"])
+    assert "pod" not in used["2"] and "pod" not in used[""]
+
+
 def test_show_lists_dra_pods(node, socket):
     node.write(gpus(mig=False))
     pods = [pod("claimed", "ml", {}, claims={"main": [claim("c", "ml", claimed("gpu-0"))]})]
