@@ -100,6 +100,8 @@ def test_the_nvml_capture_against_the_fake(fake_libdir, tmp_path):
     assert {t: a.get("value", a.get("error")) for t, a in h100_["thresholds"].items()} == {
         "0": 92, "1": 89, "2": 95, "3": 87, "4": 3, "5": 3, "6": 3, "7": 3}
     assert h100_["margin"] == {"value": 46}
+    version = h100_["nvlink_version"]
+    assert (version["function"], version["field_166"]["value"]) == ({"value": 6}, 6)
     assert {fid: (f["type_name"], f["value"]) for fid, f in h100_["tlimit_fields"].items()} == {
         "193": ("signed int", -5), "194": ("signed int", -2), "195": ("signed int", 0), "196": ("signed int", 0)}
     traffic = h100_["traffic"]
@@ -129,3 +131,33 @@ def test_temperature_rows_agree_with_what_gputext_writes(node):
     # a value nvidia-smi prints as N/A must be absent from gputext's file; a different one is told
     rows = {"GPU Slowdown Temp": None, "GPU Shutdown Temp": 90}
     assert [agree for *_, agree in compare.temperature_checks(rows, series, {"gpu": "1"})] == [False, False]
+
+
+def test_the_whole_comparison_against_the_fake_and_a_stand_in_nvidia_smi(fake_libdir, tmp_path):
+    """nvidia-smi as an H100 node's prints it (the fake's values), gputext from the fake: all agree."""
+    from fakegpu import default_system, h100_uuid
+
+    gpu = h100(0)
+    csv = ", ".join(["0", h100_uuid(0), gpu["name"], "00000000:18:00.0", gpu["serial"], gpu["vbios_version"],
+                     default_system()["driver_version"], "P0", "41", "52", "412.34", "700.00", "81559", "542",
+                     "41477", "87", "43", "1980", "1980", "2619", "1980", "1980", "2619", "5", "16",
+                     "Enabled", "Disabled", "Enabled", "Default"])
+    page = HOPPER.split("GPU 00000000:2A:00.0")[0]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text(f"#!{sys.executable}\nimport sys\n"
+                   f"print({page!r} if '-q' in sys.argv else {csv!r})\n")
+    smi.chmod(0o755)
+    scenario = Scenario([gpu]).write(tmp_path / "gpus.txt")
+    env = fake_env(fake_libdir, scenario)
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    env["PYTHONPATH"] = str(SCRIPT.parent.parent.parent)  # gputext from this tree
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(out), "--window", "0.15"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = (out / "comparison.txt").read_text()
+    assert report.endswith("\n0 value(s) differ\n") and "GPU Slowdown T.Limit Temp" in report
+    assert {p.name for p in out.iterdir()} >= {"nvml-capture.json", "nvidia-smi.csv", "nvidia-smi-temperature.txt",
+                                               "gputext.prom", "comparison.txt"}

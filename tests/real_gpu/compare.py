@@ -9,6 +9,7 @@ checked against it, and these files settle what nvml.h leaves open.
    - the absolute temperature thresholds (nvmlDeviceGetTemperatureThreshold, every
      nvmlTemperatureThresholds_t value), the margin to the T.Limit (nvmlDeviceGetMarginTemperature) and
      the T.Limit fields 193-196 with their value types (nvml.h: "T.Limit temperatures", offsets);
+   - link 0's NVLink version from nvmlDeviceGetNvLinkVersion and from field 166 (nvmlNvlinkVersion_t?);
    - NVLink fields 138/139 (nvml.h: KiB) and PCIe fields 197/198 (bytes) with their value types, read at
      the start and the end of a window over which GPM measures the same traffic (60/61 and 20/21, MiB/s),
      and the unit GPM's rate implies for each counter: about 1024 bytes per unit if it counts KiB, 1 if
@@ -58,10 +59,10 @@ FIELDS = {
     "pcie.link.width.max": ("gpu_pcie_link_max_width", {}, 1, 0),
 }
 # nvidia-smi words -> the numbers gputext writes
-WORDS = {"Enabled": 1, "Disabled": 0, "Default": 0, "Exclusive_Thread": 1, "Prohibited": 2,
-         "Exclusive_Process": 3}
+WORDS = {"Enabled": 1, "Disabled": 0}
 MODES = {"persistence_mode": "gpu_persistence_mode", "accounting.mode": "gpu_accounting_mode",
-         "compute_mode": "gpu_compute_mode", "ecc.mode.current": "gpu_ecc_mode"}
+         "ecc.mode.current": "gpu_ecc_mode"}
+# the compute mode is a state set: 1 on the series whose mode label is nvidia-smi's word in lower case
 INFO = ("uuid", "name", "pci.bus_id", "serial", "vbios_version", "driver_version")
 # `nvidia-smi -q -d TEMPERATURE` rows -> (gputext metric, labels, tolerance). Older drivers and GPUs print
 # absolute limits ("GPU Slowdown Temp : 89 C"), newer ones on Ada and later the T.Limit form ("GPU
@@ -207,7 +208,10 @@ def capture_nvml(window: float) -> dict:
                    "margin": _answer(pynvml, pynvml.nvmlDeviceGetMarginTemperature, handle)
                    if hasattr(pynvml, "nvmlDeviceGetMarginTemperature") else {"error": "not in this nvidia-ml-py"},
                    "tlimit_fields": {str(fid): entry for (fid, _), entry in
-                                     _fields(pynvml, handle, [(fid, 0) for fid in TLIMIT_FIELDS]).items()}}
+                                     _fields(pynvml, handle, [(fid, 0) for fid in TLIMIT_FIELDS]).items()},
+                   # link 0's version both ways: nvml.h says nvmlNvlinkVersion_t (6 = NVLink 4.0)
+                   "nvlink_version": {"function": _answer(pynvml, pynvml.nvmlDeviceGetNvLinkVersion, handle, 0),
+                                      "field_166": _fields(pynvml, handle, [(166, 0)])[(166, 0)]}}
             gpus.append(gpu)
         # traffic: counters and a GPM sample at the start and the end of the same window, every GPU at once
         keys = _traffic_keys()
@@ -255,7 +259,7 @@ def parse_smi_temperature(text: str) -> dict[str, dict[str, int | None]]:
 
 
 def nvidia_smi(out: Path) -> list:
-    query = ["index", *INFO, "pstate", *FIELDS, *MODES]
+    query = ["index", *INFO, "pstate", *FIELDS, *MODES, "compute_mode"]
     text = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(query)}", "--format=csv,noheader,nounits"],
                           capture_output=True, text=True, check=True).stdout
     (out / "nvidia-smi.csv").write_text(",".join(query) + "\n" + text)
@@ -319,6 +323,8 @@ def compare(out: Path) -> int:
             ours = find(series, name, d)
             theirs = WORDS.get(gpu[field])
             checks.append((field, gpu[field], ours, ours == theirs if theirs is not None else ours is None))
+        mode = find(series, "gpu_compute_mode", {**d, "mode": gpu["compute_mode"].lower()})
+        checks.append(("compute_mode", gpu["compute_mode"], mode, mode == 1))
         checks += temperature_checks(temperatures.get(gpu["pci.bus_id"].upper(), {}), series, d)
         for field, theirs, ours, agree in checks:
             bad += not agree
