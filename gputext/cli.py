@@ -264,9 +264,10 @@ def usage(command: str) -> Callable[[str], None]:
 COLLECT_OPTIONS = [
     Option(("--out", "-o"), "-", "The .prom file to write atomically, a FIFO or character device to write "
            "through, or - for standard output."),
-    Option(("--collectors",), "", "Comma-separated collectors to run (default: all that apply). Known: "
-           + ", ".join(REGISTRY) + "."),
-    Option(("--prefix",), "gpu_", "Prefix of the device metric names (not empty)."),
+    Option(("--collectors",), "", "Comma-separated collectors to run; known: " + ", ".join(REGISTRY)
+           + " [default: all that apply]."),
+    Option(("--prefix",), "gpu_", "Prefix of the device metric names; the gputext_* self-metrics keep theirs. "
+           "Not empty: the names up and info would clash with Prometheus's up."),
     Option(("--detail",), "standard", "standard: the series operators watch every day (at most 80 per GPU); "
            "full: every series gputext knows, for debugging a node."),
     Option(("--naming",), "gputext", "gputext: gputext's metric names; dcgm: dcgm-exporter's (DCGM_FI_*, with "
@@ -282,11 +283,11 @@ COLLECT_OPTIONS = [
     Option(("--max-processes",), "1000", "Most process series per GPU; the rest are counted in "
            "gputext_processes_dropped."),
     Option(("--dcgm-host",), "localhost:5555", "The DCGM host engine (nv-hostengine) for per-process energy."),
-    Option(("--dcgm-bindings",), None, "Directory of DCGM's Python bindings [default: DCGM 4's, then DCGM 3's "
-           "install path]."),
+    Option(("--dcgm-bindings",), None, "The directory holding DCGM's Python bindings (pydcgm.py) [default: "
+           "DCGM 4's, then DCGM 3's install path]."),
     Option(("--pod-resources-socket",), "/var/lib/kubelet/pod-resources/kubelet.sock",
            "The kubelet's pod-resources socket."),
-    Option(("--kubelet-timeout",), "2s", "How long to wait for the kubelet."),
+    Option(("--kubelet-timeout",), "2s", "How long one call to the kubelet may take."),
     Option(("--gpu-resource-names",), "", "Comma-separated extra resource names that are GPUs (nvidia.com/gpu "
            "and nvidia.com/mig-* always are)."),
     Option(("--pod-cache-ttl",), "30s", "How long the kubelet's answer is reused (0: ask every run)."),
@@ -302,8 +303,8 @@ COLLECT_OPTIONS = [
     Option(("--interval",), None, "Repeat every INTERVAL (e.g. 5s; a bare number is seconds) in one process "
            "until stopped (SIGTERM/SIGINT), --count or --duration."),
     Option(("--count",), "0", "With --interval: stop after this many files (0: no limit)."),
-    Option(("--duration",), None, "With --interval: stop after this long (e.g. 55s for cron; leave it out for "
-           "no limit)."),
+    Option(("--duration",), None, "With --interval: stop after this long, above 0 (e.g. 55s for cron; leave it "
+           "out for no limit)."),
     Option(("--lock-timeout",), None, "How long to wait for another gputext run writing the same file before "
            "leaving it to that run (exit 2) [default: 80% of --interval, else 4s]."),
 ]
@@ -378,18 +379,13 @@ def metrics(given: Given) -> int:
 
         say(markdown_table(prefix) + "\n")
         return 0
-    lines = []
     if values.flag("markdown"):
-        lines += ["| name | type | unit | labels | collector | detail | help |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
-        for m in METRICS:
-            labels = ", ".join(f"`{label}`" for label in m.all_labels)
-            lines.append(f"| `{m.name(prefix)}` | {m.type} | {m.unit} | {labels} | {m.source} | {detail_of(m)} | "
-                         f"{m.help} |")
-    else:
-        for m in METRICS:
-            lines.append(f"{m.name(prefix)}  {m.type}  unit={m.unit or '-'}  labels={','.join(m.all_labels)}  "
-                         f"collector={m.source}  detail={detail_of(m)}\n    {m.help}")
+        from .reference import metrics_table
+
+        say(metrics_table(prefix) + "\n")
+        return 0
+    lines = [f"{m.name(prefix)}  {m.type}  unit={m.unit or '-'}  labels={','.join(m.all_labels)}  "
+             f"collector={m.source}  detail={detail_of(m)}\n    {m.help}" for m in METRICS]
     say("\n".join(lines) + "\n")
     return 0
 

@@ -56,6 +56,8 @@ NOT_FROM_NVML = frozenset({
     "DCGM_FI_NVML_VERSION", "DCGM_FI_DEV_BRAND", "DCGM_FI_DEV_OEM_INFOROM_VER", "DCGM_FI_DEV_ECC_INFOROM_VER",
     "DCGM_FI_DEV_POWER_INFOROM_VER", "DCGM_FI_DEV_INFOROM_IMAGE_VER",
 })
+# the catalogue rows each derived name is computed from
+DERIVED_FROM = {NVLINK_BANDWIDTH.name: NVLINK_COUNTERS, XID_ERRORS.name: ("xid_last_time_seconds",)}
 DEFAULT_LABELS = ("DCGM_FI_DRIVER_VERSION",)
 # the catalogue labels that dcgm-exporter spells its own way (MIG: the GPU instance and its profile)
 MIG_LABELS = (("gpu_instance_profile", "GPU_I_PROFILE"), ("gpu_instance", "GPU_I_ID"))
@@ -447,6 +449,13 @@ def unanswered_notes(counters: Counters, samples, gpus: Mapping[str, str]) -> li
             "(not supported there); left out" for names, indices in missing.items()]
 
 
+def dcgm_names(metric) -> list:
+    """dcgm-exporter's names for a catalogue row's series (the metric reference's column), each with the
+    label values it stands for, and the derived names computed from the row."""
+    names = [f"`{d.name}`" + "".join(f' (`{label}="{value}"`)' for label, value in d.where) for d in metric.dcgm]
+    return names + [f"`{name}` (computed from it)" for name, keys in DERIVED_FROM.items() if metric.key in keys]
+
+
 def markdown_table(prefix: str) -> str:
     """DCGM name -> the gputext series it stands for (docs/dcgm-exporter.md's table, `gputext metrics --dcgm`)."""
     defaults = {d.name for d in default_counters().metrics}
@@ -458,8 +467,9 @@ def markdown_table(prefix: str) -> str:
             scale = "" if dcgm.factor == 1 else f" x {_factor(dcgm.factor)}"
             rows.append(f"| `{dcgm.name}` | {dcgm.type} | {series} | gputext's{scale} | "
                         f"{'yes' if dcgm.name in defaults else 'no'} |")
-    rows.append(f"| `{XID_ERRORS.name}` | gauge | `{prefix}xid_last_time_seconds{{xid}}` | the code of the "
-                f"newest XID, 0 before the first | yes |")
+    xid_last_time = DERIVED_FROM[XID_ERRORS.name][0]
+    rows.append(f"| `{XID_ERRORS.name}` | gauge | `{prefix}{xid_last_time}{{xid}}` | the code of the newest XID, "
+                f"0 before the first | yes |")
     rows.append(f"| `{NVLINK_BANDWIDTH.name}` | counter (a rate) | `{prefix}{NVLINK_COUNTERS[0]}` + "
                 f"`{prefix}{NVLINK_COUNTERS[1]}`, all links | their increase in KiB per second / 1000 | yes |")
     return "\n".join(rows)
