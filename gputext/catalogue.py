@@ -15,7 +15,9 @@ from collections import namedtuple
 from collections.abc import Iterable
 
 DEVICE_LABELS = ("gpu", "uuid")
-PROCESS_LABELS = ("pid", "process_name", "pod", "namespace", "container")
+# slurm_job: the process's Slurm job ("" outside Slurm); its user and account are on slurm_allocation_info
+PROCESS_LABELS = ("pid", "process_name", "pod", "namespace", "container", "slurm_job")
+SLURM_LABELS = ("slurm_job", "slurm_user", "slurm_account", "slurm_partition")
 POD_LABELS = ("pod", "namespace", "container")
 # MIG GPU instance series name it as allocation_info does; GPM series of a whole GPU have them empty
 MIG_LABELS = ("gpu_instance", "mig_device")
@@ -260,6 +262,11 @@ METRICS: tuple[Metric, ...] = (
             "the driver; claim and claim_namespace, else empty); the value is always 1.",
             ["pod", "namespace", "container", "resource", "gpu_instance", "mig_device", "claim",
              "claim_namespace"], source="kubernetes"),
+    # Slurm (docs/slurm.md)
+    _device("slurm_allocation_info", G, "", "A Slurm job that holds this GPU (or its MIG GPU instance "
+            "gpu_instance, else empty), found from its processes' cgroups, its cgroup v1 devices.list or the "
+            "job-mapping directory; user, account and partition where readable, else empty. The value is "
+            "always 1.", SLURM_LABELS + ("gpu_instance",), source="slurm"),
     # profiling (GPM, Hopper and newer): averages over gpm_window_seconds, per GPU or MIG GPU instance
     _device("gpm_window_seconds", G, "seconds", "Time between the two GPM samples the profiling ratios "
             "and rates of this GPU or GPU instance average over.", MIG_LABELS, source="gpm"),

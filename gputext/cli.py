@@ -30,6 +30,7 @@ from .runner import EXIT_NO_NVML, EXIT_NOT_WRITTEN
 PROGRAM = "gputext"
 DEFAULT_STATE_DIR = "/var/lib/gputext"
 NAMINGS = ("gputext", "dcgm")
+DCGM_MAPPING_VARIABLE = "DCGM_HPC_JOB_MAPPING_DIR"
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 file written; 1 file written, but NVML could not be read at all (no driver, no "
@@ -221,10 +222,18 @@ def run_options(values: Values, state_dir: str | None = None):
         gpm_window_seconds=values.gpm_window(),
         pcie_sample_interval_seconds=values.seconds("pcie_sample_interval"),
         kmsg=Path(names["kmsg"]) if names["kmsg"] else None,
+        hpc_job_mapping_dir=hpc_job_mapping_dir(names["hpc_job_mapping_dir"]),
         # show writes nothing that is stored, so it reads everything (its tables use full's series)
         detail=values.detail() if "detail" in names else FULL,
         naming=naming, counters=values.counters(naming, prefix) if "counters" in names else None,
     )
+
+
+def hpc_job_mapping_dir(given: str | None) -> Path | None:
+    """--hpc-job-mapping-dir (GPUTEXT_HPC_JOB_MAPPING_DIR), else dcgm-exporter's DCGM_HPC_JOB_MAPPING_DIR,
+    so that a node moving from dcgm-exporter keeps its environment file."""
+    directory = given or os.environ.get(DCGM_MAPPING_VARIABLE)
+    return Path(directory) if directory else None
 
 
 class Schedule:
@@ -291,6 +300,9 @@ COLLECT_OPTIONS = [
     Option(("--gpu-resource-names",), "", "Comma-separated extra resource names that are GPUs (nvidia.com/gpu "
            "and nvidia.com/mig-* always are)."),
     Option(("--pod-cache-ttl",), "30s", "How long the kubelet's answer is reused (0: ask every run)."),
+    Option(("--hpc-job-mapping-dir",), None, "dcgm-exporter's job-mapping directory, where a site's Slurm "
+           "prolog writes a file per GPU (<index> or <index>.<gpu instance>) of job IDs: GPUs of jobs with no "
+           "process on them [default: $DCGM_HPC_JOB_MAPPING_DIR, else none]."),
     Option(("--gpm-window",), "1s", "Time between the two GPM samples of a one-shot run (above 100ms); the "
            "repeating mode diffs against its previous cycle instead."),
     Option(("--pcie-sample-interval",), "15s", "On GPUs without PCIe byte counters, how often the repeating "
@@ -314,7 +326,7 @@ _COLLECT = {option.name: option for option in COLLECT_OPTIONS}
 # flags, variables, defaults and help), so they look at what a collect with the same environment would use.
 RUN_OPTIONS = ("collectors", "host_root", "retention", "max_processes", "dcgm_host", "dcgm_bindings",
                "pod_resources_socket", "kubelet_timeout", "gpu_resource_names", "pod_cache_ttl", "gpm_window",
-               "pcie_sample_interval", "kmsg", "debug")
+               "pcie_sample_interval", "kmsg", "hpc_job_mapping_dir", "debug")
 
 
 def collect_options(*names) -> list:

@@ -61,6 +61,7 @@ DERIVED_FROM = {NVLINK_BANDWIDTH.name: NVLINK_COUNTERS, XID_ERRORS.name: ("xid_l
 DEFAULT_LABELS = ("DCGM_FI_DRIVER_VERSION",)
 # the catalogue labels that dcgm-exporter spells its own way (MIG: the GPU instance and its profile)
 MIG_LABELS = (("gpu_instance_profile", "GPU_I_PROFILE"), ("gpu_instance", "GPU_I_ID"))
+HPC_JOB_LABEL = "hpc_job"
 
 # A counters line (field, type, help, name): dcgm-exporter's longest is under 200 characters
 MAX_LINE = 4096
@@ -351,11 +352,14 @@ def last_xids(samples, devices: Mapping[str, Mapping[str, str]]) -> list[tuple[s
 
 def render(samples, counters: Counters, devices: Mapping[str, Mapping[str, str]], prefix: str,
            pod_labels: Mapping[str, Mapping[str, str]], derived: Mapping[str, float],
-           holders: Mapping[tuple[str, str], Mapping[str, str]]) -> bytes:
+           holders: Mapping[tuple[str, str], Mapping[str, str]],
+           jobs: Mapping[tuple[str, str], list[str]]) -> bytes:
     """The text exposition under dcgm-exporter's names: the counters' DCGM series first, in the file's
     order and with its types and help, then every other series under gputext's name (with gputext's
     `pod_labels`). `holders`: (GPU UUID, GPU instance or "") -> the labels of the one container holding
-    it (holder_labels), which its DCGM series end with."""
+    it (holder_labels), which its DCGM series end with. `jobs`: the same key -> the Slurm jobs holding it;
+    a DCGM series of a GPU (or MIG GPU instance) they hold is written once per job with its `hpc_job`
+    label, as dcgm-exporter's HPC mapping copies it (internal/pkg/transformation/hpc.go)."""
     selected = counters.selected
     families: dict[str, list[tuple[dict[str, str], float]]] = {d.name: [] for d in counters.metrics}
 
@@ -382,7 +386,10 @@ def render(samples, counters: Counters, devices: Mapping[str, Mapping[str, str]]
             labels = dict(zip(names, label_values))
             dcgm = next((d for d in mappings if d.covers(labels)), None)
             if dcgm is not None:
-                families[dcgm.name].append((dcgm_labels(labels["uuid"], labels), value * dcgm.factor))
+                series = dcgm_labels(labels["uuid"], labels)
+                held_by = _jobs_of(jobs, labels) if jobs else None
+                families[dcgm.name].extend(((series, value * dcgm.factor),) if not held_by else
+                                           (({**series, HPC_JOB_LABEL: job}, value * dcgm.factor) for job in held_by))
                 renamed.add((metric.key, label_values))
     bandwidth = counters.wants_nvlink_bandwidth()
     if bandwidth is not None:
@@ -403,6 +410,15 @@ def render(samples, counters: Counters, devices: Mapping[str, Mapping[str, str]]
         render_family(lines, extra.name, extra.type, extra.help, series)
     rest = samples.render(prefix, pod_labels, skip=renamed, extras=False)
     return "\n".join(lines).encode("utf-8", "replace") + (b"\n" if lines else b"") + rest
+
+
+def _jobs_of(jobs: Mapping[tuple[str, str], list[str]], labels: Mapping[str, str]) -> list[str]:
+    """The jobs of a series: its GPU's, and, for a MIG GPU instance's series, that instance's (a mapping
+    file `<gpu>` labels every series of the GPU, `<gpu>.<instance>` those of the instance)."""
+    found = list(jobs.get((labels["uuid"], ""), ()))
+    if labels.get("gpu_instance"):
+        found += [job for job in jobs.get((labels["uuid"], labels["gpu_instance"]), ()) if job not in found]
+    return found
 
 
 def counters_note(counters: Counters) -> str | None:

@@ -94,6 +94,7 @@ def check_nvml(options: Options) -> list[Check]:
     try:
         system, devices = ctx.devices()
         gpm = check_gpm(ctx, system, [dev for dev in devices if dev.up])
+        slurm = check_slurm(ctx)
     except NvmlUnavailable as err:
         return [Check(FAIL, "nvml", str(err))]
     finally:
@@ -116,8 +117,52 @@ def check_nvml(options: Options) -> list[Check]:
         up, "accounting_mode", "accounting", WARN if enabled(options, "processes") else INFO,
         "processes that start and exit between two runs are missed and start times are first-seen times; "
         "fix: nvidia-smi -am 1 (as root; MIG keeps it off)"))
-    checks.append(gpm)
+    checks += [gpm, slurm]
     return [check for check in checks if check is not None]
+
+
+def check_slurm(ctx: Context) -> Check:
+    """Whether Slurm jobs hold GPUs here, how they were found, and what could not be read."""
+    from .collectors.slurm import find
+
+    options = ctx.options
+    if not enabled(options, "slurm"):
+        return Check(INFO, "slurm", "not enabled (--collectors)")
+    found = find(ctx)
+    jobs = ctx.slurm_jobs()
+    mapping = (f"mapping directory {jobs.mapping_dir}" if jobs.mapping_dir is not None and
+               jobs.mapping_dir.is_dir() else None)
+    if jobs.mapping_dir is not None and mapping is None:
+        return Check(FAIL if named(options, "slurm") else WARN, "slurm", f"--hpc-job-mapping-dir {jobs.mapping_dir} "
+                     "is not a directory; fix: the directory your Slurm prolog writes, or leave the option out")
+    if not found.held:
+        cgroups = jobs.running() is not None
+        return Check(INFO, "slurm", ("Slurm job cgroups here, but no job holds a GPU now" if cgroups or mapping else
+                                     "no Slurm job on this node (no job cgroups, no GPU process in a job"
+                                     + ("" if mapping else ", no --hpc-job-mapping-dir") + ")"))
+    by_uuid = {dev.uuid: dev.index for dev in ctx.devices()[1]}
+    gpus = sorted({by_uuid[uuid] for uuid, _ in found.held})
+    ids = sorted(found.jobs, key=int)
+    parts = [f"{len(ids)} job{'s' if len(ids) != 1 else ''} ({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''}) "
+             f"on GPU {', '.join(map(str, gpus))}, found from {', '.join(found.how)}"]
+    if mapping is None:
+        unified = ctx.options.host_path("/sys/fs/cgroup/cgroup.controllers").exists()
+        parts.append("no --hpc-job-mapping-dir" + (": on cgroup v2 Slurm keeps a job's devices in an eBPF "
+                                                   "program, so a GPU whose job runs nothing on it is not seen"
+                                                   if unified else ""))
+    unknown = [job.id for job in found.jobs.values() if not job.account]
+    if unknown:
+        why = (": another user's /proc/<pid>/environ needs CAP_SYS_PTRACE, which the units do not grant "
+               "(docs/slurm.md)" if jobs.environ_unreadable else ": no process of theirs to read it from")
+        parts.append(f"account and partition unknown for job {', '.join(sorted(unknown, key=int)[:5])}{why}")
+    if jobs.unresolved_sluids:
+        parts.append(f"{len(jobs.unresolved_sluids)} SLUID job directories whose job ID was not found (no "
+                     "readable slurmstepd title or environment): their processes have no job")
+    if found.stale:
+        parts.append(f"the mapping directory names ended jobs ({', '.join(found.stale[:3])}); fix: the epilog")
+    if jobs.bad_lines:
+        parts.append(f"{len(jobs.bad_lines)} lines of the mapping directory are not job IDs")
+    return Check(OK, "slurm", "; ".join(parts))
 
 
 def check_gpm(ctx: Context, system, devices: Sequence) -> Check | None:

@@ -24,6 +24,8 @@ import re
 from collections import namedtuple
 from pathlib import Path
 
+from .readfile import PROC_FILE_LIMIT, read_bounded
+
 _POD_UID = re.compile(r"(?:^|-)pod([0-9a-f]{8}[-_]?[0-9a-f]{4}[-_]?[0-9a-f]{4}[-_]?[0-9a-f]{4}[-_]?[0-9a-f]{12})"
                       r"(?:\.slice)?$")
 _CONTAINER_ID = re.compile(r"(?:(?:cri-containerd|containerd|crio|docker)-)?([0-9a-f]{64})(?:\.scope)?")
@@ -67,10 +69,10 @@ class PodResolver:
 
     def for_pid(self, pid: int) -> PodRef:
         """The pod of a host PID, or NOT_IN_A_POD (a process outside Kubernetes keeps its series)."""
-        try:
-            cgroup = (self.host_root / "proc" / str(pid) / "cgroup").read_text(errors="replace")
-        except OSError:
-            return NOT_IN_A_POD  # gone, or not ours to read
+        return self.for_cgroup(read_cgroup(self.host_root, pid))
+
+    def for_cgroup(self, cgroup: str) -> PodRef:
+        """The pod of a process whose /proc/<pid>/cgroup says `cgroup` ("" where it could not be read)."""
         uid, container_id = pod_ids(cgroup)
         if uid is None:
             return NOT_IN_A_POD
@@ -108,6 +110,15 @@ class PodResolver:
         """The container of a pod whose container ID has no log link: known only if the pod has one."""
         containers = _list(self.host_root / "var/log/pods" / directory)
         return containers[0] if len(containers) == 1 else ""
+
+
+def read_cgroup(host_root: Path, pid: int) -> str:
+    """The text of a host process's /proc/<pid>/cgroup, "" where it is gone or not ours to read. It names
+    the process's pod and its Slurm job (gputext.slurm): read once for both."""
+    try:
+        return read_bounded(Path(host_root) / "proc" / str(pid) / "cgroup", PROC_FILE_LIMIT).decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return ""
 
 
 def _list(directory: Path) -> list:

@@ -33,6 +33,8 @@ class Options:
     kubelet_timeout_seconds: float = 2.0
     gpu_resource_names: Sequence[str] = ()  # beyond nvidia.com/gpu and nvidia.com/mig-*
     pod_cache_ttl_seconds: float = 30.0
+    # slurm: dcgm-exporter's job-mapping directory (files <gpu>[.<gpu instance>] of job ids), if the site writes it
+    hpc_job_mapping_dir: Path | None = None
     # gpm: the wait between a one-shot run's two samples (NVML needs more than 100 ms)
     gpm_window_seconds: float = 1.0
     # pcie: how often a process that collects again samples the PCIe rate where byte counters are missing
@@ -95,10 +97,13 @@ class Context:
         # series of a GPU or GPU instance that one container holds (pod, and a DRA claim's); set by the
         # kubernetes collector
         self.dcgm_holders: dict[tuple[str, str], dict[str, str]] = {}
+        # (GPU UUID, GPU instance or "") -> Slurm job IDs holding it; set by the slurm collector
+        self.gpu_jobs: dict[tuple[str, str], list[str]] = {}
         # the process series of this run (collectors.processes.Process); set by the processes collector
         self.processes: list | None = None
         self._devices = None
         self._mig_devices: dict[str, list] = {}  # GPU UUID -> its MIG devices, this collection
+        self._slurm = None  # slurm.SlurmJobs of this collection
         self._nvml_error = None  # a driver that was missing may have come up since: try again
 
     def note_once(self, message: str, per_boot: bool = True) -> None:
@@ -165,6 +170,15 @@ class Context:
 
             self._mig_devices[dev.uuid] = read_mig_devices(self.nvml, dev)
         return self._mig_devices[dev.uuid]
+
+    def slurm_jobs(self):
+        """The Slurm jobs of this collection (slurm.SlurmJobs), shared by the processes collector, which
+        finds each process's job, and the slurm collector, which writes the jobs' GPUs."""
+        if self._slurm is None:
+            from .slurm import SlurmJobs
+
+            self._slurm = SlurmJobs(self.options.host_root, self.options.hpc_job_mapping_dir)
+        return self._slurm
 
     def static(self, dev, name: str, read):
         """A static value of a device, cached across runs (see Inventory.static)."""
@@ -235,7 +249,7 @@ class Result:
             from .dcgm_exporter import render
 
             return render(self.samples, self.dcgm.counters, self.dcgm.devices, prefix, self.pod_labels,
-                          self.dcgm.nvlink_bandwidth, self.dcgm.holders)
+                          self.dcgm.nvlink_bandwidth, self.dcgm.holders, self.dcgm.jobs)
         return self.samples.render(prefix, self.pod_labels)
 
 
@@ -247,6 +261,7 @@ class DcgmNaming:
         self.devices: dict[str, dict[str, str]] = {}
         self.nvlink_bandwidth: dict[str, float] = {}
         self.holders: dict[tuple[str, str], dict[str, str]] = {}  # Context.dcgm_holders
+        self.jobs: dict[tuple[str, str], list[str]] = {}  # Context.gpu_jobs: the hpc_job copies
 
 
 def _samples(options: Options) -> Samples:
@@ -265,6 +280,7 @@ def _dcgm_naming(ctx: Context, samples: Samples) -> DcgmNaming:
     counters = ctx.options.counters
     naming = DcgmNaming(counters)
     naming.holders = ctx.dcgm_holders
+    naming.jobs = ctx.gpu_jobs
     note = counters_note(counters)
     if note:
         ctx.note_once(note)

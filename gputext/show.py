@@ -158,6 +158,7 @@ class ProcessRow:
     sm: float | None
     pod: str
     namespace: str
+    job: str  # the Slurm job, "" outside Slurm
 
 
 def process_rows(samples: Samples) -> list[ProcessRow] | None:
@@ -173,7 +174,7 @@ def process_rows(samples: Samples) -> list[ProcessRow] | None:
     for values in running:
         labels = dict(zip(names, values))
         rows.append(ProcessRow(labels["gpu"], labels["pid"], labels["process_name"], memory.get(values),
-                               sm.get(values), labels["pod"], labels["namespace"]))
+                               sm.get(values), labels["pod"], labels["namespace"], labels["slurm_job"]))
     return sorted(rows, key=lambda row: (int(row.gpu), int(row.pid)))
 
 
@@ -395,11 +396,12 @@ def _traffic_table(rows: list[Row], seconds: float, style: Style) -> list[str]:
 
 
 def _process_table(rows: list[ProcessRow], style: Style) -> list[str]:
+    jobs = any(row.job for row in rows)  # a JOB column only on a Slurm node
     columns = [Column("GPU", right=True), Column("PID", right=True), Column("PROCESS", shrinks=True),
                Column("MEMORY GiB", right=True), Column("SM", right=True), Column("POD", shrinks=True),
-               Column("NAMESPACE", shrinks=True)]
+               Column("NAMESPACE", shrinks=True)] + ([Column("JOB", shrinks=True)] if jobs else [])
     cells = [[row.gpu, row.pid, row.name or "?", _gib(row.memory), _percent(row.sm), row.pod or "-",
-              row.namespace or "-"] for row in rows]
+              row.namespace or "-"] + ([row.job or "-"] if jobs else []) for row in rows]
     return [style.bold("Processes")] + table(columns, cells, style)
 
 

@@ -138,14 +138,25 @@ def test_bytes_per_second(value, text):
 
 
 def test_process_rows_with_pods():
-    labels = {"pid": "77", "process_name": "trainer", "pod": "llm-0", "namespace": "ml", "container": "main"}
+    labels = {"pid": "77", "process_name": "trainer", "pod": "llm-0", "namespace": "ml", "container": "main",
+              "slurm_job": ""}
     s = samples(process_memory_used_bytes=[(labels, 2 << 30)], process_active=[(labels, 1)],
                 process_sm_utilization_ratio=[(labels, 0.5)])
     s.add("gputext_collector_success", 1, {"collector": "processes"})
     (only,) = show.process_rows(s)
-    assert (only.pid, only.name, only.memory, only.sm, only.pod, only.namespace) == \
-        ("77", "trainer", 2 << 30, 0.5, "llm-0", "ml")
+    assert (only.pid, only.name, only.memory, only.sm, only.pod, only.namespace, only.job) == \
+        ("77", "trainer", 2 << 30, 0.5, "llm-0", "ml", "")
     assert show.process_rows(samples()) is None  # the collector did not run: no section
+    assert "JOB" not in "\n".join(show._process_table([only], show.Style(False)))  # no job: no column
+
+
+def test_process_table_has_a_job_column_where_a_process_has_a_job():
+    def row(pid, job):
+        return show.ProcessRow("0", pid, "python", 1 << 30, 0.5, "", "", job)
+
+    lines = show._process_table([row("77", "4711"), row("78", "")], show.Style(False))
+    assert lines[1].split() == ["GPU", "PID", "PROCESS", "MEMORY", "GiB", "SM", "POD", "NAMESPACE", "JOB"]
+    assert lines[2].split()[-1] == "4711" and lines[3].split()[-1] == "-"
 
 
 def test_table_fits_the_width():

@@ -22,6 +22,7 @@ REGISTRY: dict[str, str] = {
     "processes": "gputext.collectors.processes",
     "dcgm": "gputext.collectors.dcgm",
     "kubernetes": "gputext.collectors.kubernetes",
+    "slurm": "gputext.collectors.slurm",
     "xid": "gputext.collectors.xid",
     "gpm": "gputext.collectors.gpm",  # last: it waits for what is left of its window
 }

@@ -16,7 +16,8 @@ import pynvml
 from .. import energy
 from ..catalogue import DEVICE_LABELS, PROCESS_LABELS
 from ..nvml import DeviceGone
-from ..pods import PodResolver
+from ..pods import PodResolver, read_cgroup
+from ..slurm import Job
 from ..state import StateUnavailable
 
 FI_TOTAL_ENERGY = 83  # mJ
@@ -29,13 +30,14 @@ UTILIZATION_KEYS = ("process_sm_utilization_ratio", "process_memory_utilization_
 class Process:
     """A process series of this run: what the dcgm collector and `gputext show` build on."""
 
-    __slots__ = ("gpu", "uuid", "pid", "labels")
+    __slots__ = ("gpu", "uuid", "pid", "labels", "job")
 
-    def __init__(self, gpu: int, uuid: str, pid: int, labels: dict[str, str]):
+    def __init__(self, gpu: int, uuid: str, pid: int, labels: dict[str, str], job=None):
         self.gpu = gpu
         self.uuid = uuid
         self.pid = pid
-        self.labels = labels  # gpu, uuid, pid, process_name, pod, namespace, container
+        self.labels = labels  # gpu, uuid, pid, process_name, pod, namespace, container, slurm_job
+        self.job = job  # slurm.Job, or None outside Slurm
 
 
 def processes_of_run(ctx) -> list[Process]:
@@ -86,6 +88,7 @@ class _Scan:
         self.ctx = ctx
         self.nvml = ctx.nvml
         self.pods = PodResolver(ctx.options.host_root)
+        self.slurm = ctx.slurm_jobs()
         self.found: list[Process] = []
         self._table = None  # procinfo.ProcessTable, made on first use
 
@@ -102,7 +105,8 @@ class _Scan:
         return found
 
     def describe(self, pid: int) -> dict[str, object]:
-        """Name, creation time (host clock) and pod labels of a process; empty where it is gone."""
+        """Name, creation time (host clock), pod labels and Slurm job of a process; empty where it is
+        gone. Its cgroup file, which names both pod and job, is read once."""
         if self._table is None:
             from ..procinfo import ProcessTable
 
@@ -114,13 +118,19 @@ class _Scan:
             # an undecodable byte of a name is kept as a surrogate; a label value must be UTF-8
             record["name"] = found[0].encode("utf-8", "surrogateescape").decode("utf-8", "replace")
             record["created"] = found[1]
-        record.update(self.pods.for_pid(pid).labels())
+        cgroup = read_cgroup(self.ctx.options.host_root, pid)
+        record.update(self.pods.for_cgroup(cgroup).labels())
+        job = self.slurm.for_process(pid, cgroup) if cgroup else None
+        if job is not None:
+            record["slurm"] = list(job)  # a list: the record is kept in the state as JSON
         return record
 
     def series(self, dev, record: dict[str, object]) -> Process:
+        job = Job(*record["slurm"]) if record.get("slurm") else None  # older state files have none
         labels = {**dev.labels, "pid": str(record["pid"]), "process_name": record["name"],
-                  "pod": record["pod"], "namespace": record["namespace"], "container": record["container"]}
-        process = Process(dev.index, dev.uuid, record["pid"], labels)
+                  "pod": record["pod"], "namespace": record["namespace"], "container": record["container"],
+                  "slurm_job": job.id if job else ""}
+        process = Process(dev.index, dev.uuid, record["pid"], labels, job)
         self.found.append(process)
         return process
 
