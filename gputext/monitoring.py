@@ -173,15 +173,17 @@ def alert_rules(prefix: str = DEFAULT_PREFIX, stale_after: int = DEFAULT_STALE_A
 
 # --- recording rules ----------------------------------------------------------------------------------
 
-def allocated_per_namespace(n: Names, selector: str = "", idle: bool = False) -> str:
-    """GPUs allocated to each namespace's pods (with `idle`: those below IDLE_BELOW), each GPU once: its
-    allocation_info series (one per container and MIG device, device plugin or DRA claim alike) grouped
-    by GPU, so that a GPU shared by containers, claims or MIG slices is never counted twice."""
-    allocated = f"group by (namespace, instance, uuid) ({n('allocation_info')}{selector})"
+def allocated_per(n: Names, owner: str, key: str = "allocation_info", selector: str = "",
+                  idle: bool = False) -> str:
+    """GPUs allocated to each `owner` (a namespace's pods, from allocation_info; a Slurm account's jobs,
+    from slurm_allocation_info), with `idle`: those below IDLE_BELOW, each GPU once per owner: the
+    allocation series (one per container and MIG device, device plugin or DRA claim alike; one per job)
+    grouped by GPU, so that a GPU shared by containers, claims, jobs or MIG slices is never counted twice."""
+    allocated = f"group by ({owner}, instance, uuid) ({n(key)}{selector})"
     if idle:
         busy = f"({n('sm_active_ratio')} or {n('utilization_ratio')})"  # SM active where GPM has it
         allocated = f"{allocated} and on (instance, uuid) ({busy} < {IDLE_BELOW})"
-    return f"count by (namespace) ({allocated})"
+    return f"count by ({owner}) ({allocated})"
 
 
 def recording_rules(prefix: str = DEFAULT_PREFIX) -> list[dict]:
@@ -192,6 +194,8 @@ def recording_rules(prefix: str = DEFAULT_PREFIX) -> list[dict]:
         return f"rate({n(counter)}[5m]) or {n(gauge)}"
 
     energy = f"increase({n('process_attributed_energy_joules_total')}[1h])"
+    job_energy = f"sum by (instance, slurm_job) (increase({n('process_attributed_energy_joules_total')}" \
+                 '{slurm_job!=""}[1h]))'
     power = n("power_watts")
     rules = {
         f"instance:{power}:sum": f"sum by (instance) ({power})",
@@ -208,10 +212,25 @@ def recording_rules(prefix: str = DEFAULT_PREFIX) -> list[dict]:
         f"namespace:{prefix}process_attributed_energy_joules:increase1h": f"sum by (namespace) ({energy})",
         f"namespace_pod:{prefix}process_attributed_energy_joules:increase1h":
             f"sum by (namespace, pod) ({energy})",
-        f"namespace:{prefix}allocated:count": allocated_per_namespace(n),
-        f"namespace:{prefix}allocated_idle:count": allocated_per_namespace(n, idle=True),
+        f"namespace:{prefix}allocated:count": allocated_per(n, "namespace"),
+        f"namespace:{prefix}allocated_idle:count": allocated_per(n, "namespace", idle=True),
+        # Slurm: process series carry slurm_job only; the account comes from the allocation series
+        f"slurm_job:{prefix}process_attributed_energy_joules:increase1h": f"sum by (slurm_job) ({job_energy})",
+        f"slurm_account:{prefix}process_attributed_energy_joules:increase1h":
+            f"sum by (slurm_account) ({slurm_account_of(n, job_energy, '1h')})",
+        f"slurm_account:{prefix}allocated:count": allocated_per(n, "slurm_account", "slurm_allocation_info"),
+        f"slurm_account:{prefix}allocated_idle:count":
+            allocated_per(n, "slurm_account", "slurm_allocation_info", idle=True),
     }
     return [{"record": name, "expr": expr} for name, expr in rules.items()]
+
+
+def slurm_account_of(n: Names, per_job: str, window: str) -> str:
+    """`per_job` (series by instance and slurm_job) with the jobs' slurm_account, from the allocation series
+    of the window (a job that ended within it keeps its account). Jobs whose account gputext could not
+    read (docs/slurm.md) are left out: an empty and a known account of one job would be two matches."""
+    return (f"{per_job} * on (instance, slurm_job) group_left (slurm_account) max by (instance, slurm_job, "
+            f"slurm_account) (max_over_time({n('slurm_allocation_info')}{{slurm_account!=\"\"}}[{window}]))")
 
 
 def rule_groups(prefix: str = DEFAULT_PREFIX, stale_after: int = DEFAULT_STALE_AFTER,
@@ -259,6 +278,9 @@ def _panels(n: Names) -> list[dict]:
 
     def per_gpu_rate(key: str) -> str:
         return f"sum by (instance, gpu) (rate({series(key)}{rate}))"
+
+    job_energy = (f"sum by (instance, slurm_job) (increase({series('process_attributed_energy_joules_total')[:-1]}"
+                  ', slurm_job!=""}[$__range]))')
 
     return [
         ("Temperature", "timeseries", "celsius", "Core temperature and the temperature at which it slows down.",
@@ -309,8 +331,8 @@ def _panels(n: Names) -> list[dict]:
         ("Allocated GPUs per namespace, and idle ones", "stat", "short",
          f"GPUs allocated to each namespace's pods, each GPU once however many containers share it; and "
          f"those of them below {IDLE_BELOW:.0%} SM active (or utilisation, without GPM).",
-         [_target(allocated_per_namespace(n, f"{{{PROCESS}}}"), "{{namespace}}", instant=True),
-          _target(allocated_per_namespace(n, f"{{{PROCESS}}}", idle=True), "{{namespace}} idle", instant=True)]),
+         [_target(allocated_per(n, "namespace", selector=f"{{{PROCESS}}}"), "{{namespace}}", instant=True),
+          _target(allocated_per(n, "namespace", selector=f"{{{PROCESS}}}", idle=True), "{{namespace}} idle", instant=True)]),
         ("Processes", "table", "bytes", "GPU memory of each process, with its pod.",
          [_target(f"{n('process_memory_used_bytes')}{{{PROCESS}}}", instant=True)]),
         ("Attributed energy per process in the time range", "table", "joule",
@@ -327,6 +349,19 @@ def _panels(n: Names) -> list[dict]:
                   instant=True),
           _target(f'time() - node_textfile_mtime_seconds{{instance=~"$instance", {TEXTFILE_SELECTOR}}}',
                   "{{instance}} file age", instant=True)]),
+        # Grafana cannot hide a row that has no data (grafana/grafana#10764): the Slurm row is collapsed,
+        # so its queries run only where someone opens it
+        ("Slurm", "row", "", "", []),
+        ("Slurm jobs per GPU", "table", "short", "The jobs that hold each GPU, with their user, account and "
+         "partition where gputext could read them (docs/slurm.md).",
+         [_target(series("slurm_allocation_info"), instant=True)]),
+        ("Attributed energy per Slurm job in the time range", "table", "joule",
+         "The job's processes' shares of GPU energy over the time range, all its nodes together.",
+         [_target(f"sum by (slurm_job) ({job_energy})", "{{slurm_job}}", instant=True)]),
+        ("Attributed energy per Slurm account in the time range", "stat", "joule",
+         "The accounts' jobs' shares of GPU energy over the time range (jobs whose account is known).",
+         [_target(f"sum by (slurm_account) ({slurm_account_of(n, job_energy, '$__range')})", "{{slurm_account}}",
+                  instant=True)]),
     ]
 
 
@@ -341,11 +376,20 @@ def dashboard(prefix: str = DEFAULT_PREFIX) -> dict:
     n = Names(prefix)
     info = n("info")
     panels, x, y = [], 0, 0
+    add = panels.append  # into the dashboard, or, after a row, into that (collapsed) row
     for number, (title, kind, unit, description, targets) in enumerate(_panels(n), start=1):
+        if kind == "row":  # a line of its own
+            if x:
+                x, y = 0, y + 8
+            row = {"id": number, "type": "row", "title": title, "collapsed": True,
+                   "gridPos": {"x": 0, "y": y, "w": 24, "h": 1}, "panels": []}
+            panels.append(row)
+            add, y = row["panels"].append, y + 1
+            continue
         width = 24 if kind == "table" else 12
         if x + width > 24:
             x, y = 0, y + 8
-        panels.append({
+        add({
             "id": number, "type": kind, "title": title, "description": description, "datasource": DATASOURCE,
             "gridPos": {"x": x, "y": y, "w": width, "h": 8},
             "fieldConfig": {"defaults": {"unit": unit}, "overrides": []}, "options": {},

@@ -29,9 +29,8 @@ def all_exprs():
     for group in monitoring.rule_groups():
         for rule in group["rules"]:
             yield rule.get("alert") or rule["record"], rule["expr"]
-    for panel in monitoring.dashboard()["panels"]:
-        for target in panel["targets"]:
-            yield f"{panel['title']} {target['refId']}", target["expr"]
+    for (title, ref), expr in targets().items():
+        yield f"{title} {ref}", expr
     for variable in monitoring.dashboard()["templating"]["list"][1:]:
         yield variable["name"], re.sub(r"label_values\((.*), \w+\)", r"\1", variable["query"]["query"])
 
@@ -105,7 +104,7 @@ def test_promtool_check_rules_is_clean(tmp_path):
     files = [str(MONITORING / "alerts.yaml"), str(MONITORING / "recording.yaml"), str(spec)]
     proc = promtool("check", "rules", *files)
     assert proc.returncode == 0 and "FAILED" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
-    assert "SUCCESS: 18 rules found" in proc.stdout and "SUCCESS: 10 rules found" in proc.stdout
+    assert "SUCCESS: 18 rules found" in proc.stdout and "SUCCESS: 14 rules found" in proc.stdout
 
 
 def test_cli_prints_the_files_and_takes_a_prefix(capsys):
@@ -276,7 +275,8 @@ def grafana(expr: str, values=GRAFANA) -> str:
 
 
 def targets():
-    return {(p["title"], t["refId"]): t["expr"] for p in monitoring.dashboard()["panels"] for t in p["targets"]}
+    panels = [inner for p in monitoring.dashboard()["panels"] for inner in [p, *p.get("panels", ())]]
+    return {(p["title"], t["refId"]): t["expr"] for p in panels for t in p.get("targets", ())}
 
 
 INFO79 = {"xid": "79", "description": "GPU has fallen off the bus", "action": "reboot", "severity": "critical"}
@@ -326,6 +326,7 @@ def test_queries_on_gpm_and_xid_metrics_with_synthetic_series(tmp_path):
 # --- a real Prometheus: every dashboard query and recording rule, on gputext's file from the fake NVML ----
 
 from fakegpu import GiB, MiB, Field, h100, h100_uuid  # noqa: E402
+from fakeslurm import SlurmHost, environment  # noqa: E402
 from realtools import NodeExporter, Prometheus  # noqa: E402
 from test_pods import host  # noqa: E402,F401  (the fixture: pid 101 is ml/train-a-0/trainer by its cgroup)
 
@@ -333,18 +334,22 @@ ENERGY = [31_536_000_000 + k * 100_000 for k in range(3)]  # GPU 0's energy coun
 SAMPLES = [[(100, 100)], [(1000, 60), (2000, 60)], [(3000, 30)]]  # pid 101's SM samples (time, %) per run
 
 
+SLURM_PID = 1001  # the first process of tests/fakeslurm.py's host: Slurm job 4711 (alice, physics)
+
+
 def gpus_at(run: int):
     """Two H100s at run 0, 1 or 2: counters advance by run; GPU 0 is nearly idle (5%) and runs pid 101
-    (ml/train-a-0); GPU 1 has a hardware thermal slowdown and two uncorrected ECC errors (see PODS for
-    who holds them)."""
+    (ml/train-a-0), and the mapping directory gives it to Slurm job 4712, which runs nothing; GPU 1 runs
+    Slurm job 4711's pid 1001, has a hardware thermal slowdown and two uncorrected ECC errors (see PODS for
+    which pods hold them)."""
     gpus = []
     for index in (0, 1):
-        samples = [{"pid": 101, "timestamp": t, "sm": sm, "mem": 0, "enc": 0, "dec": 0}
-                   for t, sm in SAMPLES[run]] if index == 0 else []
+        samples = [{"pid": (101, SLURM_PID)[index], "timestamp": t, "sm": sm, "mem": 0, "enc": 0, "dec": 0}
+                   for t, sm in SAMPLES[run]]
         gpu = h100(index, temperature=45 + 2 * index, utilization_gpu=5 if index == 0 else 87,
                    clocks_event_reasons=0x40 if index == 1 else 0, energy=ENERGY[run] + index * 1_000_000,
                    pcie_replays=(0, 1, 4)[run], accounting=[], accounting_mode=0, process_samples=samples,
-                   processes=[{"pid": 101, "used_memory": 10 * GiB}] if index == 0 else [])
+                   processes=[{"pid": (101, SLURM_PID)[index], "used_memory": (10, 20)[index] * GiB}])
         fields = gpu["fields"]
         fields[83] = ENERGY[run] + index * 1_000_000
         fields[4] = (0, 0, 2)[run] if index == 1 else 0  # volatile double-bit ECC: uncorrected
@@ -397,11 +402,18 @@ def expected_panels(S, W):
         # GPU 0 once, though two containers share its claim; only it is idle
         ("Allocated GPUs per namespace, and idle ones", "A"): (("namespace",), {("ml",): 1, ("inference",): 1}),
         ("Allocated GPUs per namespace, and idle ones", "B"): (("namespace",), {("inference",): 1}),
-        ("Processes", "A"): (("pid", "pod", "namespace", "container"),
-                             {("101", "train-a-0", "ml", "trainer"): 10 * GiB}),
+        ("Processes", "A"): (("pid", "pod", "namespace", "container", "slurm_job"),
+                             {("101", "train-a-0", "ml", "trainer", ""): 10 * GiB,
+                              (str(SLURM_PID), "", "", "", "4711"): 20 * GiB}),
         ("Attributed energy per process in the time range", "A"):
-            (("pid", "pod"), {("101", "train-a-0"): 30 * inc}),
-        ("Attributed energy per namespace in the time range", "A"): (("namespace",), {("ml",): 30 * inc}),
+            (("pid", "pod"), {("101", "train-a-0"): 30 * inc, (str(SLURM_PID), ""): 30 * inc}),
+        ("Attributed energy per namespace in the time range", "A"):
+            (("namespace",), {("ml",): 30 * inc, ("",): 30 * inc}),
+        ("Slurm jobs per GPU", "A"): (("gpu", "slurm_job", "slurm_user", "slurm_account"),
+                                      {("0", "4712", "", ""): 1, ("1", "4711", "alice", "physics"): 1}),
+        ("Attributed energy per Slurm job in the time range", "A"): (("slurm_job",), {("4711",): 30 * inc}),
+        ("Attributed energy per Slurm account in the time range", "A"):
+            (("slurm_account",), {("physics",): 30 * inc}),
     }
 
 
@@ -415,11 +427,18 @@ def expected_records(S, W, instance):
         "instance:gpu_nvlink_receive_bytes:rate5m": (("instance",), {(instance,): 2 * link_bytes / S}),
         "instance:gpu_pcie_transmit_bytes:rate5m": (("instance",), {(instance,): 2e6 / S}),
         "instance:gpu_pcie_receive_bytes:rate5m": (("instance",), {(instance,): 6e6 / S}),
-        "namespace:gpu_process_attributed_energy_joules:increase1h": (("namespace",), {("ml",): 30 * inc}),
+        "namespace:gpu_process_attributed_energy_joules:increase1h":
+            (("namespace",), {("ml",): 30 * inc, ("",): 30 * inc}),  # "": the Slurm job's process
         "namespace_pod:gpu_process_attributed_energy_joules:increase1h":
-            (("namespace", "pod"), {("ml", "train-a-0"): 30 * inc}),
+            (("namespace", "pod"), {("ml", "train-a-0"): 30 * inc, ("", ""): 30 * inc}),
         "namespace:gpu_allocated:count": (("namespace",), {("ml",): 1, ("inference",): 1}),
         "namespace:gpu_allocated_idle:count": (("namespace",), {("inference",): 1}),  # GPU 0 at 5%
+        "slurm_job:gpu_process_attributed_energy_joules:increase1h": (("slurm_job",), {("4711",): 30 * inc}),
+        # job 4712 runs nothing, so its account is not known: left out of the energy, "" in the counts
+        "slurm_account:gpu_process_attributed_energy_joules:increase1h":
+            (("slurm_account",), {("physics",): 30 * inc}),
+        "slurm_account:gpu_allocated:count": (("slurm_account",), {("physics",): 1, ("",): 1}),
+        "slurm_account:gpu_allocated_idle:count": (("slurm_account",), {("",): 1}),  # GPU 0 at 5%
     }
 
 
@@ -434,6 +453,10 @@ def test_real_prometheus_evaluates_every_panel_and_recording_rule(node, tmp_path
     shared = claim("shared", "inference", claimed("gpu-0"))
     pods = [pod("train-a-0", "ml", {"trainer": {"nvidia.com/gpu": [h100_uuid(1)]}}),
             pod("serve-0", "inference", {}, claims={"model": [shared], "proxy": [shared]})]
+    assert SlurmHost(host).process("4711", environ=environment("4711")) == SLURM_PID
+    mapping = tmp_path / "dcgm-job-map"
+    mapping.mkdir()
+    (mapping / "0").write_text("4712\n")
     rule_files = [MONITORING / "alerts.yaml", MONITORING / "recording.yaml"]
     energy = 'gpu_energy_joules_total{gpu="0"}[2m]'
     with kubelet_socket() as socket, serve(socket, pods), NodeExporter(textfiles) as exporter, \
@@ -441,7 +464,7 @@ def test_real_prometheus_evaluates_every_panel_and_recording_rule(node, tmp_path
         for run in range(3):  # each file seen by at least two scrapes before the next replaces it
             node.write(gpus_at(run))
             proc = node.run("collect", "--out", str(textfiles / "gpu.prom"), "--host-root", str(host),
-                            "--pod-resources-socket", str(socket))
+                            "--pod-resources-socket", str(socket), "--hpc-job-mapping-dir", str(mapping))
             assert proc.returncode == 0, proc.stderr
             seen = ENERGY[run] / 1000
             samples = prom.wait_for(energy, lambda r: r and [float(v) for _, v in r[0]["values"]].count(seen) >= 2)
@@ -463,7 +486,7 @@ def test_real_prometheus_evaluates_every_panel_and_recording_rule(node, tmp_path
             assert got == pytest.approx(expected, rel=1e-6), f"{key}: {exprs[key]}"
             checked[key] = True
         success = by(evaluate(exprs[("gputext", "A")]), "collector")
-        assert {"nvml", "nvlink", "pcie", "processes", "kubernetes"} <= set(c for c, in success)
+        assert {"nvml", "nvlink", "pcie", "processes", "kubernetes", "slurm"} <= set(c for c, in success)
         assert set(success.values()) == {1}
         age = by(evaluate(exprs[("gputext", "B")]))
         assert age == pytest.approx({(): at - mtime}, abs=1.5)  # node_exporter's mtime may be whole seconds

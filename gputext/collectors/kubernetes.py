@@ -34,6 +34,8 @@ import re
 from collections import namedtuple
 from collections.abc import Sequence
 
+import pynvml
+
 from . import LastingFailure, NotApplicable
 from ..devices import Device, MigDevice
 from ..nvml import DeviceGone, text
