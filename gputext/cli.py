@@ -481,7 +481,7 @@ COMMANDS = {command.name: command for command in [
     Command("dashboard", "Print a Grafana dashboard (JSON, to import) of gputext's metrics for --prefix.",
             [PREFIX_OPTION], dashboard),
     Command("show", "Print this node's GPUs for a person at a terminal: temperature, power, memory, "
-            "utilisation, NVLink and PCIe rates, and processes with their pods. Takes collect's options and "
+            "utilisation, NVLink and PCIe rates, and processes with their pods and Slurm jobs. Takes collect's options and "
             "GPUTEXT_* variables; writes no file and no state. Exit code 1 when NVML cannot be read.", [
         Option(("--sample",), "1s", "Time between the two collections that NVLink and PCIe rates are measured "
                "over (0: one collection, no rates).", env=False),
@@ -489,7 +489,7 @@ COMMANDS = {command.name: command for command in [
     ], show),
     Command("doctor", "Check that this node is ready, one line per prerequisite with the fix: collect's "
             "options and GPUTEXT_* variables, NVML and the driver, persistence and accounting modes, DCGM, the "
-            "kubelet socket, the output directory and node_exporter reading it, the state directory. Takes "
+            "kubelet socket, the Slurm jobs that hold GPUs, the output directory and node_exporter reading it, the state directory. Takes "
             "collect's options and variables, so it checks what the timer uses; without --out it checks the "
             "file the systemd units write by default. Exit code 0 when everything enabled is ready, 1 "
             "otherwise.",

@@ -39,7 +39,9 @@ from .readfile import CONFIG_FILE_LIMIT, PROC_FILE_LIMIT, read_bounded
 
 # Slurm prints step ids this way (src/common/log.c); anything else in a step_ directory name is kept as is.
 _V1 = re.compile(r"/uid_(\d+)/job_(\d+)(?:/step_([^/]+))?")
-_V2 = re.compile(r"/(?:[^/]+_)?slurmstepd\.scope/(?:job_(\d+)|(s[0-9A-HJKMNP-TV-Z]{13}))(?:/step_([^/]+))?")
+SLUID = "s[0-9A-HJKMNP-TV-Z]{13}"  # sluid2str(): "s" and 13 of Crockford's base-32 digits
+_V2 = re.compile(rf"/(?:[^/]+_)?slurmstepd\.scope/(?:job_(\d+)|({SLUID}))(?:/step_([^/]+))?")
+_SLUID = re.compile(SLUID)
 _STEPD_TITLE = re.compile(rb"slurmstepd: \[(\d+)\.[^\]]+\]")
 # dcgm-exporter's mapping files: <gpu> or <gpu>.<gpu instance>, ASCII digits only (its getGPUFiles
 # rejects signs, exponents and a second dot; NVIDIA/dcgm-exporter internal/pkg/transformation/hpc.go and
@@ -144,7 +146,7 @@ class SlurmJobs:
         return self._by_cgroup[key]
 
     def _describe(self, pid: int, found: CgroupJob) -> Job | None:
-        job_id = found.job or self._stepd_job(found)
+        job_id = found.job or (self._stepd_job(found.scope) if found.step else "")
         environment = self._environ(pid)
         if not job_id:
             job_id = environment.get("SLURM_JOB_ID", "")
@@ -159,11 +161,10 @@ class SlurmJobs:
         self.jobs[job_id] = job.merged(self.jobs.get(job_id))
         return self.jobs[job_id]
 
-    def _stepd_job(self, found: CgroupJob) -> str:
-        """The job id in the process title of the step's slurmstepd (cgroup v2, SLUID directories)."""
-        if not found.step:
-            return ""
-        procs = self._path("/sys/fs/cgroup") / found.scope.lstrip("/") / "slurm" / "cgroup.procs"
+    def _stepd_job(self, step: str) -> str:
+        """The job id in the process title of the slurmstepd of the step whose cgroup is `step` (cgroup
+        v2: the stepd is in the step's `slurm` child), or ""."""
+        procs = self._path("/sys/fs/cgroup") / step.lstrip("/") / "slurm" / "cgroup.procs"
         try:
             pids = read_bounded(procs, PROC_FILE_LIMIT).split()
         except (OSError, ValueError):
@@ -176,6 +177,15 @@ class SlurmJobs:
             match = _STEPD_TITLE.match(title.replace(b"\0", b" "))
             if match:
                 return match.group(1).decode()
+        return ""
+
+    def _sluid_job(self, job: str) -> str:
+        """The job id of a SLUID job directory, from the slurmstepd of any of its steps, or ""."""
+        for step in _subdirectories(self._path("/sys/fs/cgroup") / job.lstrip("/")):
+            if step.startswith("step_"):
+                found = self._stepd_job(f"{job}/{step}")
+                if found:
+                    return found
         return ""
 
     def _environ(self, pid: int) -> dict[str, str]:
@@ -270,13 +280,10 @@ class SlurmJobs:
             for name in _subdirectories(root / "system.slice" / scope):
                 if name.startswith("job_"):
                     found.add(name[4:])
-                elif re.fullmatch(r"s[0-9A-HJKMNP-TV-Z]{13}", name):
-                    steps = [s for s in _subdirectories(root / "system.slice" / scope / name) if s.startswith("step_")]
-                    job = next((j for j in (self._stepd_job(CgroupJob("", name, s[5:], None,
-                                                                      f"/system.slice/{scope}/{name}/{s}"))
-                                            for s in steps) if j), "")
+                elif _SLUID.fullmatch(name):
+                    job = self._sluid_job(f"/system.slice/{scope}/{name}")
                     if not job:
-                        return None
+                        return None  # a running job whose id is unknown: any file could be its
                     found.add(job)
         for controller in ("freezer", "devices", "memory"):
             base = root / controller

@@ -321,3 +321,21 @@ def test_doctor_on_a_node_without_slurm(node, tmp_path):
     doctor = node.run("doctor", "--host-root", str(tmp_path / "empty"), "--state-dir", str(tmp_path / "s"))
     line = next(line for line in doctor.stdout.splitlines() if line.split()[1:2] == ["slurm:"])
     assert line.startswith("info") and "no Slurm job" in line, line
+
+
+@pytest.mark.parametrize("layout", [V1, V2])
+def test_running_jobs_are_listed_from_the_cgroup_tree(tmp_path, layout):
+    host = SlurmHost(tmp_path, layout)
+    assert SlurmJobs(tmp_path).running() is None  # no Slurm cgroup tree: staleness cannot be told
+    host.cgroup_job("4711")
+    host.cgroup_job("4712", uid=1001)
+    if layout == V2:
+        host.stepd("8123", SLUID)  # a SLUID directory, named by its step's slurmstepd
+    assert SlurmJobs(tmp_path).running() == ({"4711", "4712", "8123"} if layout == V2 else {"4711", "4712"})
+
+
+def test_running_jobs_are_unknown_while_a_sluid_directory_has_no_readable_stepd(tmp_path):
+    host = SlurmHost(tmp_path, V2)
+    host.cgroup_job("4711")
+    host.cgroup_job(SLUID)
+    assert SlurmJobs(tmp_path).running() is None
