@@ -279,8 +279,8 @@ def test_mapping_directory_from_dcgm_exporter_s_variable_and_naming_dcgm(node, t
 
 
 def test_root_without_capabilities_names_the_job_but_not_its_account(node, tmp_path):
-    """The systemd units run gputext as root with no capability: another user's environ is unreadable (it
-    needs CAP_SYS_PTRACE), so the account and partition are left out and doctor says why."""
+    """The systemd units run gputext as root without CAP_SYS_PTRACE (nor CAP_DAC_OVERRIDE): another
+    user's environ is unreadable, so the account and partition are left out and doctor says why."""
     setpriv = shutil.which("setpriv")
     assert setpriv, "setpriv (util-linux) is needed"
     host = SlurmHost(tmp_path / "host", V2)
