@@ -146,7 +146,10 @@ def test_gpm_window_must_be_above_100ms(node):
 def test_repeating_mode_diffs_against_the_previous_cycle(node, tmp_path):
     node.write([with_gpm(h100(0), TRAINING), with_gpm(h100(1), TRAINING)])
     out = tmp_path / "gpu.prom"
-    proc = node.run("collect", "--out", str(out), "--collectors", "gpm", "--interval", "400ms",
+    # 1 s apart: the first cycle (NVML's start, the inventory, its 150 ms window) must end well before the
+    # second tick, or the second finds its baseline younger than the window and takes no sample (seen at
+    # 400 ms on a loaded machine)
+    proc = node.run("collect", "--out", str(out), "--collectors", "gpm", "--interval", "1s",
                     "--count", "4", *FAST)
     assert proc.returncode == 0, proc.stderr
     s = parse_exposition(out.read_text())
