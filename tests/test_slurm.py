@@ -195,6 +195,19 @@ def test_job_with_two_steps_on_two_gpus(node, tmp_path, layout, scope):
     assert value(series, "gputext_collector_success", collector="slurm") == 1
 
 
+def test_an_exited_process_keeps_its_job_but_holds_no_gpu(node, tmp_path):
+    host = SlurmHost(tmp_path / "host", V2)
+    pids = two_step_job(host)
+    node.write(gpus(pids))
+    assert node.collect("--host-root", str(host.root))[0].returncode == 0
+    node.write([h100(0, processes=[]), h100(1, processes=[{"pid": pids["step1"], "used_memory": GIB}])])
+    proc, series = node.collect("--host-root", str(host.root))
+    assert proc.returncode == 0, proc.stderr
+    assert value(series, "gpu_process_active", gpu="0", pid=str(pids["step0"]), slurm_job="4711") == 0
+    allocated = [dict(labels)["gpu"] for name, labels in series if name == "gpu_slurm_allocation_info"]
+    assert allocated == ["1"]
+
+
 def test_idle_gpu_of_a_v1_job_from_its_devices_list(node, tmp_path):
     """A job that holds GPU 2 (minor 2) and runs nothing on it: devices.list names it; the user comes from
     the uid in the path; the account is nowhere to read."""

@@ -30,14 +30,15 @@ UTILIZATION_KEYS = ("process_sm_utilization_ratio", "process_memory_utilization_
 class Process:
     """A process series of this run: what the dcgm collector and `gputext show` build on."""
 
-    __slots__ = ("gpu", "uuid", "pid", "labels", "job")
+    __slots__ = ("gpu", "uuid", "pid", "labels", "job", "active")
 
-    def __init__(self, gpu: int, uuid: str, pid: int, labels: dict[str, str], job=None):
+    def __init__(self, gpu: int, uuid: str, pid: int, labels: dict[str, str], job=None, active: bool = True):
         self.gpu = gpu
         self.uuid = uuid
         self.pid = pid
         self.labels = labels  # gpu, uuid, pid, process_name, pod, namespace, container, slurm_job
         self.job = job  # slurm.Job, or None outside Slurm
+        self.active = active  # False: exited, its series kept for --retention
 
 
 def processes_of_run(ctx) -> list[Process]:
@@ -130,7 +131,7 @@ class _Scan:
         labels = {**dev.labels, "pid": str(record["pid"]), "process_name": record["name"],
                   "pod": record["pod"], "namespace": record["namespace"], "container": record["container"],
                   "slurm_job": job.id if job else ""}
-        process = Process(dev.index, dev.uuid, record["pid"], labels, job)
+        process = Process(dev.index, dev.uuid, record["pid"], labels, job, bool(record.get("active", 1)))
         self.found.append(process)
         return process
 

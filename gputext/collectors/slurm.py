@@ -41,7 +41,7 @@ def find(ctx) -> Found:
     jobs = ctx.slurm_jobs()
     found = Found()
     for process in processes_of_run(ctx):
-        if process.job is not None:
+        if process.job is not None and process.active:  # an exited process's job may have ended
             found.add(process.uuid, "", process.job, "process cgroups")
     up = [dev for dev in ctx.devices()[1] if dev.up]
     by_job = jobs.device_jobs()
