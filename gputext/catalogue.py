@@ -25,11 +25,20 @@ MIG_LABELS = ("gpu_instance", "mig_device")
 
 # The catalogue's rows are namedtuples, not frozen dataclasses: importing dataclasses imports inspect
 # (with ast, dis and tokenize), about 15 ms of CPU of every run on a slow core.
-class Dcgm(namedtuple("Dcgm", "name type help factor where default", defaults=(1.0, (), True))):
-    """What dcgm-exporter calls (part of) a row, for `--naming dcgm`: its field name, type and help as its
-    counters file gives them, and the factor from the row's base unit to DCGM's (joules to mJ, bytes to
+# The namings that write dcgm-exporter's names. DCGM_4_8: its names up to 4.8 (DCGM_FI_DEV_SM_CLOCK in MHz),
+# what Grafana dashboard 12239 and most rules in the field query. DCGM_4_10: 4.9 renamed its default fields
+# to DCGM 4.7's names, some in base units (DCGM_FI_DEV_SM_CLOCK_HERTZ), and 4.10 renamed the PCIe and
+# NVLink rates (..._BYTES_PER_SECOND). A counters file may name fields in either spelling.
+DCGM_4_8, DCGM_4_10 = "dcgm", "dcgm-4.10"
+DCGM_NAMINGS = (DCGM_4_8, DCGM_4_10)
+
+
+class Dcgm(namedtuple("Dcgm", "name type help factor where default", defaults=(1.0, (), (DCGM_4_8,)))):
+    """What dcgm-exporter calls (part of) a row: its field name, type and help as its counters file gives
+    them, and the factor from the row's base unit to the unit that name means (joules to mJ, bytes to
     MiB, ratios to percent, hertz to MHz). `where`: the row's label values this name stands for, e.g.
-    (("clock", "sm"),); `default`: in dcgm-exporter's default counters file (etc/default-counters.csv, 4.x)."""
+    (("clock", "sm"),); `default`: the namings in whose default counters the name is (dcgm-exporter's
+    etc/default-counters.csv of that generation)."""
 
     __slots__ = ()
 
@@ -72,18 +81,32 @@ G, C = "gauge", "counter"
 MIB = 1 << 20
 
 
-def _dcgm(name, type_, help_, factor=1.0, default=True, **where):
+OLD, NEW, NEITHER = (DCGM_4_8,), (DCGM_4_10,), ()
+
+
+def _dcgm(name, type_, help_, factor=1.0, default=OLD, **where):
     return Dcgm("DCGM_FI_" + name, type_, help_, factor, tuple(where.items()), default)
 
 
 def _violation(reason, name, what):
-    # DCGM's violation counters are in ns (dcgm-exporter's counters file says so since 4.4; "us" before)
-    return _dcgm(f"DEV_{name}_VIOLATION", C, f"Throttling duration due to {what} (in ns).", 1e9, False,
+    # DCGM's violation counters are in ns (dcgm-exporter's counters file says so since 4.4; "us" before);
+    # DCGM 4.6 keeps their names (NVIDIA/go-dcgm pkg/dcgm/dcgm_fields.h)
+    return _dcgm(f"DEV_{name}_VIOLATION", C, f"Throttling duration due to {what} (in ns).", 1e9, NEITHER,
                  reason=reason)
+
+# The 4.9+ names. Each is DCGM's own, from the DCGM header that go-dcgm vendors (NVIDIA/go-dcgm
+# pkg/dcgm/dcgm_fields.h, DCGM 4.6, commit b7fa3154): "Deprecated: renamed per DCGM Field Naming Standard"
+# aliases (same field id, same unit) and the "base unit field IDs (1600-1799)" (SM_CLOCK_HERTZ 1603,
+# MEMORY_CLOCK_HERTZ 1604, GPU_ENERGY_JOULES_TOTAL 1611; also NVIDIA/go-dcgm
+# pkg/dcgm/base_unit_fields_test.go). That 4.9's default file uses them: its release notes ("rename the
+# 23 default and profiling-preset fields that DCGM 4.7 deprecates to their new DCGM 4.7 names").
+# FB_CAPACITY_BYTES: the 4.9.0 release notes. The ..._BYTES_PER_SECOND rates: the 4.10.0 release notes
+# (NVIDIA/dcgm-exporter releases/tag/4.10.0). Names NVIDIA's material here does not confirm are left
+# out (docs/dcgm-exporter.md lists them).
 
 # dcgm-exporter writes the framebuffer fields of a MIG GPU's GPU instances (GPU_I_ID) beside the
 # GPU's: under one DCGM name, two rows, the GPU's and its instances'
-FB_TOTAL = _dcgm("DEV_FB_TOTAL", G, "Framebuffer memory total (in MiB).", 1 / MIB, default=False)
+FB_TOTAL = _dcgm("DEV_FB_TOTAL", G, "Framebuffer memory total (in MiB).", 1 / MIB, default=NEITHER)
 FB_USED = _dcgm("DEV_FB_USED", G, "Framebuffer memory used (in MiB).", 1 / MIB)
 
 METRICS: tuple[Metric, ...] = (
@@ -94,9 +117,11 @@ METRICS: tuple[Metric, ...] = (
             "(its other series are then left out)."),
     # thermal and power
     _device("temperature_celsius", G, "celsius", "GPU core temperature.",
-            dcgm=[_dcgm("DEV_GPU_TEMP", G, "GPU temperature (in C).")]),
+            dcgm=[_dcgm("DEV_GPU_TEMP", G, "GPU temperature (in C)."),
+                  _dcgm("DEV_GPU_TEMP_CELSIUS", G, "GPU temperature (in C).", default=NEW)]),
     _device("memory_temperature_celsius", G, "celsius", "GPU memory (HBM) temperature, where reported.",
-            dcgm=[_dcgm("DEV_MEMORY_TEMP", G, "Memory temperature (in C).")]),
+            dcgm=[_dcgm("DEV_MEMORY_TEMP", G, "Memory temperature (in C)."),
+                  _dcgm("DEV_MEMORY_TEMP_CELSIUS", G, "Memory temperature (in C).", default=NEW)]),
     _device("temperature_threshold_celsius", G, "celsius", "GPU temperature at which the GPU shuts down "
             "(shutdown), slows down in hardware (slowdown) or may be held below its base clock (gpu_max), and "
             "memory temperature at which it slows down (memory_max).", ["threshold"]),
@@ -107,12 +132,16 @@ METRICS: tuple[Metric, ...] = (
             "(Ada and newer): signed offsets from the T.Limit, not temperatures; the GPU reaches the "
             "threshold when temperature_margin_celsius falls to this value.", ["threshold"]),
     _device("power_watts", G, "watts", "Current power draw of the GPU.",
-            dcgm=[_dcgm("DEV_POWER_USAGE", G, "Power draw (in W).")]),
+            dcgm=[_dcgm("DEV_POWER_USAGE", G, "Power draw (in W)."),
+                  _dcgm("DEV_BOARD_POWER_WATTS", G, "Power draw (in W).", default=NEW)]),
     _device("power_limit_watts", G, "watts", "Power limit currently enforced on the GPU."),
     _device("energy_joules_total", C, "joules", "Energy used by the GPU since the driver was loaded.",
-            dcgm=[_dcgm("DEV_TOTAL_ENERGY_CONSUMPTION", C, "Total energy consumption since boot (in mJ).", 1e3)]),
+            dcgm=[_dcgm("DEV_TOTAL_ENERGY_CONSUMPTION", C, "Total energy consumption since boot (in mJ).", 1e3),
+                  _dcgm("DEV_GPU_ENERGY_JOULES_TOTAL", C, "Total energy consumption since the driver was "
+                        "loaded (in J).", default=NEW)]),
     # memory
-    _device("memory_total_bytes", G, "bytes", "Total GPU memory.", dcgm=[FB_TOTAL]),
+    _device("memory_total_bytes", G, "bytes", "Total GPU memory.",
+            dcgm=[FB_TOTAL, _dcgm("DEV_FB_CAPACITY_BYTES", G, "Total GPU memory (in bytes).", default=NEW)]),
     _device("memory_used_bytes", G, "bytes", "GPU memory allocated by processes.", dcgm=[FB_USED]),
     _device("memory_free_bytes", G, "bytes", "GPU memory free for allocation.",
             dcgm=[_dcgm("DEV_FB_FREE", G, "Framebuffer memory free (in MiB).", 1 / MIB)]),
@@ -135,7 +164,10 @@ METRICS: tuple[Metric, ...] = (
     # clocks
     _device("clock_hertz", G, "hertz", "Current clock frequency.", ["clock"],
             dcgm=[_dcgm("DEV_SM_CLOCK", G, "SM clock frequency (in MHz).", 1e-6, clock="sm"),
-                  _dcgm("DEV_MEM_CLOCK", G, "Memory clock frequency (in MHz).", 1e-6, clock="memory")]),
+                  _dcgm("DEV_MEM_CLOCK", G, "Memory clock frequency (in MHz).", 1e-6, clock="memory"),
+                  _dcgm("DEV_SM_CLOCK_HERTZ", G, "SM clock frequency (in Hz).", default=NEW, clock="sm"),
+                  _dcgm("DEV_MEMORY_CLOCK_HERTZ", G, "Memory clock frequency (in Hz).", default=NEW,
+                        clock="memory")]),
     _device("clock_max_hertz", G, "hertz", "Maximum clock frequency.", ["clock"]),
     _device("clock_event_active", G, "", "1 while the clock-event (throttle) reason holds, else 0.",
             ["reason"]),
@@ -164,29 +196,38 @@ METRICS: tuple[Metric, ...] = (
     _device("ecc_errors_total", C, "", "ECC memory errors since the driver was loaded, only where ECC is "
             "enabled.", ["type"],
             dcgm=[_dcgm("DEV_ECC_SBE_VOL_TOTAL", C, "Total number of single-bit volatile ECC errors.",
-                        default=False, type="corrected"),
+                        default=NEITHER, type="corrected"),
                   _dcgm("DEV_ECC_DBE_VOL_TOTAL", C, "Total number of double-bit volatile ECC errors.",
-                        default=False, type="uncorrected")]),
+                        default=NEITHER, type="uncorrected")]),
     _device("ecc_lifetime_errors_total", C, "", "ECC memory errors over the GPU's life (kept in its "
             "memory across reboots), only where ECC is enabled.", ["type"],
             dcgm=[_dcgm("DEV_ECC_SBE_AGG_TOTAL", C, "Total number of single-bit persistent ECC errors.",
-                        default=False, type="corrected"),
+                        default=NEITHER, type="corrected"),
                   _dcgm("DEV_ECC_DBE_AGG_TOTAL", C, "Total number of double-bit persistent ECC errors.",
-                        default=False, type="uncorrected")]),
+                        default=NEITHER, type="uncorrected")]),
     _device("retired_pages_total", C, "", "Memory pages retired (pre-Ampere page retirement).", ["cause"],
             dcgm=[_dcgm("DEV_RETIRED_SBE", C, "Total number of retired pages due to single-bit errors.",
-                        default=False, cause="single_bit_ecc"),
+                        default=NEITHER, cause="single_bit_ecc"),
                   _dcgm("DEV_RETIRED_DBE", C, "Total number of retired pages due to double-bit errors.",
-                        default=False, cause="double_bit_ecc")]),
+                        default=NEITHER, cause="double_bit_ecc"),
+                  _dcgm("DEV_PAGE_RETIRED_SBE_TOTAL", C, "Total number of retired pages due to single-bit "
+                        "errors.", default=NEITHER, cause="single_bit_ecc"),
+                  _dcgm("DEV_PAGE_RETIRED_DBE_TOTAL", C, "Total number of retired pages due to double-bit "
+                        "errors.", default=NEITHER, cause="double_bit_ecc")]),
     _device("remapped_rows_total", C, "", "Memory rows remapped (Ampere and newer).", ["cause"],
             dcgm=[_dcgm("DEV_UNCORRECTABLE_REMAPPED_ROWS", C,
                         "Number of remapped rows for uncorrectable errors", cause="uncorrectable"),
                   _dcgm("DEV_CORRECTABLE_REMAPPED_ROWS", C, "Number of remapped rows for correctable errors",
-                        cause="correctable")]),
+                        cause="correctable"),
+                  _dcgm("DEV_ROW_REMAP_UNCORRECTABLE_TOTAL", C, "Number of remapped rows for uncorrectable "
+                        "errors", default=NEW, cause="uncorrectable"),
+                  _dcgm("DEV_ROW_REMAP_CORRECTABLE_TOTAL", C, "Number of remapped rows for correctable errors",
+                        default=NEW, cause="correctable")]),
     _device("remapped_rows_pending", G, "", "1 when a row remapping is pending a GPU reset.",
-            dcgm=[_dcgm("DEV_ROW_REMAP_PENDING", G, "Whether remapping of rows is pending", default=False)]),
+            dcgm=[_dcgm("DEV_ROW_REMAP_PENDING", G, "Whether remapping of rows is pending", default=NEITHER)]),
     _device("remapped_rows_failed", G, "", "1 when a row remapping has failed.",
-            dcgm=[_dcgm("DEV_ROW_REMAP_FAILURE", G, "Whether remapping of rows has failed")]),
+            dcgm=[_dcgm("DEV_ROW_REMAP_FAILURE", G, "Whether remapping of rows has failed"),
+                  _dcgm("DEV_ROW_REMAP_FAILED", G, "Whether remapping of rows has failed", default=NEW)]),
     # NVLink, per link
     _device("nvlink_up", G, "", "1 when the NVLink link is active, else 0.", ["link"], source="nvlink"),
     _device("nvlink_info", G, "", "NVLink link identity and peer; the value is always 1.",
@@ -215,7 +256,8 @@ METRICS: tuple[Metric, ...] = (
             "neither the byte counters nor GPM's rate (gpm_pcie_*) are written.",
             source="pcie"),
     _device("pcie_replays_total", C, "", "PCIe replays (retransmitted packets).", source="pcie",
-            dcgm=[_dcgm("DEV_PCIE_REPLAY_COUNTER", C, "Total number of PCIe retries.")]),
+            dcgm=[_dcgm("DEV_PCIE_REPLAY_COUNTER", C, "Total number of PCIe retries."),
+                  _dcgm("DEV_PCIE_REPLAY_TOTAL", C, "Total number of PCIe retries.", default=NEW)]),
     _device("pcie_replay_rollovers_total", C, "", "Times the PCIe replay counter rolled over.", source="pcie"),
     _device("pcie_errors_total", C, "", "PCIe errors by type.", ["type"], source="pcie"),
     _device("pcie_link_generation", G, "", "Current PCIe link generation.", source="pcie"),
@@ -272,20 +314,28 @@ METRICS: tuple[Metric, ...] = (
             "and rates of this GPU or GPU instance average over.", MIG_LABELS, source="gpm"),
     _device("graphics_active_ratio", G, "ratio", "Fraction of time any graphics or compute engine was "
             "active (GPM).", MIG_LABELS, source="gpm",
-            dcgm=[_dcgm("PROF_GR_ENGINE_ACTIVE", G, "Ratio of time the graphics engine is active.")]),
+            dcgm=[_dcgm("PROF_GR_ENGINE_ACTIVE", G, "Ratio of time the graphics engine is active."),
+                  _dcgm("PROF_GR_ENGINE_UTIL_RATIO", G, "Ratio of time the graphics engine is active.",
+                        default=NEW)]),
     _device("sm_active_ratio", G, "ratio", "Fraction of time the SMs were busy, averaged over all SMs: how "
             "much of the GPU the work fills (GPM).", MIG_LABELS, source="gpm",
             dcgm=[_dcgm("PROF_SM_ACTIVE", G,
-                  "The ratio of cycles an SM has at least 1 warp assigned.", default=False)]),
+                  "The ratio of cycles an SM has at least 1 warp assigned.", default=NEITHER),
+                  _dcgm("PROF_SM_UTIL_RATIO", G, "The ratio of cycles an SM has at least 1 warp assigned.",
+                        default=NEITHER)]),
     _device("sm_occupancy_ratio", G, "ratio", "Resident warps as a fraction of the SMs' maximum, averaged "
             "over time and SMs (GPM).", MIG_LABELS, source="gpm",
             dcgm=[_dcgm("PROF_SM_OCCUPANCY", G,
-                  "The ratio of number of warps resident on an SM.", default=False)]),
+                  "The ratio of number of warps resident on an SM.", default=NEITHER),
+                  _dcgm("PROF_SM_OCCUPANCY_RATIO", G, "The ratio of number of warps resident on an SM.",
+                        default=NEITHER)]),
     _device("integer_active_ratio", G, "ratio", "Fraction of time the SMs ran integer instructions (GPM).",
             MIG_LABELS, source="gpm"),
     _device("tensor_active_ratio", G, "ratio", "Fraction of time the SMs ran any tensor-core instruction "
             "(GPM; DCGM's PIPE_TENSOR_ACTIVE).", MIG_LABELS, source="gpm",
-            dcgm=[_dcgm("PROF_PIPE_TENSOR_ACTIVE", G, "Ratio of cycles the tensor (HMMA) pipe is active.")]),
+            dcgm=[_dcgm("PROF_PIPE_TENSOR_ACTIVE", G, "Ratio of cycles the tensor (HMMA) pipe is active."),
+                  _dcgm("PROF_TENSOR_UTIL_RATIO", G, "Ratio of cycles the tensor (HMMA) pipe is active.",
+                        default=NEW)]),
     _device("tensor_pipe_active_ratio", G, "ratio", "Fraction of time the SMs ran tensor instructions of one "
             "kind: dfma (FP64 FMA), hmma (half precision), dmma (FP64 MMA), imma (integer) (GPM).",
             ("pipe",) + MIG_LABELS, source="gpm"),
@@ -293,15 +343,23 @@ METRICS: tuple[Metric, ...] = (
             "(GPM).", MIG_LABELS, source="gpm",
             dcgm=[_dcgm("PROF_DRAM_ACTIVE", G,
                   "Ratio of cycles the device memory interface is active sending or "
-                  "receiving data.")]),
+                  "receiving data."),
+                  _dcgm("PROF_DRAM_UTIL_RATIO", G, "Ratio of cycles the device memory interface is active "
+                        "sending or receiving data.", default=NEW)]),
     _device("fp_pipe_active_ratio", G, "ratio", "Fraction of time the SMs ran non-tensor floating-point "
             "instructions of the precision (GPM).", ("precision",) + MIG_LABELS, source="gpm",
             dcgm=[_dcgm("PROF_PIPE_FP64_ACTIVE", G,
-                  "Ratio of cycles the fp64 pipes are active.", default=False, precision="fp64"),
+                  "Ratio of cycles the fp64 pipes are active.", default=NEITHER, precision="fp64"),
                   _dcgm("PROF_PIPE_FP32_ACTIVE", G,
-                        "Ratio of cycles the fp32 pipes are active.", default=False, precision="fp32"),
+                        "Ratio of cycles the fp32 pipes are active.", default=NEITHER, precision="fp32"),
                   _dcgm("PROF_PIPE_FP16_ACTIVE", G,
-                        "Ratio of cycles the fp16 pipes are active.", default=False, precision="fp16")]),
+                        "Ratio of cycles the fp16 pipes are active.", default=NEITHER, precision="fp16"),
+                  _dcgm("PROF_FP64_UTIL_RATIO", G, "Ratio of cycles the fp64 pipes are active.",
+                        default=NEITHER, precision="fp64"),
+                  _dcgm("PROF_FP32_UTIL_RATIO", G, "Ratio of cycles the fp32 pipes are active.",
+                        default=NEITHER, precision="fp32"),
+                  _dcgm("PROF_FP16_UTIL_RATIO", G, "Ratio of cycles the fp16 pipes are active.",
+                        default=NEITHER, precision="fp16")]),
     _device("nvdec_active_ratio", G, "ratio", "Utilisation of the video decoder engine (GPM).",
             ("engine",) + MIG_LABELS, source="gpm"),
     _device("nvjpg_active_ratio", G, "ratio", "Utilisation of the JPEG decoder engine (GPM).",
@@ -313,25 +371,33 @@ METRICS: tuple[Metric, ...] = (
             source="gpm",
             dcgm=[_dcgm("PROF_PCIE_TX_BYTES", G,
                   "The rate of data transmitted over the PCIe bus - including both "
-                  "protocol headers and data payloads - in bytes per second.")]),
+                  "protocol headers and data payloads - in bytes per second."),
+                  _dcgm("PROF_PCIE_TX_BYTES_PER_SECOND", G, "The rate of data transmitted over the PCIe bus, "
+                        "protocol headers and data payloads, in bytes per second.", default=NEW)]),
     _device("gpm_pcie_receive_bytes_per_second", G, "bytes_per_second",
             "PCIe receive rate, headers included, averaged over gpm_window_seconds (GPM; whole GPU only).",
             source="gpm",
             dcgm=[_dcgm("PROF_PCIE_RX_BYTES", G,
                   "The rate of data received over the PCIe bus - including both protocol "
-                  "headers and data payloads - in bytes per second.")]),
+                  "headers and data payloads - in bytes per second."),
+                  _dcgm("PROF_PCIE_RX_BYTES_PER_SECOND", G, "The rate of data received over the PCIe bus, "
+                        "protocol headers and data payloads, in bytes per second.", default=NEW)]),
     _device("gpm_nvlink_transmit_bytes_per_second", G, "bytes_per_second",
             "NVLink send rate of all links, averaged over gpm_window_seconds (GPM; whole GPU only).",
             source="gpm",
             dcgm=[_dcgm("PROF_NVLINK_TX_BYTES", G,
                   "The rate of data transmitted over NVLink, not including protocol "
-                  "headers, in bytes per second.", default=False)]),
+                  "headers, in bytes per second.", default=NEITHER),
+                  _dcgm("PROF_NVLINK_TX_BYTES_PER_SECOND", G, "The rate of data transmitted over NVLink, not "
+                        "including protocol headers, in bytes per second.", default=NEITHER)]),
     _device("gpm_nvlink_receive_bytes_per_second", G, "bytes_per_second",
             "NVLink receive rate of all links, averaged over gpm_window_seconds (GPM; whole GPU only).",
             source="gpm",
             dcgm=[_dcgm("PROF_NVLINK_RX_BYTES", G,
                   "The rate of data received over NVLink, not including protocol headers, "
-                  "in bytes per second.", default=False)]),
+                  "in bytes per second.", default=NEITHER),
+                  _dcgm("PROF_NVLINK_RX_BYTES_PER_SECOND", G, "The rate of data received over NVLink, not "
+                        "including protocol headers, in bytes per second.", default=NEITHER)]),
     _device("gpm_nvlink_link_transmit_bytes_per_second", G, "bytes_per_second",
             "NVLink send rate of one link, averaged over gpm_window_seconds (GPM).", ["link"], source="gpm"),
     _device("gpm_nvlink_link_receive_bytes_per_second", G, "bytes_per_second",

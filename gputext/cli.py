@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__
-from .catalogue import DETAILS, FULL, STANDARD
+from .catalogue import DCGM_4_8, DCGM_4_10, DCGM_NAMINGS, DETAILS, FULL, STANDARD
 from .collectors import REGISTRY
 from .commandline import (DEFAULT, ENVIRONMENT, Answered, Command, Given, Option, UsageError, choose,
                           parse)
@@ -29,7 +29,7 @@ from .runner import EXIT_NO_NVML, EXIT_NOT_WRITTEN
 
 PROGRAM = "gputext"
 DEFAULT_STATE_DIR = "/var/lib/gputext"
-NAMINGS = ("gputext", "dcgm")
+NAMINGS = ("gputext",) + DCGM_NAMINGS
 DCGM_MAPPING_VARIABLE = "DCGM_HPC_JOB_MAPPING_DIR"
 
 EXIT_CODES_HELP = (
@@ -159,28 +159,29 @@ class Values:
     def naming(self) -> str:
         naming = self.raw("naming").strip().lower()
         if naming not in NAMINGS:
-            return self.bad("naming", f"choose {' or '.join(NAMINGS)}")
+            return self.bad("naming", f"choose {', '.join(NAMINGS[:-1])} or {NAMINGS[-1]}")
         given = self.sources["naming"] != DEFAULT
         if naming == "gputext" and self.raw("counters") and not given:
-            return "dcgm"  # a counters file is dcgm-exporter's: its series are DCGM's
+            return DCGM_4_8  # a counters file is dcgm-exporter's: its series are DCGM's
         return naming
 
     def counters(self, naming: str, prefix: str):
-        """dcgm_exporter.Counters from --counters, else dcgm-exporter's defaults (for --naming dcgm); `prefix`:
-        the device metrics' (a file's NVML field may not take a name gputext writes)."""
+        """dcgm_exporter.Counters from --counters, else dcgm-exporter's defaults (for --naming dcgm and
+        dcgm-4.10); `prefix`: the device metrics' (a file's NVML field may not take a name gputext writes)."""
         path = self.raw("counters")
-        if not path and naming != "dcgm":
+        dcgm = naming in DCGM_NAMINGS
+        if not path and not dcgm:
             return None  # the common case imports nothing of dcgm_exporter
         from .dcgm_exporter import CountersError, default_counters, parse_counters
 
         if not path:
-            return default_counters()
+            return default_counters(naming)
         try:
-            counters = parse_counters(Path(path), prefix)
+            counters = parse_counters(Path(path), prefix, naming if dcgm else DCGM_4_8)
         except CountersError as err:
             self.bad("counters", str(err))
-            return default_counters() if naming == "dcgm" else None
-        if naming != "dcgm":  # gputext's names: only the file's NVML fields apply
+            return default_counters(naming) if dcgm else None
+        if not dcgm:  # gputext's names: only the file's NVML fields apply
             return type(counters)((), (), counters.fields, (), counters.source)
         return counters
 
@@ -279,11 +280,12 @@ COLLECT_OPTIONS = [
            "Not empty: the names up and info would clash with Prometheus's up."),
     Option(("--detail",), "standard", "standard: the series operators watch every day (at most 80 per GPU); "
            "full: every series gputext knows, for debugging a node."),
-    Option(("--naming",), "gputext", "gputext: gputext's metric names; dcgm: dcgm-exporter's (DCGM_FI_*, with "
-           "its labels and units), from NVML alone."),
-    Option(("--counters",), None, "dcgm-exporter's counters file (CSV): the DCGM fields to write (implies "
-           "--naming dcgm), and NVML fields by NVML_FI_* name or number [default: dcgm-exporter's default "
-           "counters]."),
+    Option(("--naming",), "gputext", f"gputext: gputext's metric names; {DCGM_4_8}: dcgm-exporter's as 4.x up to "
+           f"4.8 writes them (what Grafana dashboard 12239 queries); {DCGM_4_10}: as 4.9 and 4.10 renamed them "
+           "(DCGM 4.7's names, base units). Both with dcgm-exporter's labels and units, from NVML alone."),
+    Option(("--counters",), None, "dcgm-exporter's counters file (CSV): the DCGM fields to write, by either "
+           "generation's names (implies --naming dcgm unless --naming is given), and NVML fields by NVML_FI_* "
+           "name or number [default: dcgm-exporter's default counters]."),
     Option(("--state-dir",), None, "Where gputext keeps what one run passes to the next [default: "
            "$STATE_DIRECTORY, else /var/lib/gputext]."),
     Option(("--host-root",), "/", "Where the host's / is mounted (for /proc and /var/log when gputext runs in "
@@ -465,8 +467,9 @@ COMMANDS = {command.name: command for command in [
     Command("metrics", "Print the metric catalogue: every series gputext can write.", [
         Option(("--markdown",), help="Print a Markdown table (docs/reference/metrics.md).", is_flag=True, env=False),
         PREFIX_OPTION,
-        Option(("--dcgm",), help="Print dcgm-exporter's names that --naming dcgm writes, with the gputext "
-               "series each stands for (a Markdown table: docs/dcgm-exporter.md's).", is_flag=True, env=False),
+        Option(("--dcgm",), help="Print dcgm-exporter's names that --naming dcgm and dcgm-4.10 write, with "
+               "the gputext series each stands for (a Markdown table: docs/dcgm-exporter.md's).", is_flag=True,
+               env=False),
     ], metrics),
     Command("rules", "Print Prometheus rules for gputext's metrics: alerts (with what to do) and the fleet's "
             "recording rules, for --prefix. Load the file with rule_files "

@@ -1,9 +1,11 @@
-"""dcgm-exporter's names, labels and units (`--naming dcgm`), and its counters file (`--counters FILE`).
+"""dcgm-exporter's names, labels and units (`--naming dcgm`, `--naming dcgm-4.10`), and its counters file
+(`--counters FILE`).
 
 Most fleets' dashboards and alerts use the `DCGM_FI_*` names that NVIDIA's dcgm-exporter (4.x) writes. With
-`--naming dcgm` gputext writes those names from NVML alone, with no DCGM host engine: each catalogue row
-says what dcgm-exporter calls its series (gputext.catalogue.Dcgm: the name, its type and help, the unit
-factor), so this module holds no second table of metrics. Series with no DCGM name keep gputext's.
+`--naming dcgm` gputext writes those names, as 4.x up to 4.8 spells them, from NVML alone, with no DCGM host
+engine; `--naming dcgm-4.10` writes them as 4.9 and 4.10 renamed them. Each catalogue row says what
+dcgm-exporter calls its series in either generation (gputext.catalogue.Dcgm: the name, its type and help,
+the unit factor), so this module holds no second table of metrics. Series with no DCGM name keep gputext's.
 
 The counters file is dcgm-exporter's own CSV (`DCGM_FI_NAME, gauge|counter|label, help`; `#` comments and
 blank lines): it chooses which DCGM series are written. It may also name any NVML field, by its `NVML_FI_*`
@@ -21,32 +23,61 @@ from collections.abc import Iterable, Mapping
 from functools import cached_property
 from pathlib import Path
 
-from .catalogue import METRICS, Dcgm
+from .catalogue import DCGM_4_8, DCGM_4_10, METRICS, NEITHER, NEW, Dcgm
 from .exposition import render_family
 from .readfile import CONFIG_FILE_LIMIT, NotARegularFile, TooLarge, read_bounded_text
 
 # The label fields of a counters file that gputext can fill, from the device's identity (gpu_info).
+# Both generations' names (DCGM 4.6 renamed three: NVIDIA/go-dcgm pkg/dcgm/dcgm_fields.h, and 4.9 writes
+# DCGM_FI_SYSTEM_DRIVER_VERSION on every series: its 4.9.0 release notes).
 LABEL_FIELDS: dict[str, str] = {
     "DCGM_FI_DRIVER_VERSION": "driver_version",
+    "DCGM_FI_SYSTEM_DRIVER_VERSION": "driver_version",
     "DCGM_FI_DEV_SERIAL": "serial",
+    "DCGM_FI_DEV_BOARD_SERIAL": "serial",
     "DCGM_FI_DEV_VBIOS_VERSION": "vbios_version",
     "DCGM_FI_DEV_NAME": "name",
+    "DCGM_FI_DEV_GPU_NAME": "name",
 }
+# The host's label: dcgm-exporter 4.8.3 renamed Hostname to hostname (its release notes, 4.6.0-4.8.3); the
+# 4.8 naming keeps Hostname, which the dashboards written before it match
+HOSTNAME_LABEL = {DCGM_4_8: "Hostname", DCGM_4_10: "hostname"}
 # DCGM computes this one as a rate although dcgm-exporter types it `counter`: the increase of the sum of
 # the NVLink data counters (KiB, sent and received, every link) over the time since DCGM's last sample,
 # divided by 1000 (DcgmCacheManager.cpp). gputext reproduces that between two of its runs.
-NVLINK_BANDWIDTH = Dcgm("DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", "counter",
-                        "Total number of NVLink bandwidth counters for all lanes.")
+# DCGM 4.6 calls the same field DCGM_FI_DEV_NVLINK_THROUGHPUT_TOTAL (NVIDIA/go-dcgm pkg/dcgm/dcgm_fields.h).
+NVLINK_BANDWIDTH = (
+    Dcgm("DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", "counter", "Total number of NVLink bandwidth counters for all "
+         "lanes."),
+    Dcgm("DCGM_FI_DEV_NVLINK_THROUGHPUT_TOTAL", "counter", "Total number of NVLink bandwidth counters for all "
+         "lanes.", default=NEITHER),
+)
 NVLINK_COUNTERS = ("nvlink_transmit_bytes_total", "nvlink_receive_bytes_total")
 # dcgm-exporter's XID gauge holds the code of the GPU's last XID (0 before the first): gputext takes it from
 # gpu_xid_last_time_seconds, the code whose last record is the newest, where the xid collector read the log.
-XID_ERRORS = Dcgm("DCGM_FI_DEV_XID_ERRORS", "gauge", "Value of the last XID error encountered.")
-DERIVED = (NVLINK_BANDWIDTH, XID_ERRORS)
+# DCGM 4.6 renamed it DCGM_FI_DEV_XID_ERROR (NVIDIA/go-dcgm pkg/dcgm/dcgm_fields.h).
+XID_LAST = (
+    Dcgm("DCGM_FI_DEV_XID_ERRORS", "gauge", "Value of the last XID error encountered."),
+    Dcgm("DCGM_FI_DEV_XID_ERROR", "gauge", "Value of the last XID error encountered.", default=NEW),
+)
+# dcgm-exporter's cumulative XID counter, one series per GPU and code (NVIDIA/dcgm-exporter README.md,
+# "Cumulative XID and clock event counters"): gputext's own count of the kernel log's records, summed over
+# MIG instances, which survives restarts where dcgm-exporter's does not. Off in dcgm-exporter's default file;
+# in the dcgm-4.10 naming's default set.
+XID_TOTAL = Dcgm("DCGM_EXP_XID_ERRORS_TOTAL", "counter", "Total XID errors of the GPU by code, counted from "
+                 "the kernel log.", default=NEW)
+DERIVED = NVLINK_BANDWIDTH + XID_LAST + (XID_TOTAL,)
+# the catalogue keys each derived series is computed from
+DERIVED_FROM = {**{d.name: NVLINK_COUNTERS for d in NVLINK_BANDWIDTH},
+                **{d.name: ("xid_last_time_seconds",) for d in XID_LAST}, XID_TOTAL.name: ("xid_errors_total",)}
+NVLINK_NAMES = frozenset(d.name for d in NVLINK_BANDWIDTH)
+XID_LAST_NAMES = frozenset(d.name for d in XID_LAST)
 # DCGM fields that dcgm-exporter's own counters files name, enabled or commented out, and that gputext does
 # not write (NVML has no vGPU licence field; the rest have no DCGM meaning gputext reproduces): a file that
 # names one is read, and the field is said once and skipped, so that those files work as they are. Any other
 # DCGM name is a typo as far as gputext can tell. From NVIDIA/dcgm-exporter etc/default-counters.csv and
-# etc/dcp-metrics-included.csv (4.x).
+# etc/dcp-metrics-included.csv (4.x), in both spellings (the 4.9+ ones: NVIDIA/go-dcgm pkg/dcgm/dcgm_fields.h),
+# and the exporter's own windowed counters (NVIDIA/dcgm-exporter README.md).
 NOT_FROM_NVML = frozenset({
     "DCGM_FI_DEV_VGPU_LICENSE_STATUS", "DCGM_FI_DEV_PCIE_TX_THROUGHPUT", "DCGM_FI_DEV_PCIE_RX_THROUGHPUT",
     "DCGM_FI_DEV_RETIRED_PENDING", "DCGM_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL",
@@ -55,17 +86,27 @@ NOT_FROM_NVML = frozenset({
     # label fields
     "DCGM_FI_NVML_VERSION", "DCGM_FI_DEV_BRAND", "DCGM_FI_DEV_OEM_INFOROM_VER", "DCGM_FI_DEV_ECC_INFOROM_VER",
     "DCGM_FI_DEV_POWER_INFOROM_VER", "DCGM_FI_DEV_INFOROM_IMAGE_VER",
+    # the same under DCGM 4.6's names
+    "DCGM_FI_DEV_PAGE_RETIRED_PENDING", "DCGM_FI_DEV_NVLINK_CRC_FLIT_ERROR_TOTAL",
+    "DCGM_FI_DEV_NVLINK_CRC_DATA_ERROR_TOTAL", "DCGM_FI_DEV_NVLINK_REPLAY_ERROR_TOTAL",
+    "DCGM_FI_DEV_NVLINK_RECOVERY_ERROR_TOTAL", "DCGM_FI_DEV_NVLINK_THROUGHPUT_L0", "DCGM_FI_SYSTEM_NVML_VERSION",
+    "DCGM_FI_DEV_GPU_BRAND", "DCGM_FI_DEV_INFOROM_OEM_VERSION", "DCGM_FI_DEV_INFOROM_ECC_VERSION",
+    "DCGM_FI_DEV_INFOROM_POWER_VERSION", "DCGM_FI_DEV_INFOROM_IMAGE_VERSION",
+    # dcgm-exporter's counts over its last collection window
+    "DCGM_EXP_XID_ERRORS_COUNT", "DCGM_EXP_CLOCK_EVENTS_COUNT", "DCGM_EXP_CLOCK_EVENTS_TOTAL",
+    # DCGM 4.6's name for field 203 (percent); 4.9 writes utilization as a 0-1 ratio, which field under
+    # this name is not confirmed: not written rather than written in a unit that may be wrong
+    "DCGM_FI_DEV_GPU_UTIL_RATIO",
 })
-# the catalogue rows each derived name is computed from
-DERIVED_FROM = {NVLINK_BANDWIDTH.name: NVLINK_COUNTERS, XID_ERRORS.name: ("xid_last_time_seconds",)}
-DEFAULT_LABELS = ("DCGM_FI_DRIVER_VERSION",)
+DEFAULT_LABELS = {DCGM_4_8: ("DCGM_FI_DRIVER_VERSION",), DCGM_4_10: ("DCGM_FI_SYSTEM_DRIVER_VERSION",)}
 # the catalogue labels that dcgm-exporter spells its own way (MIG: the GPU instance and its profile)
 MIG_LABELS = (("gpu_instance_profile", "GPU_I_PROFILE"), ("gpu_instance", "GPU_I_ID"))
 HPC_JOB_LABEL = "hpc_job"
 
 # A counters line (field, type, help, name): dcgm-exporter's longest is under 200 characters
 MAX_LINE = 4096
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # tabs are whitespace; other control characters have no place in a counters line
+# tabs are whitespace; other control characters have no place in a counters line
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 FIELD_LIMIT = 1 << 32  # nvml.h: a field id and a scope are unsigned int
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _NVML_FIELD = re.compile(r"(NVML_FI_[A-Z0-9_]+|\d+)(?::(\d+))?")
@@ -87,18 +128,19 @@ class Field(namedtuple("Field", "field_id scope name type help")):
 
 
 class Counters:
-    """What --naming dcgm writes: DCGM series (with the type and help the file gives), DCGM label fields,
+    """What a DCGM naming writes: DCGM series (with the type and help the file gives), DCGM label fields,
     NVML fields, and the DCGM fields of the file that NVML cannot give (said once, then skipped). Not
     changed once made (a plain class, not a frozen dataclass, for the import: see catalogue)."""
 
-    def __init__(self, metrics: tuple[Dcgm, ...], labels: tuple[str, ...] = DEFAULT_LABELS,
+    def __init__(self, metrics: tuple[Dcgm, ...], labels: tuple[str, ...] = DEFAULT_LABELS[DCGM_4_8],
                  fields: tuple[Field, ...] = (), skipped: tuple[str, ...] = (),
-                 source: str | None = None):
+                 source: str | None = None, naming: str = DCGM_4_8):
         self.metrics = metrics
         self.labels = labels
         self.fields = fields
         self.skipped = skipped
         self.source = source  # the file's path; None for dcgm-exporter's default counters
+        self.naming = naming  # the generation whose labels the series carry
 
     @cached_property  # asked by every run (and by the gpm collector for every GPU): built once
     def selected(self) -> dict[str, list[Dcgm]]:
@@ -111,42 +153,49 @@ class Counters:
                     mine = chosen[dcgm.name]  # the file's type and help, the catalogue's mapping
                     by_key.setdefault(metric.key, []).append(
                         Dcgm(dcgm.name, mine.type, mine.help, dcgm.factor, dcgm.where))
-        if NVLINK_BANDWIDTH.name in chosen:
-            for key in NVLINK_COUNTERS:  # read at every level, for the rate
+        for name in chosen.keys() & DERIVED_FROM.keys():
+            for key in DERIVED_FROM[name]:  # read at every level
                 by_key.setdefault(key, [])
-        if XID_ERRORS.name in chosen:
-            by_key.setdefault("xid_last_time_seconds", [])
         return by_key
 
-    def wants_nvlink_bandwidth(self) -> Dcgm | None:
-        return next((d for d in self.metrics if d.name == NVLINK_BANDWIDTH.name), None)
+    def wants_nvlink_bandwidth(self) -> bool:
+        return any(d.name in NVLINK_NAMES for d in self.metrics)
 
 
 def known() -> dict[str, Dcgm]:
-    """Every DCGM field name gputext can write, as the catalogue (and the NVLink rate) gives it."""
+    """Every DCGM field name gputext can write, in either generation's spelling, as the catalogue (and the
+    derived series) give it."""
     names = {dcgm.name: dcgm for metric in METRICS for dcgm in metric.dcgm}
     names.update((dcgm.name, dcgm) for dcgm in DERIVED)
     return names
 
 
-def default_counters() -> Counters:
-    """dcgm-exporter's default counters file, as far as NVML gives it, in that file's order."""
+# The order of dcgm-exporter's default counters file (4.8), and of the same fields under their 4.9+ names
+DEFAULT_ORDER = (
+    "DEV_SM_CLOCK", "DEV_MEM_CLOCK", "DEV_MEMORY_TEMP", "DEV_GPU_TEMP", "DEV_POWER_USAGE",
+    "DEV_TOTAL_ENERGY_CONSUMPTION", "DEV_PCIE_REPLAY_COUNTER", "DEV_GPU_UTIL", "DEV_MEM_COPY_UTIL",
+    "DEV_ENC_UTIL", "DEV_DEC_UTIL", "DEV_XID_ERRORS", "DEV_FB_FREE", "DEV_FB_USED", "DEV_FB_RESERVED",
+    "DEV_NVLINK_BANDWIDTH_TOTAL",
+    "DEV_SM_CLOCK_HERTZ", "DEV_MEMORY_CLOCK_HERTZ", "DEV_MEMORY_TEMP_CELSIUS", "DEV_GPU_TEMP_CELSIUS",
+    "DEV_BOARD_POWER_WATTS", "DEV_GPU_ENERGY_JOULES_TOTAL", "DEV_PCIE_REPLAY_TOTAL", "DEV_XID_ERROR",
+    "DEV_FB_CAPACITY_BYTES",
+)
+
+
+def default_counters(naming: str = DCGM_4_8) -> Counters:
+    """dcgm-exporter's default counters file of the naming's generation, as far as NVML gives it (and as
+    far as its names are confirmed, for dcgm-4.10), in that file's order."""
     # a name two rows share (a GPU's and its MIG instances') once
-    defaults = list({dcgm.name: dcgm for metric in METRICS for dcgm in metric.dcgm
-                     if dcgm.default}.values())
-    order = ("DEV_SM_CLOCK", "DEV_MEM_CLOCK", "DEV_MEMORY_TEMP", "DEV_GPU_TEMP", "DEV_POWER_USAGE",
-             "DEV_TOTAL_ENERGY_CONSUMPTION", "DEV_PCIE_REPLAY_COUNTER", "DEV_GPU_UTIL", "DEV_MEM_COPY_UTIL",
-             "DEV_ENC_UTIL", "DEV_DEC_UTIL", "DEV_XID_ERRORS", "DEV_FB_FREE", "DEV_FB_USED", "DEV_FB_RESERVED",
-             "DEV_NVLINK_BANDWIDTH_TOTAL")
-    rank = {"DCGM_FI_" + name: i for i, name in enumerate(order)}
-    defaults += DERIVED
+    defaults = [dcgm for dcgm in known().values() if naming in dcgm.default]
+    rank = {"DCGM_FI_" + name: i for i, name in enumerate(DEFAULT_ORDER)}
     defaults.sort(key=lambda d: rank.get(d.name, len(rank)))
-    return Counters(tuple(defaults))
+    return Counters(tuple(defaults), DEFAULT_LABELS[naming], naming=naming)
 
 
-def parse_counters(path: Path, prefix: str) -> Counters:
-    """Read a counters file for a run whose device metrics carry `prefix`. Raises CountersError with
-    `FILE:LINE: what is wrong` (or `FILE: ...` for the file as a whole)."""
+def parse_counters(path: Path, prefix: str, naming: str = DCGM_4_8) -> Counters:
+    """Read a counters file for a run whose device metrics carry `prefix` and whose series carry the
+    naming's labels. Raises CountersError with `FILE:LINE: what is wrong` (or `FILE: ...` for the file as a
+    whole)."""
     text = _read(path)
     names = known()
     written = written_names(prefix)
@@ -209,7 +258,7 @@ def parse_counters(path: Path, prefix: str) -> Counters:
         only = f" (only {', '.join(skipped)})" if skipped else ""
         raise CountersError(f"{path}: names no field gputext can write{only}: list the DCGM or NVML fields to "
                             "write, one a line")
-    return Counters(tuple(metrics), tuple(labels), tuple(fields), tuple(skipped), str(path))
+    return Counters(tuple(metrics), tuple(labels), tuple(fields), tuple(skipped), str(path), naming)
 
 
 def _read(path: Path) -> str:
@@ -290,17 +339,18 @@ def _nvml_field_id(text: str, where: str) -> int:
     return value
 
 
-def identity(system, devices: Iterable, minor) -> dict[str, dict[str, str]]:
-    """GPU UUID -> dcgm-exporter's labels of that GPU, in its order (MIG and label fields come after
-    modelName). `minor(dev)` gives the device's minor number (dcgm-exporter's `device` is nvidia<minor>)."""
-    host = socket.gethostname()
+def identity(system, devices: Iterable, minor, naming: str) -> dict[str, dict[str, str]]:
+    """GPU UUID -> dcgm-exporter's labels of that GPU under the naming's generation, in its order (MIG and
+    label fields come after modelName, the host last). `minor(dev)` gives the device's minor number
+    (dcgm-exporter's `device` is nvidia<minor>)."""
+    host = {HOSTNAME_LABEL[naming]: socket.gethostname()}
     labels = {}
     for dev in devices:
         number = minor(dev)
         labels[dev.uuid] = {
             "gpu": str(dev.index), "UUID": dev.uuid, "pci_bus_id": dev.info.get("pci_bus_id", ""),
             "device": f"nvidia{number if number is not None else dev.index}",
-            "modelName": dev.info.get("name", ""), "Hostname": host,
+            "modelName": dev.info.get("name", ""), **host,
             # the label fields' values, picked by render()
             **{f"_{name}": str(dev.info.get(name, "")) for name in ("serial", "vbios_version", "name")},
             "_driver_version": system.driver_version,
@@ -350,6 +400,16 @@ def last_xids(samples, devices: Mapping[str, Mapping[str, str]]) -> list[tuple[s
     return [(uuid, newest[uuid][1] if uuid in newest else 0.0) for uuid in devices]
 
 
+def xid_totals(samples) -> dict[tuple[str, str], int]:
+    """(uuid, code) -> the GPU's XIDs of that code, its MIG instances' together (dcgm-exporter counts per
+    GPU)."""
+    totals: dict[tuple[str, str], int] = {}
+    for label_values, count in samples.series("xid_errors_total").items():
+        key = (label_values[1], label_values[2])  # gpu, uuid, xid, gpu_instance, compute_instance
+        totals[key] = totals.get(key, 0) + count
+    return totals
+
+
 def render(samples, counters: Counters, devices: Mapping[str, Mapping[str, str]], prefix: str,
            pod_labels: Mapping[str, Mapping[str, str]], derived: Mapping[str, float],
            holders: Mapping[tuple[str, str], Mapping[str, str]],
@@ -363,14 +423,16 @@ def render(samples, counters: Counters, devices: Mapping[str, Mapping[str, str]]
     selected = counters.selected
     families: dict[str, list[tuple[dict[str, str], float]]] = {d.name: [] for d in counters.metrics}
 
+    host = HOSTNAME_LABEL[counters.naming]
+
     def dcgm_labels(uuid: str, row_labels: Mapping[str, str]) -> dict[str, str]:
         gpu = devices.get(uuid, {"gpu": row_labels.get("gpu", ""), "UUID": uuid})
-        labels = {k: v for k, v in gpu.items() if not k.startswith("_") and k != "Hostname"}
+        labels = {k: v for k, v in gpu.items() if not k.startswith("_") and k != host}
         for ours, theirs in MIG_LABELS:
             if row_labels.get(ours):  # a whole GPU's series have them empty: dcgm-exporter has none then
                 labels[theirs] = row_labels[ours]
-        if "Hostname" in gpu:
-            labels["Hostname"] = gpu["Hostname"]
+        if host in gpu:
+            labels[host] = gpu[host]
         for field in counters.labels:
             labels[field] = gpu.get("_" + LABEL_FIELDS[field], "")
         labels.update(holders.get((uuid, row_labels.get("gpu_instance", "")), {}))
@@ -384,18 +446,22 @@ def render(samples, counters: Counters, devices: Mapping[str, Mapping[str, str]]
         names = metric.all_labels
         for label_values, value in samples.series(metric.key).items():
             labels = dict(zip(names, label_values))
-            dcgm = next((d for d in mappings if d.covers(labels)), None)
-            if dcgm is not None:
-                series = dcgm_labels(labels["uuid"], labels)
-                held_by = _jobs_of(jobs, labels) if jobs else None
-                families[dcgm.name].extend(((series, value * dcgm.factor),) if not held_by else
-                                           (({**series, HPC_JOB_LABEL: job}, value * dcgm.factor) for job in held_by))
-                renamed.add((metric.key, label_values))
-    bandwidth = counters.wants_nvlink_bandwidth()
-    if bandwidth is not None:
-        families[bandwidth.name] = [(dcgm_labels(uuid, {}), value) for uuid, value in derived.items()]
-    if XID_ERRORS.name in families:
-        families[XID_ERRORS.name] = [(dcgm_labels(uuid, {}), code) for uuid, code in last_xids(samples, devices)]
+            for dcgm in mappings:  # a file may name a series in both generations' spelling
+                if dcgm.covers(labels):
+                    series = dcgm_labels(labels["uuid"], labels)
+                    held_by = _jobs_of(jobs, labels) if jobs else None
+                    families[dcgm.name].extend(((series, value * dcgm.factor),) if not held_by else
+                                               (({**series, HPC_JOB_LABEL: job}, value * dcgm.factor)
+                                                for job in held_by))
+                    renamed.add((metric.key, label_values))
+    for name in families.keys() & DERIVED_FROM.keys():
+        if name in NVLINK_NAMES:
+            families[name] = [(dcgm_labels(uuid, {}), value) for uuid, value in derived.items()]
+        elif name in XID_LAST_NAMES:
+            families[name] = [(dcgm_labels(uuid, {}), code) for uuid, code in last_xids(samples, devices)]
+        else:
+            families[name] = [({**dcgm_labels(uuid, {}), "xid": code}, count)
+                              for (uuid, code), count in xid_totals(samples).items()]
 
     lines: list[str] = []
     for dcgm in counters.metrics:
@@ -425,15 +491,15 @@ def counters_note(counters: Counters) -> str | None:
     """The one line for the DCGM fields of a counters file that NVML cannot give."""
     if not counters.skipped:
         return None
-    return (f"counters file {counters.source}: gputext cannot read {', '.join(counters.skipped)} from NVML; "
-            "skipped (the other fields are written)")
+    return (f"counters file {counters.source}: gputext does not write {', '.join(counters.skipped)} (no NVML "
+            "source, or a unit not confirmed: docs/dcgm-exporter.md); skipped (the other fields are written)")
 
 
 def unanswered_notes(counters: Counters, samples, gpus: Mapping[str, str]) -> list[str]:
     """One line for each set of the counters file's fields that some GPUs did not answer in this run (a
     T4 has no memory temperature), naming those GPUs. `gpus`: the UUID of every GPU that answered NVML ->
     its index. Only fields whose collector ran without failing are judged; the derived DCGM series are
-    not (the NVLink rate needs two runs, the XID gauge is written wherever the kernel log was read)."""
+    not (the NVLink rate needs two runs, the XID series are written wherever the kernel log was read)."""
     if counters.source is None:
         return []  # dcgm-exporter's defaults, chosen by gputext: what a GPU lacks is simply left out
     ran = {label_values[0] for label_values, ok in samples.series("gputext_collector_success").items() if ok}
@@ -473,21 +539,27 @@ def dcgm_names(metric) -> list:
 
 
 def markdown_table(prefix: str) -> str:
-    """DCGM name -> the gputext series it stands for (docs/dcgm-exporter.md's table, `gputext metrics --dcgm`)."""
-    defaults = {d.name for d in default_counters().metrics}
-    rows = ["| DCGM name | type | gputext series | DCGM value | default |", "| --- | --- | --- | --- | --- |"]
+    """DCGM name -> the gputext series it stands for (docs/dcgm-exporter.md's table, `gputext metrics --dcgm`);
+    "default of": the namings whose default counters write it."""
+    def default(dcgm: Dcgm) -> str:
+        return ", ".join(f"`{naming}`" for naming in dcgm.default) or "no"
+
+    rows = ["| DCGM name | type | gputext series | DCGM value | default of |", "| --- | --- | --- | --- | --- |"]
     for metric in METRICS:
         for dcgm in metric.dcgm:
             where = ",".join(f'{label}="{value}"' for label, value in dcgm.where)
             series = f"`{metric.name(prefix)}{{{where}}}`" if where else f"`{metric.name(prefix)}`"
             scale = "" if dcgm.factor == 1 else f" x {_factor(dcgm.factor)}"
-            rows.append(f"| `{dcgm.name}` | {dcgm.type} | {series} | gputext's{scale} | "
-                        f"{'yes' if dcgm.name in defaults else 'no'} |")
-    xid_last_time = DERIVED_FROM[XID_ERRORS.name][0]
-    rows.append(f"| `{XID_ERRORS.name}` | gauge | `{prefix}{xid_last_time}{{xid}}` | the code of the newest XID, "
-                f"0 before the first | yes |")
-    rows.append(f"| `{NVLINK_BANDWIDTH.name}` | counter (a rate) | `{prefix}{NVLINK_COUNTERS[0]}` + "
-                f"`{prefix}{NVLINK_COUNTERS[1]}`, all links | their increase in KiB per second / 1000 | yes |")
+            rows.append(f"| `{dcgm.name}` | {dcgm.type} | {series} | gputext's{scale} | {default(dcgm)} |")
+    for dcgm in XID_LAST:
+        rows.append(f"| `{dcgm.name}` | gauge | `{prefix}xid_last_time_seconds{{xid}}` | the code of the newest "
+                    f"XID, 0 before the first | {default(dcgm)} |")
+    rows.append(f"| `{XID_TOTAL.name}` | counter | `{prefix}xid_errors_total{{xid}}` | summed over MIG instances, "
+                f"with label `xid` | {default(XID_TOTAL)} |")
+    for dcgm in NVLINK_BANDWIDTH:
+        rows.append(f"| `{dcgm.name}` | counter (a rate) | `{prefix}{NVLINK_COUNTERS[0]}` + "
+                    f"`{prefix}{NVLINK_COUNTERS[1]}`, all links | their increase in KiB per second / 1000 | "
+                    f"{default(dcgm)} |")
     return "\n".join(rows)
 
 

@@ -40,7 +40,7 @@ class Options:
     # pcie: how often a process that collects again samples the PCIe rate where byte counters are missing
     pcie_sample_interval_seconds: float = 15.0
     detail: str = "standard"  # catalogue.DETAILS
-    naming: str = "gputext"  # or "dcgm": dcgm-exporter's names (gputext.dcgm_exporter)
+    naming: str = "gputext"  # or one of catalogue.DCGM_NAMINGS: dcgm-exporter's names (gputext.dcgm_exporter)
     counters: object = None  # dcgm_exporter.Counters: the DCGM series --naming dcgm writes, and NVML fields
     # xid
     kmsg: Path | None = None  # None: /dev/kmsg under host_root
@@ -266,7 +266,7 @@ class DcgmNaming:
 
 def _samples(options: Options) -> Samples:
     """The samples of a run: at the chosen detail level, plus the series --naming dcgm writes."""
-    if options.naming != "dcgm":
+    if options.naming == "gputext":
         return Samples(options.detail)
     selected = options.counters.selected
     return Samples(options.detail, keep=lambda key, labels: any(d.covers(labels) for d in selected[key]),
@@ -287,7 +287,7 @@ def _dcgm_naming(ctx: Context, samples: Samples) -> DcgmNaming:
     if ctx.nvml_unavailable:
         return naming
     system, devices = ctx.devices()
-    naming.devices = identity(system, devices, ctx.minor_number)
+    naming.devices = identity(system, devices, ctx.minor_number, counters.naming)
     if counters.wants_nvlink_bandwidth():
         try:
             kept = ctx.state.section("dcgm_nvlink_bandwidth")
@@ -369,5 +369,5 @@ def collect(ctx: Context) -> Result:
     samples.add("gputext_build_info", 1, {"version": __version__})
     if ctx.options.counters is not None and not ctx.nvml_unavailable:
         _say_unanswered(ctx, samples)
-    dcgm = _dcgm_naming(ctx, samples) if ctx.options.naming == "dcgm" else None
+    dcgm = _dcgm_naming(ctx, samples) if ctx.options.naming != "gputext" else None
     return Result(samples, ctx.nvml_unavailable, failed, ctx.pod_labels, dcgm)

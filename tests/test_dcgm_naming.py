@@ -119,7 +119,7 @@ def test_the_environment_chooses_the_naming(node):
                          env={**env, "GPUTEXT_NAMING": "nvidia"}, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2
     assert bad.stderr.startswith("gputext: invalid GPUTEXT_NAMING='nvidia' (from the environment): choose "
-                                 "gputext or dcgm")
+                                 "gputext, dcgm or dcgm-4.10")
 
 
 # dcgm-exporter's counters file as teams keep it: comments, blank lines, the stray space before a comma in
@@ -153,7 +153,7 @@ def test_a_counters_file_chooses_the_series_and_adds_nvml_fields(node, tmp_path)
     assert proc.returncode == 0, proc.stderr
     # the one field NVML cannot give is named once, and the rest is written
     assert proc.stderr.count("DCGM_FI_DEV_VGPU_LICENSE_STATUS") == 1
-    assert f"counters file {counters}: gputext cannot read DCGM_FI_DEV_VGPU_LICENSE_STATUS from NVML" in proc.stderr
+    assert f"counters file {counters}: gputext does not write DCGM_FI_DEV_VGPU_LICENSE_STATUS (" in proc.stderr
     text = out.read_text()
     s = parse_exposition(text)
     dcgm = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE DCGM_")}
@@ -273,9 +273,24 @@ DASHBOARD_12239 = {
 }
 
 
-def test_dashboard_12239_on_a_real_prometheus(node, tmp_path):
+# The same queries rewritten to the names dcgm-exporter 4.9 and 4.10 write (the SM clock is in Hz there, so
+# the panel's * 1000000 goes). "GPU Utilization" and "GPU Framebuffer Mem Used" have no rewrite: the 4.9
+# names of GPU_UTIL and FB_USED are not confirmed (docs/dcgm-exporter.md), so gputext writes neither.
+DASHBOARD_12239_4_10 = {
+    "GPU Temperature": 'DCGM_FI_DEV_GPU_TEMP_CELSIUS{instance=~"$instance", gpu=~"$gpu"}',
+    "GPU Avg. Temp": 'avg(DCGM_FI_DEV_GPU_TEMP_CELSIUS{instance=~"$instance", gpu=~"$gpu"})',
+    "GPU Power Usage": 'DCGM_FI_DEV_BOARD_POWER_WATTS{instance=~"$instance", gpu=~"$gpu"}',
+    "GPU Power Total": 'sum(DCGM_FI_DEV_BOARD_POWER_WATTS{instance=~"$instance", gpu=~"$gpu"})',
+    "GPU SM Clocks": 'DCGM_FI_DEV_SM_CLOCK_HERTZ{instance=~"$instance", gpu=~"$gpu"}',
+    "Tensor Core Utilization": 'DCGM_FI_PROF_TENSOR_UTIL_RATIO{instance=~"$instance", gpu=~"$gpu"}',
+}
+
+
+@pytest.mark.parametrize("naming, dashboard", [("dcgm", DASHBOARD_12239), ("dcgm-4.10", DASHBOARD_12239_4_10)])
+def test_dashboard_12239_on_a_real_prometheus(node, tmp_path, naming, dashboard):
     """Debian's Prometheus scrapes the real node_exporter reading a --naming dcgm file, and every query
-    and variable of dashboard 12239 gives the values the fake GPUs hold."""
+    and variable of dashboard 12239 gives the values the fake GPUs hold; with --naming dcgm-4.10, the same
+    queries rewritten to the 4.9+ names."""
     from fakegpu import H100_GPM, with_gpm
     from realtools import Prometheus
 
@@ -285,30 +300,29 @@ def test_dashboard_12239_on_a_real_prometheus(node, tmp_path):
     textfiles = tmp_path / "textfile"
     textfiles.mkdir()
     (tmp_path / "prometheus").mkdir()
-    proc = node.run("collect", "--naming", "dcgm", "--out", str(textfiles / "gpu.prom"), "--collectors",
+    proc = node.run("collect", "--naming", naming, "--out", str(textfiles / "gpu.prom"), "--collectors",
                     "nvml,nvlink,pcie,gpm", "--gpm-window", "200ms")
     assert proc.returncode == 0, proc.stderr
+    temperature = dashboard["GPU Temperature"].split("{")[0]
     with NodeExporter(textfiles) as exporter, \
             Prometheus(tmp_path / "prometheus", {"node": [exporter.address]}) as prom:
-        prom.wait_for("DCGM_FI_DEV_GPU_TEMP", lambda r: len(r) == 2)
-        instances = prom.api("label/instance/values", **{"match[]": "DCGM_FI_DEV_GPU_TEMP"})
-        gpus = prom.api("label/gpu/values", **{"match[]": "DCGM_FI_DEV_GPU_TEMP"})
+        prom.wait_for(temperature, lambda r: len(r) == 2)
+        instances = prom.api("label/instance/values", **{"match[]": temperature})
+        gpus = prom.api("label/gpu/values", **{"match[]": temperature})
         assert instances == [exporter.address] and gpus == ["0", "1"]
 
         def panel(title, instance=".*", gpu=".*"):
-            expr = DASHBOARD_12239[title].replace("$instance", instance).replace("$gpu", gpu)
+            expr = dashboard[title].replace("$instance", instance).replace("$gpu", gpu)
             return {r["metric"].get("gpu"): float(r["value"][1]) for r in prom.query(expr)}
 
-        assert panel("GPU Temperature") == {"0": 45, "1": 51}
-        assert panel("GPU Temperature", instance=exporter.address, gpu="1") == {"1": 51}
-        assert panel("GPU Avg. Temp") == {None: 48}
-        assert panel("GPU Power Usage") == {"0": 300, "1": 500}
-        assert panel("GPU Power Total") == {None: 800}
-        assert panel("GPU SM Clocks") == {"0": 1980e6, "1": 1980e6}
-        assert panel("GPU Utilization") == {"0": 87, "1": 12}
         used = (40 * GiB + 517 * MiB) / MiB
-        assert panel("GPU Framebuffer Mem Used") == {"0": used, "1": used}
-        assert panel("Tensor Core Utilization") == pytest.approx({"0": 0.40, "1": 0.75})
+        expected = {"GPU Temperature": {"0": 45, "1": 51}, "GPU Avg. Temp": {None: 48},
+                    "GPU Power Usage": {"0": 300, "1": 500}, "GPU Power Total": {None: 800},
+                    "GPU SM Clocks": {"0": 1980e6, "1": 1980e6}, "GPU Utilization": {"0": 87, "1": 12},
+                    "GPU Framebuffer Mem Used": {"0": used, "1": used},
+                    "Tensor Core Utilization": pytest.approx({"0": 0.40, "1": 0.75})}
+        assert {title: panel(title) for title in dashboard} == {title: expected[title] for title in dashboard}
+        assert panel("GPU Temperature", instance=exporter.address, gpu="1") == {"1": 51}
 
 
 def test_profiling_and_xid_series_under_dcgm_names(node, tmp_path):
@@ -357,3 +371,143 @@ def test_mig_framebuffer_per_gpu_instance(node, tmp_path):
     labels = next(dict(labels) for name, labels in s if name == "DCGM_FI_DEV_FB_USED" and dict(labels).get("GPU_I_ID"))
     assert "mig_device" not in labels and labels["UUID"] == h100_uuid(0)
     valid_but_for_dcgm_names(proc.stdout, tmp_path / "textfile")
+
+
+# --- dcgm-exporter 4.9 and 4.10: DCGM 4.7's names, base units, and the cumulative XID counter -----------
+
+DATA = Path(__file__).parent / "data" / "dcgm-exporter"
+# (family as the file names it, gpu) -> value the fake GPUs hold, in the unit the name means
+OLD_SERIES = {
+    "DCGM_FI_DEV_SM_CLOCK": 1980, "DCGM_FI_DEV_MEM_CLOCK": 2619, "DCGM_FI_DEV_MEMORY_TEMP": 52,
+    "DCGM_FI_DEV_GPU_TEMP": 45, "DCGM_FI_DEV_POWER_USAGE": pytest.approx(412.345),
+    "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION": 31_536_000_000, "DCGM_FI_DEV_PCIE_REPLAY_COUNTER": 0,
+    "DCGM_FI_DEV_GPU_UTIL": 87, "DCGM_FI_DEV_MEM_COPY_UTIL": 43, "DCGM_FI_DEV_ENC_UTIL": 0,
+    "DCGM_FI_DEV_DEC_UTIL": 0, "DCGM_FI_DEV_XID_ERRORS": 79, "DCGM_FI_DEV_FB_FREE": 81559 - 542 - 40 * 1024 - 517,
+    "DCGM_FI_DEV_FB_USED": 40 * 1024 + 517, "DCGM_FI_DEV_FB_RESERVED": 542,
+    "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS": 0, "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS": 0,
+    "DCGM_FI_DEV_ROW_REMAP_FAILURE": 0, "DCGM_FI_PROF_GR_ENGINE_ACTIVE": pytest.approx(0.92),
+    "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": pytest.approx(0.40), "DCGM_FI_PROF_DRAM_ACTIVE": pytest.approx(0.30),
+    "DCGM_FI_PROF_PCIE_TX_BYTES": pytest.approx(2384 * MiB), "DCGM_FI_PROF_PCIE_RX_BYTES": pytest.approx(8680 * MiB),
+}
+NEW_SERIES = {
+    "DCGM_FI_DEV_SM_CLOCK_HERTZ": 1980e6, "DCGM_FI_DEV_MEMORY_CLOCK_HERTZ": 2619e6,
+    "DCGM_FI_DEV_MEMORY_TEMP_CELSIUS": 52, "DCGM_FI_DEV_GPU_TEMP_CELSIUS": 45,
+    "DCGM_FI_DEV_BOARD_POWER_WATTS": pytest.approx(412.345), "DCGM_FI_DEV_GPU_ENERGY_JOULES_TOTAL": 31_536_000,
+    "DCGM_FI_DEV_PCIE_REPLAY_TOTAL": 0, "DCGM_FI_DEV_XID_ERROR": 79, "DCGM_FI_DEV_FB_CAPACITY_BYTES": 81559 * MiB,
+    "DCGM_FI_DEV_ROW_REMAP_UNCORRECTABLE_TOTAL": 0, "DCGM_FI_DEV_ROW_REMAP_CORRECTABLE_TOTAL": 0,
+    "DCGM_FI_DEV_ROW_REMAP_FAILED": 0, "DCGM_FI_PROF_GR_ENGINE_UTIL_RATIO": pytest.approx(0.92),
+    "DCGM_FI_PROF_TENSOR_UTIL_RATIO": pytest.approx(0.40), "DCGM_FI_PROF_DRAM_UTIL_RATIO": pytest.approx(0.30),
+    "DCGM_FI_PROF_PCIE_TX_BYTES_PER_SECOND": pytest.approx(2384 * MiB),
+    "DCGM_FI_PROF_PCIE_RX_BYTES_PER_SECOND": pytest.approx(8680 * MiB),
+}
+
+
+def xid_node(node, tmp_path):
+    """Two H100s, GPU 0 with GPM and two XIDs in the kernel log (79 the newer); the arguments of a run that
+    reads every source those series come from."""
+    from fakegpu import with_gpm
+    from test_xid import GPU0, Log, xid_515, xid_570
+
+    log = Log(tmp_path)
+    log.add(xid_570(GPU0, 62), xid_515(GPU0, 79))
+    node.write([with_gpm(h100(0, temperature=45)), h100(1, minor_number=5)])
+    return ("--collectors", "nvml,pcie,nvlink,gpm,xid", "--gpm-window", "200ms", "--kmsg", str(log.path),
+            "--host-root", str(log.root))
+
+
+def dcgm_families(text: str) -> set:
+    return {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE DCGM_")}
+
+
+def gpu0(series, name):
+    (found,) = [v for (n, labels), v in series.items() if n in (name, name + "_total") and dict(labels)["gpu"] == "0"]
+    return found
+
+
+@pytest.mark.parametrize("naming, file, expected, labels", [
+    ("dcgm", "default-counters-4.8.csv", {**OLD_SERIES, "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL": None},
+     ("Hostname", "DCGM_FI_DRIVER_VERSION")),
+    ("dcgm-4.10", "default-counters-4.10.csv", {**NEW_SERIES, "DCGM_EXP_XID_ERRORS_TOTAL": None},
+     ("hostname", "DCGM_FI_SYSTEM_DRIVER_VERSION")),
+])
+def test_each_generations_default_counters_file_gives_exactly_its_series(node, tmp_path, naming, file, expected,
+                                                                         labels):
+    """dcgm-exporter's default file of each generation, as a file: exactly its series (the second run has
+    the NVLink rate), in the unit each name means; and the naming without a file writes the same set."""
+    args = xid_node(node, tmp_path)
+    for _ in range(2):
+        proc, s = node.collect("--naming", naming, "--counters", str(DATA / file), *args)
+        assert proc.returncode == 0, proc.stderr
+    assert dcgm_families(proc.stdout) == set(expected)
+    for name, held in expected.items():
+        if held is not None:
+            assert gpu0(s, name) == held, name
+    assert labels_of(s, list(expected)[0], "0").keys() >= set(labels)
+    valid_but_for_dcgm_names(proc.stdout, tmp_path / "textfile")
+    proc, _ = node.collect("--naming", naming, *args)
+    assert dcgm_families(proc.stdout) == set(expected)
+
+
+def test_the_new_naming_writes_dcgm_exporters_xid_counter_from_gputexts_count(node, tmp_path):
+    """DCGM_EXP_XID_ERRORS_TOTAL{xid}: one series per GPU and code, as dcgm-exporter writes it, from the
+    count gputext keeps in its state (so a restart does not reset it, nor count a record twice)."""
+    args = xid_node(node, tmp_path)
+    for _ in range(2):
+        proc, s = node.collect("--naming", "dcgm-4.10", *args)
+        assert proc.returncode == 0, proc.stderr
+    totals = {dict(labels)["xid"]: v for (name, labels), v in s.items() if name == "DCGM_EXP_XID_ERRORS_TOTAL_total"}
+    assert totals == {"62": 1, "79": 1}  # GPU 1 had none: no series, as in dcgm-exporter
+    assert "# TYPE DCGM_EXP_XID_ERRORS_TOTAL counter" in proc.stdout
+    labels = next(dict(labels) for (name, labels) in s if name == "DCGM_EXP_XID_ERRORS_TOTAL_total")
+    assert labels["UUID"] == h100_uuid(0) and labels["hostname"] == socket.gethostname()
+    assert "Hostname" not in labels and labels["DCGM_FI_SYSTEM_DRIVER_VERSION"] == "580.159.04"
+    assert value(s, "DCGM_FI_DEV_XID_ERROR", gpu="1") == 0
+    # and under the 4.8 naming where a counters file names it
+    counters = tmp_path / "counters.csv"
+    counters.write_text("DCGM_EXP_XID_ERRORS_TOTAL, counter, XID errors.\n")
+    proc, s = node.collect("--counters", str(counters), *args)
+    assert proc.returncode == 0, proc.stderr
+    assert value(s, "DCGM_EXP_XID_ERRORS_TOTAL_total", gpu="0", xid="62") == 1
+
+
+def test_a_file_may_mix_both_generations_names(node, tmp_path):
+    """Each series is named as the file names it, in the unit that name means, both spellings side by side."""
+    args = xid_node(node, tmp_path)
+    counters = tmp_path / "counters.csv"
+    counters.write_text("DCGM_FI_DEV_SM_CLOCK, gauge, SM clock (in MHz).\n"
+                        "DCGM_FI_DEV_SM_CLOCK_HERTZ, gauge, SM clock (in Hz).\n"
+                        "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION, counter, Energy (in mJ).\n"
+                        "DCGM_FI_DEV_GPU_ENERGY_JOULES_TOTAL, counter, Energy (in J).\n"
+                        "DCGM_FI_DEV_XID_ERRORS, gauge, Last XID.\n"
+                        "DCGM_FI_DEV_XID_ERROR, gauge, Last XID.\n"
+                        "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE, gauge, Tensor.\n"
+                        "DCGM_FI_PROF_TENSOR_UTIL_RATIO, gauge, Tensor.\n"
+                        "DCGM_FI_DRIVER_VERSION, label, Driver Version\n"
+                        "DCGM_FI_SYSTEM_DRIVER_VERSION, label, Driver Version\n")
+    proc, s = node.collect("--counters", str(counters), *args)
+    assert proc.returncode == 0, proc.stderr
+    (note,) = proc.stderr.splitlines()  # GPU 1 has no GPM: said under both names
+    assert note.endswith("GPU 1 gave no value for DCGM_FI_PROF_PIPE_TENSOR_ACTIVE, DCGM_FI_PROF_TENSOR_UTIL_RATIO "
+                         "(not supported there); left out")
+    assert gpu0(s, "DCGM_FI_DEV_SM_CLOCK") == 1980 and gpu0(s, "DCGM_FI_DEV_SM_CLOCK_HERTZ") == 1980e6
+    assert gpu0(s, "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION") == 31_536_000_000
+    assert gpu0(s, "DCGM_FI_DEV_GPU_ENERGY_JOULES_TOTAL") == 31_536_000
+    assert gpu0(s, "DCGM_FI_DEV_XID_ERRORS") == gpu0(s, "DCGM_FI_DEV_XID_ERROR") == 79
+    assert gpu0(s, "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE") == gpu0(s, "DCGM_FI_PROF_TENSOR_UTIL_RATIO") == pytest.approx(0.4)
+    labels = labels_of(s, "DCGM_FI_DEV_SM_CLOCK_HERTZ", "0")
+    assert labels["DCGM_FI_DRIVER_VERSION"] == labels["DCGM_FI_SYSTEM_DRIVER_VERSION"] == "580.159.04"
+    valid_but_for_dcgm_names(proc.stdout, tmp_path / "textfile")
+
+
+@pytest.mark.parametrize("line", ["DCGM_FI_DEV_SM_CLOCK_HZ, gauge, SM clock (in Hz).",
+                                  "DCGM_FI_PROF_PCIE_TX_BYTES_PER_SEC, gauge, PCIe.",
+                                  "DCGM_FI_SYSTEM_DRIVER_VERSIONS, label, Driver Version"])
+def test_a_name_neither_generation_has_is_exit_2_with_its_line(node, tmp_path, line):
+    two_gpus(node)
+    counters = tmp_path / "counters.csv"
+    counters.write_text(f"DCGM_FI_DEV_SM_CLOCK_HERTZ, gauge, SM clock (in Hz).\n{line}\n")
+    proc = node.run("collect", "--out", str(tmp_path / "gpu.prom"), "--naming", "dcgm-4.10", "--counters",
+                    str(counters))
+    assert proc.returncode == 2
+    assert f"{counters}:2: {line.split(',')[0]} is not a DCGM field gputext knows" in proc.stderr
+    assert not (tmp_path / "gpu.prom").exists()

@@ -272,7 +272,7 @@ def _targets(ctx, dev: Device) -> list[Target]:
     """The GPU's GPM targets with the metrics this detail level wants: the whole GPU, or, with MIG on,
     its whole-GPU rates and each GPU instance's activity."""
     # and the rows --naming dcgm writes under DCGM's names, whatever the level (DCGM_FI_PROF_GR_ENGINE_ACTIVE)
-    dcgm = ctx.options.counters.selected if ctx.options.naming == "dcgm" else {}
+    dcgm = ctx.options.counters.selected if ctx.options.naming != "gputext" else {}
 
     def wants(key: str) -> bool:
         return written_at(ctx.options.detail, key) or key in dcgm
