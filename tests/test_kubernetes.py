@@ -408,14 +408,16 @@ def test_repeating_mode_asks_the_kubelet_only_when_the_answer_is_old(node, socke
     assert len(allocations(series)) == 2
 
 
-def test_dcgm_names_carry_the_pod_as_dcgm_exporter_writes_it(node, socket):
-    """--naming dcgm: the pod, namespace and container holding a GPU come last, after dcgm-exporter's
-    own labels, as its Kubernetes mode writes them."""
+@pytest.mark.parametrize("naming, temperature", [("dcgm", "DCGM_FI_DEV_GPU_TEMP"),
+                                                 ("dcgm-4.10", "DCGM_FI_DEV_GPU_TEMP_CELSIUS")])
+def test_dcgm_names_carry_the_pod_as_dcgm_exporter_writes_it(node, socket, naming, temperature):
+    """--naming dcgm (and dcgm-4.10): the pod, namespace and container holding a GPU come last, after
+    dcgm-exporter's own labels, as its Kubernetes mode writes them."""
     node.write(gpus())
     with serve(socket, ONE_POD_PER_GPU):
-        proc, series = run(node, socket, "--naming", "dcgm")
-    (labels,) = [dict(ls) for (name, ls) in series if name == "DCGM_FI_DEV_GPU_TEMP" and dict(ls)["gpu"] == "1"]
+        proc, series = run(node, socket, "--naming", naming)
+    (labels,) = [dict(ls) for (name, ls) in series if name == temperature and dict(ls)["gpu"] == "1"]
     assert (labels["pod"], labels["namespace"], labels["container"]) == ("train-1", "ml", "trainer")
     assert labels["UUID"] == h100_uuid(1) and "uuid" not in labels
-    line = next(line for line in proc.stdout.splitlines() if line.startswith('DCGM_FI_DEV_GPU_TEMP{gpu="1"'))
+    line = next(line for line in proc.stdout.splitlines() if line.startswith(temperature + '{gpu="1"'))
     assert line.endswith(',pod="train-1",namespace="ml",container="trainer"} 41')

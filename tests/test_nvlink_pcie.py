@@ -275,6 +275,13 @@ def test_gpus_whose_gpm_writes_the_pcie_rates_are_not_sampled(node):
     for args in (("--collectors", "pcie,gpm", "--gpm-window", "150ms"), ("--collectors", "pcie", "--detail", "full")):
         proc, s = node.collect(*args)
         assert value(s, "gpu_pcie_transmit_bytes_per_second", gpu="0") == 1_500_000, args
+    # a DCGM naming writes GPM's PCIe rates at standard too (DCGM_FI_PROF_PCIE_*): not sampled then either
+    for naming, name in (("dcgm", "DCGM_FI_PROF_PCIE_TX_BYTES"),
+                         ("dcgm-4.10", "DCGM_FI_PROF_PCIE_TX_BYTES_PER_SECOND")):
+        node.calls.unlink(missing_ok=True)
+        proc, s = node.collect("--naming", naming, "--collectors", "pcie,gpm", "--gpm-window", "150ms")
+        assert value(s, name, gpu="0") == 2384 * 2**20, naming
+        assert "nvmlDeviceGetPcieThroughput" not in node.call_counts()[0], naming
 
 
 def test_pcie_32_bit_counters_give_the_sampled_rate_not_a_wrapping_counter(node):

@@ -109,7 +109,7 @@ def collect(ctx, samples) -> None:
         (pod, namespace, container), allocation = next(iter(who.items()))
         if not part:
             ctx.pod_labels[uuid] = {"pod": pod, "namespace": namespace, "container": container}
-        if options.naming == "dcgm":
+        if options.naming != "gputext":  # a DCGM naming
             from ..dcgm_exporter import holder_labels
 
             ctx.dcgm_holders[(uuid, part)] = holder_labels(allocation)

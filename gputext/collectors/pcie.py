@@ -147,7 +147,7 @@ def _gpm_writes_pcie_rates(ctx, dev) -> bool:
     chosen = options.collectors
     if chosen and "gpm" not in chosen:
         return False
-    dcgm = options.counters.selected if options.naming == "dcgm" else {}
+    dcgm = options.counters.selected if options.naming != "gputext" else {}
     if not all(written_at(options.detail, key) or key in dcgm for key in GPM_RATES):
         return False
     from .gpm import supported  # only where the level writes GPM's rates
