@@ -151,7 +151,7 @@ def test_metrics_lists_the_catalogue(invoke):
     assert markdown[0] == "| name | type | unit | labels | collector | detail | dcgm-exporter | help |"
     assert len(markdown) == 2 + len(METRICS)
     temperature = next(line for line in markdown if line.startswith("| `gpu_temperature_celsius` |"))
-    assert "| `DCGM_FI_DEV_GPU_TEMP` |" in temperature
+    assert "| `DCGM_FI_DEV_GPU_TEMP`, `DCGM_FI_DEV_GPU_TEMP_CELSIUS` |" in temperature
     assert "`DCGM_FI_DEV_XID_ERRORS` (computed from it)" in next(
         line for line in markdown if line.startswith("| `gpu_xid_last_time_seconds` |"))
     for metric in METRICS:
