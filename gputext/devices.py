@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pynvml
 
+from . import shape
 from .nvml import DeviceGone, Nvml, text
-from .state import boot_id
+from .readfile import STATE_FILE_LIMIT, read_bounded
+from .state import move_aside
 from .textfile import write_atomically
 
 CACHE_VERSION = 2  # raised whenever a cached value changes meaning (2: NVLink versions as "4.0", not 6)
@@ -28,6 +30,28 @@ SETTINGS_TTL_SECONDS = 60.0
 
 CLOCKS = (("graphics", pynvml.NVML_CLOCK_GRAPHICS), ("sm", pynvml.NVML_CLOCK_SM),
           ("memory", pynvml.NVML_CLOCK_MEM), ("video", pynvml.NVML_CLOCK_VIDEO))
+
+
+_SETTING = shape.optional(shape.count)
+CACHE_SHAPE = shape.record({
+    "version": shape.count,
+    "key": shape.record({"boot_id": shape.text, "driver_version": shape.text, "count": shape.count}),
+    "settings_read_at": shape.number,
+    "devices": shape.list_of(shape.record({
+        "index": shape.count,
+        "uuid": shape.text,
+        # _read_info's; the static values collectors add (Inventory.static) are checked when asked for
+        "info": shape.record({"name": shape.text, "pci_bus_id": shape.text, "serial": shape.text,
+                              "vbios_version": shape.text, "fan_count": shape.count,
+                              "max_clocks_mhz": shape.mapping(shape.count)},
+                             patterns={r"[a-z0-9_]{1,64}": shape.anything}),
+        "settings": shape.record({"persistence_mode": _SETTING, "accounting_mode": _SETTING,
+                                  "compute_mode": _SETTING,
+                                  "mig_mode": shape.optional(shape.tuple_of(shape.count, shape.count))}),
+    })),
+})
+# A minor number (/dev/nvidia<N>), kept as a static value by those who map device files to GPUs.
+MINOR_NUMBER = shape.optional(shape.count)
 
 
 # Plain classes and namedtuples, not dataclasses, for the import (see gputext.catalogue).
@@ -47,6 +71,7 @@ class Device:
         self.settings = {} if settings is None else settings  # see _read_settings
         # name -> (what it was made from, what a collector made): see derived(); not in the cache file
         self._derived: dict[str, tuple[object, object]] = {}
+        self.checked: set[str] = set()  # the static values of `info` found to have their shape
 
     def __repr__(self) -> str:
         return f"Device({self.index}, {self.uuid!r}, error={self.error!r})"
@@ -157,20 +182,29 @@ def _read_settings(nvml: Nvml, dev: Device) -> dict[str, object]:
 class Inventory:
     """The devices of one run (or of one repeating process), with the cache behind them."""
 
-    def __init__(self, nvml: Nvml, state_dir: Path | None):
+    def __init__(self, nvml: Nvml, state_dir: Path | None, warn: Callable[[str], None]):
         self.nvml = nvml
         self.cache_path = state_dir / CACHE_FILE if state_dir else None
+        self._warn = warn
         self._key: dict[str, object] | None = None
         self._devices: list[Device] = []
         self._settings_read_at = 0.0
         self._dirty = False
 
-    def static(self, dev: Device, name: str, read: Callable[[], object]) -> object:
+    def static(self, dev: Device, name: str, read: Callable[[], object], fits: shape.Shape) -> object:
         """A static value of `dev` that a collector needs (link count, NVLink peers, ...): read once,
-        then kept in the cache with the rest. Raises DeviceGone like any read."""
+        then kept in the cache with the rest. A cached value that does not have the shape `fits` is
+        read again. Raises DeviceGone like any read."""
+        if name in dev.info and name not in dev.checked:
+            try:
+                fits(dev.info[name], f"{dev.name}.{name}")
+            except shape.Invalid as err:
+                self._warn(f"inventory cache {self.cache_path}: {err}: read again")
+                del dev.info[name]
         if name not in dev.info:
             dev.info[name] = read()
             self._dirty = True
+        dev.checked.add(name)
         return dev.info[name]
 
     def save(self) -> None:
@@ -179,9 +213,9 @@ class Inventory:
             self._save(self._key, self._devices, self._settings_read_at)
             self._dirty = False
 
-    def discover(self, now: float) -> tuple[System, list[Device]]:
+    def discover(self, now: float, boot_id: str) -> tuple[System, list[Device]]:
         system = read_system(self.nvml)
-        key = {"boot_id": boot_id(), "driver_version": system.driver_version, "count": system.device_count}
+        key = {"boot_id": boot_id, "driver_version": system.driver_version, "count": system.device_count}
         # In the repeating mode, with the same NVML session and the same GPUs, last cycle's handles hold.
         if not (self._devices and key == self._key and all(dev.up for dev in self._devices)):
             self._key = key
@@ -234,18 +268,23 @@ class Inventory:
         return devices
 
     def _load(self, key: dict[str, object]) -> dict[str, object] | None:
+        """The cache, where it was made with `key` and has the shape this version writes."""
         if self.cache_path is None:
             return None
         try:
-            with open(self.cache_path) as f:
-                cached = json.load(f)
-            if cached.get("version") != CACHE_VERSION or cached.get("key") != key:
-                return None
-            if [d["index"] for d in cached["devices"]] != list(range(key["count"])):
-                return None
-            return cached
-        except (OSError, ValueError, KeyError, TypeError):
-            return None  # no cache, or one we do not understand: read the devices afresh
+            cached = json.loads(read_bounded(self.cache_path, STATE_FILE_LIMIT))
+            if isinstance(cached, dict) and cached.get("version") != CACHE_VERSION:
+                return None  # another version's: read afresh, and replaced by this version's
+            CACHE_SHAPE(cached, "")
+        except OSError:
+            return None  # no cache, or none readable now (an OS error says nothing of the file): read afresh
+        except (ValueError, RecursionError) as err:  # shape.Invalid included
+            move_aside(self.cache_path, "inventory cache", f"is not what this version writes ({str(err)[:300]})",
+                       self._warn)
+            return None
+        if cached["key"] != key or [d["index"] for d in cached["devices"]] != list(range(key["count"])):
+            return None
+        return cached
 
     def _save(self, key: dict[str, object], devices: list[Device], settings_read_at: float) -> None:
         # A cache with a device that did not answer would hide it from the next run's probe.

@@ -254,7 +254,7 @@ def _loaded_library() -> str:
 def check_kmsg(options: Options) -> Check:
     """Can the xid collector read the kernel log? `--kmsg -` (the units: systemd opens /dev/kmsg for
     the service) is checked as the host's /dev/kmsg, which a person running doctor opens alike."""
-    from .kmsg import STANDARD_INPUT, KmsgReader, KmsgUnreadable
+    from .kmsg import STANDARD_INPUT, Counted, KmsgReader, KmsgUnreadable, NotAKernelLog
 
     if not enabled(options, "xid"):
         return Check(INFO, "kernel log", "not enabled (--collectors)")
@@ -265,7 +265,7 @@ def check_kmsg(options: Options) -> Check:
                      "kernel-log container); not read here, so that its XIDs stay for the collector")
     reader = KmsgReader(path)
     try:
-        xids, _ = reader.new_xids(None)
+        xids = reader.read(Counted()).found
     except FileNotFoundError:
         return Check(FAIL if named(options, "xid") else INFO, "kernel log", f"no kernel log at {path}, so no "
                      "XIDs; fix: in a container, mount the host's /dev/kmsg, or set GPUTEXT_KMSG")
@@ -276,9 +276,9 @@ def check_kmsg(options: Options) -> Check:
                      "opening the log needs CAP_SYSLOG); fix: run gputext as root with CAP_SYSLOG (the systemd "
                      "units keep that capability), pass the log opened on standard input with --kmsg -, or "
                      "set kernel.dmesg_restrict=0")
-    except OSError as err:
-        return Check(FAIL, "kernel log", f"cannot read {path}: {err.strerror or err}; fix: set GPUTEXT_KMSG "
-                     "to /dev/kmsg")
+    except (OSError, NotAKernelLog) as err:
+        return Check(FAIL, "kernel log", f"cannot read {path}: {getattr(err, 'strerror', None) or err}; fix: "
+                     "set GPUTEXT_KMSG to /dev/kmsg")
     finally:
         reader.close()
     return Check(OK, "kernel log", f"{path} is readable; {len(xids)} XIDs in it this boot")

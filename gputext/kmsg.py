@@ -10,7 +10,15 @@ parsed from the bytes of the header alone: only new records that mention an XID 
 reads a regular file or a FIFO of such records (read() then returns many records at once: split on
 newlines), which is how the tests, and a person replaying a saved log with --kmsg, feed it.
 
-A hostile or malformed line (no header, too long, binary) is skipped, never fatal.
+A record is known by its sequence number, which the kernel gives each record of a boot once, in increasing
+order. `Counted` remembers which numbers were counted: all up to the newest, except the holes that a log
+read out of order left. So each record counts once whatever order a file holds: a number seen again (a
+log re-read, rotated into place, two boots' logs concatenated) is not counted again, and one that fills
+a hole is counted when it comes.
+
+A hostile or malformed line (no header, too long, binary) is skipped, never fatal, and one read of the
+log stops after MAX_READ_BYTES or MAX_READ_RECORDS, so that something that is no kernel log (/dev/zero, a
+FIFO that never ends) costs a bounded time.
 """
 
 from __future__ import annotations
@@ -27,6 +35,12 @@ from pathlib import Path
 READ_SIZE = 1 << 16
 # A line longer than this can only come from a file (kernel records stop at 8192 bytes): skipped.
 MAX_LINE = 1 << 14
+# One read of the log stops after this much (a kernel log holds at most a few MiB: log_buf_len's
+# default is 128 KiB to 1 MiB, CONFIG_LOG_BUF_SHIFT at most 32 MiB); the rest waits for the next read.
+MAX_READ_BYTES = 64 << 20
+MAX_READ_RECORDS = 1 << 20
+# Where records came out of order, at most this many ranges of numbers not yet seen are remembered.
+MAX_HOLES = 64
 # Only records holding this are decoded and parsed.
 MARKER = b"NVRM: Xid ("
 # --kmsg - : the log is the standard input gputext was started with (see _open_standard_input)
@@ -89,18 +103,6 @@ def _header(line: bytes) -> tuple[int, int, int] | None:
     return int(parts[1]), int(parts[2]), semi + 1
 
 
-def _last_record_seq(lines: bytes) -> int | None:
-    """The sequence number of the last record in `lines` (which ends with a newline)."""
-    end = len(lines) - 1
-    while end > 0:
-        start = lines.rfind(b"\n", 0, end) + 1
-        if lines[start:start + 1] != b" ":  # not a continuation line: the record's own line
-            header = _header(lines[start:end])
-            return header[0] if header else None
-        end = start - 1
-    return None
-
-
 def _open_path(path: Path) -> int:
     try:
         return os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -124,13 +126,86 @@ def _open_standard_input() -> int:
     return fd
 
 
+class NotAKernelLog(ValueError):
+    """The path names something that cannot hold a kernel log (a directory, a socket)."""
+
+
+class Counted:
+    """The sequence numbers of this boot's records that are counted: every one up to `newest`, except
+    those in `holes` ([first, last] ranges, lowest first), which a log read out of order skipped. At most
+    MAX_HOLES are kept: past that the lowest are given up (their records are then never counted, rather
+    than counted twice)."""
+
+    def __init__(self, newest: int | None = None, holes=()):
+        self.newest = newest
+        self.holes = [list(hole) for hole in holes]
+
+    def __contains__(self, seq: int) -> bool:
+        if self.newest is None or seq > self.newest:
+            return False
+        return not any(first <= seq <= last for first, last in self.holes)
+
+    def add(self, seq: int) -> int:
+        """Count a record that is not counted yet; returns how many numbers it skipped past the newest
+        (records overwritten before they were read, where the log is the kernel's)."""
+        if self.newest is None or seq > self.newest:
+            first = 0 if self.newest is None else self.newest + 1
+            self.newest = seq
+            if seq > first:
+                self.holes.append([first, seq - 1])
+                del self.holes[:-MAX_HOLES]
+            return seq - first
+        for index, (first, last) in enumerate(self.holes):
+            if first <= seq <= last:
+                self.holes[index:index + 1] = [hole for hole in ([first, seq - 1], [seq + 1, last])
+                                               if hole[0] <= hole[1]]
+                del self.holes[:-MAX_HOLES]
+                break
+        return 0
+
+
+class Batch:
+    """What one KmsgReader.read() found: the XIDs of records not counted before, how many records were
+    lost (overwritten before anyone read them), and whether it stopped at the read bounds."""
+
+    def __init__(self, counted: Counted):
+        self.counted = counted
+        self.found: list[Xid] = []
+        self.lost = 0
+        self.cut_short = False
+        self._bytes = self._records = 0
+
+    def spend(self, size: int, records: int) -> bool:
+        """Account one read() of `size` bytes holding `records` records; False once the bounds are
+        passed (the read that passes them is still taken)."""
+        self._bytes += size
+        self._records += records
+        if self._bytes > MAX_READ_BYTES or self._records > MAX_READ_RECORDS:
+            self.cut_short = True
+        return not self.cut_short
+
+    def take(self, line: bytes) -> int | None:
+        """Count one record's line; returns its sequence number (None for a line that is no record)."""
+        header = _header(line)
+        if header is None:
+            return None
+        seq, usec, start = header
+        if seq not in self.counted:
+            self.lost += self.counted.add(seq)
+            if MARKER in line:
+                xid = parse_xid(seq, usec, line[start:])
+                if xid is not None:
+                    self.found.append(xid)
+        return seq
+
+
 class KmsgReader:
     """The records of one log, read from its start. The descriptor stays open between reads, so the
     repeating mode reads only what was added since its last cycle."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.last_seq: int | None = None  # the newest record read so far
+        self.last_seq: int | None = None  # the newest record counted when this reader last read
         self._fd: int | None = None
         self._device = False  # /dev/kmsg itself, not a file of records
         self._pending = b""  # a line not yet ended (a file read stops anywhere)
@@ -143,27 +218,34 @@ class KmsgReader:
 
     def _open(self) -> int:
         if self._fd is None:
-            self._fd = _open_standard_input() if str(self.path) == STANDARD_INPUT else _open_path(self.path)
-            self._device = stat.S_ISCHR(os.fstat(self._fd).st_mode)
+            fd = _open_standard_input() if str(self.path) == STANDARD_INPUT else _open_path(self.path)
+            mode = os.fstat(fd).st_mode
+            if not (stat.S_ISCHR(mode) or stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+                os.close(fd)
+                raise NotAKernelLog(f"{self.path} is {_kind(mode)}, not a kernel log (the character device "
+                                    "/dev/kmsg, a file or a FIFO of its records)")
+            self._fd, self._device = fd, stat.S_ISCHR(mode)
         return self._fd
 
-    def new_xids(self, after: int | None) -> tuple[list[Xid], int]:
-        """(XIDs of the records newer than sequence number `after`, how many records newer than `after`
-        were lost: overwritten before anyone read them). `after` None: every record of this boot is new
-        (sequence numbers start at 0 at boot). Raises KmsgUnreadable, FileNotFoundError, OSError."""
-        fd = self._open()
-        batch = _Batch(0 if after is None else after + 1)
-        if self._device:
-            self._read_device(fd, batch)
-        else:
-            self._read_stream(fd, batch)
-        if batch.newest is not None:
-            self.last_seq = batch.newest if self.last_seq is None else max(self.last_seq, batch.newest)
-        return batch.found, batch.lost
+    def read(self, counted: Counted) -> Batch:
+        """The records not in `counted`, up to the read bounds; `counted` is updated with them. Raises
+        KmsgUnreadable, FileNotFoundError, NotAKernelLog, OSError (the descriptor is then closed)."""
+        batch = Batch(counted)
+        try:
+            fd = self._open()
+            if self._device:
+                self._read_device(fd, batch)
+            else:
+                self._read_stream(fd, batch)
+        except BaseException:
+            self.close()
+            raise
+        self.last_seq = counted.newest
+        return batch
 
-    def _read_device(self, fd: int, batch: "_Batch") -> None:
+    def _read_device(self, fd: int, batch: Batch) -> None:
         """/dev/kmsg: one whole record per read(), each one sequence number after the last unless read()
-        failed with EPIPE (the kernel says so whenever it skips any). So a record known to be old is
+        failed with EPIPE (the kernel says so whenever it skips any). So a record known to be counted is
         passed over without looking at it: the cost of an old record is its read()."""
         seq = None  # the sequence number of the record just read, where known without parsing it
         while True:
@@ -176,18 +258,20 @@ class KmsgReader:
                 # consumed. Either way the next record's own number says where we are.
                 if err.errno in (errno.EPIPE, errno.EINVAL):
                     seq = None
+                    if not batch.spend(0, 1):
+                        break
                     continue
                 raise
             if not record:
                 break
-            if seq is not None:
+            if seq is not None and seq + 1 in batch.counted:
                 seq += 1
-                if seq < batch.expected:
-                    batch.newest = seq
-                    continue
-            seq = batch.take(record.split(b"\n", 1)[0])
+            else:
+                seq = batch.take(record.split(b"\n", 1)[0])
+            if not batch.spend(len(record), 1):
+                break
 
-    def _read_stream(self, fd: int, batch: "_Batch") -> None:
+    def _read_stream(self, fd: int, batch: Batch) -> None:
         """A regular file or FIFO: read() returns as many lines as fit, the last perhaps cut short."""
         while True:
             try:
@@ -203,44 +287,22 @@ class KmsgReader:
             if self._discarding:
                 if not cut:
                     self._pending = b""
-                    continue
-                lines = lines[lines.find(b"\n") + 1:]
-                self._discarding = False
+                    lines = b""
+                else:
+                    lines = lines[lines.find(b"\n") + 1:]
+                    self._discarding = False
             if len(self._pending) > MAX_LINE:
                 self._pending, self._discarding = b"", True
-            if not lines:
-                continue
-            # Records come in sequence order: a read whose last record is old holds only old ones.
-            newest = _last_record_seq(lines)
-            if newest is not None and newest < batch.expected:
-                batch.newest = newest
-                continue
             for line in lines.split(b"\n"):
                 if line and line[:1] != b" " and len(line) <= MAX_LINE:
                     batch.take(line)
+            if not batch.spend(len(chunk), lines.count(b"\n")):
+                break
 
 
-class _Batch:
-    """What one new_xids() call found: XIDs, lost records, the newest sequence number."""
-
-    def __init__(self, expected: int):
-        self.expected = expected  # the sequence number of the first record not yet counted
-        self.found: list[Xid] = []
-        self.lost = 0
-        self.newest: int | None = None
-
-    def take(self, line: bytes) -> int | None:
-        """Count one record's line; returns its sequence number (None for a line that is no record)."""
-        header = _header(line)
-        if header is None:
-            return None
-        seq, usec, start = header
-        self.newest = seq if self.newest is None else max(self.newest, seq)
-        if seq >= self.expected:
-            self.lost += seq - self.expected
-            self.expected = seq + 1
-            if MARKER in line:
-                xid = parse_xid(seq, usec, line[start:])
-                if xid is not None:
-                    self.found.append(xid)
-        return seq
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a block device" if stat.S_ISBLK(mode) else "not a file"

@@ -11,8 +11,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .readfile import PROC_FILE_LIMIT, read_bounded
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 COMM_LENGTH = 15  # TASK_COMM_LEN - 1: the kernel cuts longer names
+STAT_LIMIT = 4 * 1024 * 1024
 START_TIME = 19  # field 22 of /proc/<pid>/stat, counted from the state (field 3) after the name
 
 
@@ -23,9 +26,10 @@ class ProcessTable:
 
     def boot_time(self) -> float:
         if self._boot_time is None:
-            for line in (self.proc / "stat").read_bytes().splitlines():
+            # /proc/stat has a line per CPU: thousands of CPUs stay far below the limit
+            for line in read_bounded(self.proc / "stat", STAT_LIMIT).splitlines():
                 if line.startswith(b"btime "):
-                    self._boot_time = float(line.split()[1])
+                    self._boot_time = float(_ticks(line.split(b" ", 1)[1].strip()))
                     break
             else:
                 raise OSError(f"{self.proc / 'stat'} has no btime line")
@@ -35,11 +39,11 @@ class ProcessTable:
         """(name, start time in Unix seconds) of the process, or None where it is gone or unreadable.
         The name may hold undecodable bytes as surrogates (os.fsdecode)."""
         try:
-            stat = (self.proc / str(pid) / "stat").read_bytes()
+            stat = read_bounded(self.proc / str(pid) / "stat", PROC_FILE_LIMIT)
             # the name is between the first "(" and the last ")": it may hold either
             name = stat[stat.index(b"(") + 1:stat.rindex(b")")]
             fields = stat[stat.rindex(b")") + 2:].split()
-            started = self.boot_time() + int(fields[START_TIME]) / CLOCK_TICKS
+            started = self.boot_time() + _ticks(fields[START_TIME]) / CLOCK_TICKS
             if len(name) >= COMM_LENGTH:
                 name = self._full_name(pid, name)
         except (OSError, ValueError, IndexError):
@@ -48,8 +52,16 @@ class ProcessTable:
 
     def _full_name(self, pid: int, comm: bytes) -> bytes:
         try:
-            argv0 = (self.proc / str(pid) / "cmdline").read_bytes().split(b"\0", 1)[0]
-        except OSError:
+            argv0 = read_bounded(self.proc / str(pid) / "cmdline", PROC_FILE_LIMIT).split(b"\0", 1)[0]
+        except (OSError, ValueError):
             return comm
         program = os.path.basename(argv0)
         return program if program.startswith(comm) else comm
+
+
+def _ticks(field: bytes) -> int:
+    """A count the kernel writes in decimal (seconds, clock ticks): digits only, and no more of them than
+    a 64-bit counter has, so that a file under --host-root that is no /proc gives no absurd time."""
+    if not field.isdigit() or len(field) > 20:
+        raise ValueError(f"not a count: {field[:30]!r}")
+    return int(field)

@@ -7,9 +7,14 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__
+from . import __version__, shape
 from .collectors import REGISTRY, LastingFailure, NotApplicable, load
 from .exposition import Samples
+
+# The state's sections this module keeps (gputext.state): a lasting condition said this boot -> the
+# boot's id; for --naming dcgm, GPU UUID -> [its NVLink bytes, when]
+SAID = shape.mapping(shape.text)
+NVLINK_SUMS = shape.mapping(shape.tuple_of(shape.number, shape.number))
 
 
 class Options:
@@ -119,19 +124,25 @@ class Context:
         self.warn(message)
 
     def _said_this_boot(self, message: str) -> bool:
-        from .state import StateUnavailable, boot_id
+        from .state import StateUnavailable
 
         try:
-            said = self.state.section("said")
+            said = self.state.section("said", SAID)
         except StateUnavailable:
             return False  # without state each run says it
-        boot = boot_id()
+        boot = self.boot_id()
         for old in [text for text, when in said.items() if when != boot]:
             del said[old]  # conditions said in an earlier boot are said again
         if said.get(message) == boot:
             return True
         said[message] = boot
         return False
+
+    def boot_id(self) -> str:
+        """This boot's ID (gputext.state.boot_id), read from the host's /proc."""
+        from .state import boot_id
+
+        return boot_id(self.options.host_path("/proc"))
 
     @property
     def nvml(self):
@@ -157,8 +168,8 @@ class Context:
             from .devices import Inventory
 
             if self._inventory is None:
-                self._inventory = Inventory(self.nvml, self.options.state_dir)
-            self._devices = self._inventory.discover(self.now)
+                self._inventory = Inventory(self.nvml, self.options.state_dir, self.warn)
+            self._devices = self._inventory.discover(self.now, self.boot_id())
         return self._devices
 
     def mig_devices(self, dev) -> list:
@@ -180,9 +191,9 @@ class Context:
             self._slurm = SlurmJobs(self.options.host_root, self.options.hpc_job_mapping_dir)
         return self._slurm
 
-    def static(self, dev, name: str, read):
-        """A static value of a device, cached across runs (see Inventory.static)."""
-        return self._inventory.static(dev, name, read)
+    def static(self, dev, name: str, read, fits):
+        """A static value of a device, cached across runs, of the shape `fits` (see Inventory.static)."""
+        return self._inventory.static(dev, name, read, fits)
 
     def minor_number(self, dev) -> int | None:
         """The N of the GPU's /dev/nvidiaN, which device plugins (GKE) and DRA (gpu.nvidia.com) name GPUs
@@ -190,13 +201,14 @@ class Context:
         only with a reboot, which renews the inventory). None where NVML does not give it."""
         import pynvml
 
+        from .devices import MINOR_NUMBER
         from .nvml import DeviceGone
 
         if not dev.up:
             return None
         try:
             number = self.static(dev, "minor_number", lambda: self.nvml.call(
-                pynvml.nvmlDeviceGetMinorNumber, dev.handle, device=dev.name))
+                pynvml.nvmlDeviceGetMinorNumber, dev.handle, device=dev.name), MINOR_NUMBER)
         except DeviceGone:
             return None
         return None if number is None else int(number)
@@ -290,7 +302,7 @@ def _dcgm_naming(ctx: Context, samples: Samples) -> DcgmNaming:
     naming.devices = identity(system, devices, ctx.minor_number, counters.naming)
     if counters.wants_nvlink_bandwidth():
         try:
-            kept = ctx.state.section("dcgm_nvlink_bandwidth")
+            kept = ctx.state.section("dcgm_nvlink_bandwidth", NVLINK_SUMS)
         except StateUnavailable:
             kept = ctx.dcgm_nvlink_sums  # without state, the repeating mode still has its last cycle's
         naming.nvlink_bandwidth, sums = nvlink_bandwidth(samples, dict(kept), ctx.now)

@@ -4,7 +4,9 @@
 kubelet's answer, ...). A run that needs it takes `state.json.lock` (gputext.locks), reads the file, and at
 the end writes it atomically and releases the lock, so overlapping runs (a timer and a person) never lose
 each other's updates. A file that is not valid JSON or not ours (another version) is moved aside with a
-warning and the run starts afresh. Where the directory cannot be written, or another run holds the lock
+warning and the run starts afresh; a section whose content does not have the shape its owner declares
+(gputext.shape) is dropped and started afresh, the others kept. A file that cannot be read (EMFILE, EACCES)
+is left as it is: an OS error says nothing about its content. Where the directory cannot be written, or another run holds the lock
 too long, the state is unavailable: the metrics that need it are left out and stderr says why, once.
 """
 
@@ -17,24 +19,37 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .readfile import STATE_FILE_LIMIT, read_bounded, read_bounded_text
+from .shape import Invalid, Shape
 from .textfile import write_atomically
 
 STATE_VERSION = 1
 STATE_FILE = "state.json"
 LOCK_TIMEOUT_SECONDS = 2.0
 
-BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+BOOT_ID = "sys/kernel/random/boot_id"  # under /proc
 
 
 @functools.lru_cache(maxsize=None)
-def boot_id() -> str:
-    """This boot's random ID: what was seen or said "this boot" is keyed by it ("" where unreadable).
-    Read once per process: no process outlives its boot (the repeating mode asks every cycle)."""
+def boot_id(proc: Path) -> str:
+    """This boot's random ID, from `proc` (the host's /proc, under --host-root): what was seen or said
+    "this boot" is keyed by it ("" where unreadable). Read once per process: no process outlives its boot
+    (the repeating mode asks every cycle)."""
     try:
-        with open(BOOT_ID_PATH) as f:
-            return f.read().strip()
-    except OSError:
+        return read_bounded_text(proc / BOOT_ID, 4096, "replace").strip()
+    except (OSError, ValueError):
         return ""
+
+
+def move_aside(path: Path, what: str, why: str, warn: Callable[[str], None]) -> None:
+    """Rename a file of gputext's that it cannot use to <name>.bad-<time>, for a person to look at (the
+    run then starts it afresh), and say so."""
+    aside = path.with_name(f"{path.name}.bad-{int(time.time())}")
+    try:
+        os.replace(path, aside)
+        warn(f"{what} {path} {why}: moved to {aside.name}, starting afresh")
+    except OSError as err:
+        warn(f"{what} {path} {why} and cannot be moved aside ({err.strerror}): ignored")
 
 
 class StateUnavailable(Exception):
@@ -55,17 +70,29 @@ class State:
         self._sections: dict[str, object] | None = None
         self._read: bytes | None = None  # the file as loaded: close() does not rewrite it unchanged
         self._error: StateUnavailable | None = None
+        self._checked: set[str] = set()  # the sections checked against their shape since the file was read
 
-    def section(self, name: str) -> dict[str, object]:
-        """The named section, a dict the caller may change; it is saved at close(). Raises
+    def section(self, name: str, shape: Shape) -> dict[str, object]:
+        """The named section, a dict the caller may change; it is saved at close(). The first time a
+        run asks for it, the section as read is checked against `shape` (gputext.shape): one that does
+        not fit is dropped and started afresh, with a warning, and the other sections are kept. Raises
         StateUnavailable (each time, warning once) where there is no usable state."""
         if self._sections is None:
             self._open()
+        if name not in self._checked:
+            self._checked.add(name)
+            try:
+                shape(self._sections.get(name, {}), name)
+            except Invalid as err:
+                del self._sections[name]
+                self._warn(f"state file {self.path}: {err}; its section {name!r} is not what this version "
+                           "writes: started afresh, the other sections are kept")
         return self._sections.setdefault(name, {})
 
     def _open(self) -> None:
         if self._error is not None:
             raise self._error
+        self._checked = set()
         try:
             self._sections = self._lock_and_load()
         except StateUnavailable as err:
@@ -89,20 +116,27 @@ class State:
         except OSError as err:
             raise StateUnavailable(f"cannot use {self.directory}: {err.strerror or err}") from None
         self._lock = lock
-        if not os.access(self.directory, os.W_OK):
-            self._release()
-            raise StateUnavailable(f"{self.directory} is not writable")
-        return self._load()
+        try:
+            if not os.access(self.directory, os.W_OK):
+                raise StateUnavailable(f"{self.directory} is not writable")
+            return self._load()
+        except BaseException:
+            self._release()  # else this run's next section() would wait on its own lock
+            raise
 
     def _load(self) -> dict[str, object]:
         try:
-            with open(self.path, "rb") as f:
-                read = f.read()
-            document = json.loads(read)
+            read = read_bounded(self.path, STATE_FILE_LIMIT)
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as err:
-            return self._move_aside(f"unreadable ({err})")
+        except OSError as err:  # EMFILE, EACCES, EIO: nothing wrong with the file itself, so it stays
+            raise StateUnavailable(f"cannot read {self.path}: {err.strerror or err}") from None
+        except ValueError as err:  # not a regular file, or too large
+            return self._move_aside(f"unusable ({err})")
+        try:
+            document = json.loads(read)
+        except (ValueError, RecursionError) as err:  # RecursionError: nested deeper than the parser goes
+            return self._move_aside(f"unreadable ({type(err).__name__}: {str(err)[:200]})")
         if not isinstance(document, dict) or document.get("version") != STATE_VERSION \
                 or not isinstance(document.get("sections"), dict):
             return self._move_aside(f"not a gputext state file of version {STATE_VERSION}")
@@ -110,12 +144,7 @@ class State:
         return document["sections"]
 
     def _move_aside(self, why: str) -> dict[str, object]:
-        aside = self.path.with_name(f"{STATE_FILE}.bad-{int(time.time())}")
-        try:
-            os.replace(self.path, aside)
-            self._warn(f"state file {self.path} {why}: moved to {aside.name}, starting afresh")
-        except OSError as err:
-            self._warn(f"state file {self.path} {why} and cannot be moved aside ({err.strerror}): ignored")
+        move_aside(self.path, "state file", why, self._warn)
         return {}
 
     def close(self) -> None:

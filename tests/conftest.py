@@ -8,10 +8,18 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import pytest
+from hypothesis import settings
 
 from fakegpu import build_fake_nvml, default_system, fake_env, read_calls, render_scenario
 
 Series = Dict[Tuple[str, frozenset], float]
+
+# Property-based tests (tests/test_properties.py): "ci", the default, keeps the suite's time bounded;
+# `pytest --hypothesis-profile long` tries many more inputs. No deadline (a loaded machine is slow, and
+# tests assert no times) and no example database (no test writes outside its temp directories).
+settings.register_profile("ci", max_examples=100, deadline=None, database=None)
+settings.register_profile("long", max_examples=5000, deadline=None, database=None)
+settings.load_profile("ci")
 
 
 def parse_exposition(text: str) -> Series:

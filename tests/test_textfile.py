@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from gputext import textfile
+from gputext import shape, textfile
 from gputext.textfile import write_atomically
 
 
@@ -78,9 +78,9 @@ def test_output_is_fsynced_state_and_inventory_are_not(tmp_path, monkeypatch):
     synced.clear()
 
     state = State(tmp_path / "state", warn=pytest.fail)
-    state.section("processes")["x"] = 1
+    state.section("processes", shape.anything)["x"] = 1
     state.close()
-    inventory = Inventory(nvml=None, state_dir=tmp_path / "state")
+    inventory = Inventory(nvml=None, state_dir=tmp_path / "state", warn=pytest.fail)
     inventory._save({"count": 1}, [Device(0, "GPU-a", handle=object())], 0.0)
     assert (tmp_path / "state" / "state.json").read_bytes() == b'{"version":1,"sections":{"processes":{"x":1}}}'
     assert (tmp_path / "state" / "inventory.json").exists()

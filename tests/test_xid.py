@@ -190,10 +190,10 @@ def test_epipe_from_the_device_goes_on_with_the_next_record(monkeypatch):
 
     monkeypatch.setattr(kmsg.os, "read", read)
     reader = kmsg.KmsgReader(Path("/dev/null"))  # a character device, as /dev/kmsg: one record per read
-    found, lost = reader.new_xids(None)
+    batch = reader.read(kmsg.Counted())
     reader.close()
-    assert lost == 2 and reader.last_seq == 3
-    assert found == [kmsg.Xid(3, 3_000_000, (0, 0x18, 0), 79)]
+    assert batch.lost == 2 and reader.last_seq == 3
+    assert batch.found == [kmsg.Xid(3, 3_000_000, (0, 0x18, 0), 79)]
 
 
 def test_old_device_records_are_skipped_by_counting_them(monkeypatch):
@@ -210,9 +210,10 @@ def test_old_device_records_are_skipped_by_counting_them(monkeypatch):
 
     monkeypatch.setattr(kmsg.os, "read", read)
     reader = kmsg.KmsgReader(Path("/dev/null"))
-    found, lost = reader.new_xids(8)
+    batch = reader.read(kmsg.Counted(8))
     reader.close()
-    assert [(x.seq, x.code) for x in found] == [(9, 13), (10, 31)] and lost == 0 and reader.last_seq == 10
+    assert [(x.seq, x.code) for x in batch.found] == [(9, 13), (10, 31)] and batch.lost == 0
+    assert reader.last_seq == 10
 
 
 def test_both_driver_formats_parse_with_their_values():
@@ -363,3 +364,77 @@ def test_the_repeating_mode_reads_only_what_is_new(node, log, tmp_path):
         _, stderr = runner.communicate(timeout=30)
     assert runner.returncode == 0 and stderr == "", stderr
     assert state_section(node)["seq"] == 2
+
+
+def test_a_log_whose_last_part_is_older_counts_each_record_once(node, log):
+    """Two boots' logs concatenated (or a log rotated into place): the last records have lower sequence
+    numbers than the first. Those numbers were counted; no run counts the first XID again."""
+    node.write([h100(0)])
+    filler = [f"filler record {n} " + "x" * 60 for n in range(3000)]
+    log.add(*filler[:20], xid_515(GPU0, 79), *filler[20:])  # more than one 64 KiB read
+    with open(log.path, "a") as f:
+        f.writelines(record(seq, "an earlier boot's record") for seq in range(10))
+    for _ in range(4):
+        proc, series = node.collect(*log.args())
+        assert proc.returncode == 0, proc.stderr
+        assert xids(series) == {("0", "79", "", ""): 1}
+    assert state_section(node)["seq"] == 3000 and state_section(node)["holes"] == []
+
+
+def test_records_out_of_order_count_once_each(node, log):
+    """Gaps, a decrease, a repeat: a record counts once, when its number is first seen."""
+    node.write([h100(0)])
+    log.path.write_text("".join(record(seq, xid_515(GPU0, 79)) for seq in (5, 3, 5, 7, 4, 4)))
+    proc, series = node.collect(*log.args())
+    assert xids(series) == {("0", "79", "", ""): 4}  # 5, 3, 7, 4
+    with open(log.path, "a") as f:
+        f.writelines(record(seq, xid_515(GPU0, 79)) for seq in (3, 6, 0, 7, 8))
+    assert xids(node.collect(*log.args())[1]) == {("0", "79", "", ""): 7}  # and 6, 0, 8
+    assert xids(node.collect(*log.args())[1]) == {("0", "79", "", ""): 7}
+    assert state_section(node)["seq"] == 8 and state_section(node)["holes"] == [[1, 2]]
+
+
+@pytest.mark.parametrize("source", ["/dev/zero", "/dev/urandom", "standard input /dev/zero", "a FIFO of 'y'"])
+def test_what_is_no_kernel_log_is_read_within_a_bound(node, log, source):
+    """A character device or FIFO that never ends is read up to the bound, once per run, and said."""
+    node.write([h100(0)])
+    stdin, writer = None, None
+    if source.startswith("standard input"):
+        stdin, kmsg_arg = open("/dev/zero", "rb"), "-"
+    elif source.startswith("a FIFO"):
+        writer = subprocess.Popen(["yes"], stdout=subprocess.PIPE)
+        stdin, kmsg_arg = writer.stdout, "-"
+    else:
+        kmsg_arg = source
+    try:
+        proc = subprocess.run([sys.executable, "-m", "gputext", "collect", "--out", "-", "--state-dir",
+                               str(node.state_dir), "--collectors", "xid", "--host-root", str(log.root)],
+                              env={**node.env(), "GPUTEXT_KMSG": kmsg_arg}, stdin=stdin, capture_output=True,
+                              text=True, timeout=60)
+    finally:
+        if writer is not None:
+            writer.kill()
+            writer.wait()
+        stdin is not None and stdin.close()
+    assert proc.returncode == 0, proc.stderr
+    assert "in one read, more than any kernel log holds" in proc.stderr and proc.stderr.count("\n") == 1
+    assert value(parse_exposition(proc.stdout), "gputext_collector_success", collector="xid") == 1
+
+
+def test_a_directory_as_the_log_is_said_and_leaks_no_descriptor(tmp_path):
+    """The repeating mode keeps one process: each cycle that fails to read the log closes what it opened."""
+    from gputext.run import Context, Options, collect
+
+    said = []
+    ctx = Context(Options(collectors=("xid",), kmsg=tmp_path, state_dir=tmp_path / "state"), said.append)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        result = collect(ctx)
+        ctx.end_cycle()
+        ctx.new_cycle()
+        assert result.failed == ["xid"]
+    ctx.close()
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert said == [f"collector xid: {tmp_path} is a directory, not a kernel log (the character device /dev/kmsg, "
+                    "a file or a FIFO of its records): XIDs are not counted; fix: point --kmsg (GPUTEXT_KMSG) at "
+                    "the kernel log"]

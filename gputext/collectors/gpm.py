@@ -31,6 +31,7 @@ from collections.abc import Callable
 import pynvml
 
 from . import NotApplicable
+from .. import shape
 from ..catalogue import written_at
 from ..devices import Device, gpu_instances, instance_labels
 from ..nvml import DeviceGone, Nvml
@@ -263,7 +264,7 @@ def supported(ctx, dev: Device) -> bool:
         return bool(answer is not None and answer.isSupportedDevice)
 
     try:
-        return ctx.static(dev, "gpm_supported", ask)
+        return ctx.static(dev, "gpm_supported", ask, shape.boolean)
     except DeviceGone:
         return False
 
@@ -307,10 +308,10 @@ def _targets(ctx, dev: Device) -> list[Target]:
 
 
 def _link_metrics(ctx, dev: Device, wants) -> dict[int, Metric]:
-    from .nvlink import present_links  # the links the nvlink collector found, cached alike
+    from .nvlink import LINKS, present_links  # the links the nvlink collector found, cached alike
 
     try:
-        links = ctx.static(dev, "nvlink_links", lambda: present_links(ctx.nvml, dev))
+        links = ctx.static(dev, "nvlink_links", lambda: present_links(ctx.nvml, dev), LINKS)
     except DeviceGone:
         return {}
     metrics = {}

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 import pynvml
 
 from . import LastingFailure, NotApplicable
+from .. import shape
 from ..devices import Device, MigDevice
 from ..nvml import DeviceGone, text
 
@@ -57,6 +58,9 @@ class Allocation(namedtuple("Allocation", "uuid pod namespace container resource
 # where a device ID points: (gpu uuid, gpu instance, MIG device uuid)
 Target = tuple[str, str, str]
 
+# The kubelet's last answer in the state: what it was asked with, when, and the allocations
+SHAPE = shape.record(optional={"key": shape.anything, "fetched_at": shape.number, "allocations": shape.list_of(
+    shape.tuple_of(*[shape.text] * len(Allocation._fields)))})
 _REPLICA = re.compile(r"::\d+$")
 _GKE = re.compile(r"nvidia(\d+)(?:/gi(\d+))?(?:/vgpu\d+)?")
 _OLD_MIG = re.compile(r"MIG-(GPU-[^/]+)/(\d+)/(\d+)")
@@ -130,7 +134,7 @@ def _cache_section(ctx) -> dict | None:
     from ..state import StateUnavailable
 
     try:
-        return ctx.state.section("kubernetes")
+        return ctx.state.section("kubernetes", SHAPE)
     except StateUnavailable:
         return None  # every run asks the kubelet
 
@@ -139,12 +143,8 @@ def _cached(cache: dict | None, key: list, now: float, ttl: float) -> list[Alloc
     if not cache or cache.get("key") != key:
         return None
     fetched_at, allocations = cache.get("fetched_at"), cache.get("allocations")
-    if not isinstance(fetched_at, (int, float)) or not 0 <= now - fetched_at < ttl:
+    if fetched_at is None or allocations is None or not 0 <= now - fetched_at < ttl:
         return None
-    if not isinstance(allocations, list) or not all(
-            isinstance(a, list) and len(a) == len(Allocation._fields) and all(isinstance(v, str) for v in a)
-            for a in allocations):
-        return None  # not what this version writes
     return [Allocation._make(a) for a in allocations]
 
 

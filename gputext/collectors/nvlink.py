@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pynvml
 
+from .. import shape
 from ..nvml import DeviceGone, text
 
 FI_LINK_COUNT = 91
@@ -21,6 +22,12 @@ FI_VERSION = 166
 NVML_NVLINK_MAX_LINKS = 36
 STATE_ACTIVE = 1  # NVML_NVLINK_STATE_ACTIVE
 KIB = 1024
+# The static values kept in the inventory cache (gputext.devices): the link indices a GPU has, the
+# per-link field ids that answer there, and each link's version and peer
+LINKS = shape.where(shape.list_of(shape.count), lambda links: all(link < 1024 for link in links[:1024])
+                    and len(links) <= 1024, "not a list of link indices")
+FIELDS = shape.list_of(shape.count)
+PEER = shape.record({"version": shape.text, "remote_pci_bus_id": shape.text})
 MB = 1_000_000  # NVML's NVLink "MBps" are decimal megabytes per second
 # nvmlNvlinkVersion_t, what field 166 and nvmlDeviceGetNvLinkVersion answer, as the version it names
 # (NVLink 4.0, an H100's, is 6); a newer value than this table is left out, not written as a version
@@ -142,10 +149,10 @@ def _answered_fields(nvml, dev, links):
 
 def _collect_device(ctx, dev, samples, level: _Level) -> None:
     nvml = ctx.nvml
-    links = ctx.static(dev, "nvlink_links", lambda: present_links(nvml, dev))
+    links = ctx.static(dev, "nvlink_links", lambda: present_links(nvml, dev), LINKS)
     if not links:
         return
-    fields = ctx.static(dev, "nvlink_fields", lambda: _answered_fields(nvml, dev, links))
+    fields = ctx.static(dev, "nvlink_fields", lambda: _answered_fields(nvml, dev, links), FIELDS)
     plan = dev.derived("nvlink", (links, fields, level.key), lambda: _Plan(dev, links, fields, level))
     values = nvml.field_list(dev.handle, plan.keys, device=dev.name)
     states = [None if at is None else values[at] for at in plan.state]
@@ -198,7 +205,7 @@ def _info_labels(ctx, nvml, dev, plan: _Plan, i: int) -> tuple[str, ...]:
     link = plan.links[i]
     labels = plan.info.get(link)
     if labels is None:
-        peer = ctx.static(dev, f"nvlink_peer_{link}", lambda: _read_peer(nvml, dev, link))
+        peer = ctx.static(dev, f"nvlink_peer_{link}", lambda: _read_peer(nvml, dev, link), PEER)
         labels = plan.info[link] = plan.on_link[i] + (peer["version"], peer["remote_pci_bus_id"])
     return labels
 

@@ -36,6 +36,7 @@ import time
 
 import pynvml
 
+from .. import shape
 from ..catalogue import written_at
 from ..exposition import clean
 from ..nvml import DeviceGone
@@ -43,6 +44,8 @@ from .nvml import device_rows
 
 FI_TX_BYTES, FI_RX_BYTES = 197, 198
 FI_REPLAYS, FI_REPLAY_ROLLOVERS = 94, 95
+# [maximum link generation, maximum width], kept in the inventory cache (None: not answered)
+MAXIMA = shape.tuple_of(shape.optional(shape.count), shape.optional(shape.count))
 KB = 1000  # nvmlDeviceGetPcieThroughput reports KB/s ("1KB granularity")
 
 ERROR_FIELDS: dict[int, str] = {
@@ -119,7 +122,7 @@ def _collect_device(ctx, dev, samples) -> bool:
         link_width = nvml.call(pynvml.nvmlDeviceGetCurrPcieLinkWidth, h, device=where)
     maxima = ctx.static(dev, "pcie_max", lambda: [
         nvml.call(pynvml.nvmlDeviceGetMaxPcieLinkGeneration, h, device=where),
-        nvml.call(pynvml.nvmlDeviceGetMaxPcieLinkWidth, h, device=where)])
+        nvml.call(pynvml.nvmlDeviceGetMaxPcieLinkWidth, h, device=where)], MAXIMA)
     series = [
         ("pcie_transmit_bytes_total", values.get(FI_TX_BYTES) if counters else None),
         ("pcie_receive_bytes_total", values.get(FI_RX_BYTES) if counters else None),

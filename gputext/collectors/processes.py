@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pynvml
 
-from .. import energy
+from .. import energy, shape
 from ..catalogue import DEVICE_LABELS, PROCESS_LABELS
 from ..nvml import DeviceGone
 from ..pods import PodResolver, read_cgroup
@@ -25,6 +25,19 @@ US = 1e-6  # accounting times are in microseconds
 _ROW_LABELS = DEVICE_LABELS + PROCESS_LABELS  # the process series' labels (the energy's add "source")
 UTILIZATION_KEYS = ("process_sm_utilization_ratio", "process_memory_utilization_ratio",
                     "process_encoder_utilization_ratio", "process_decoder_utilization_ratio")
+
+# A process record in the state: what describe() gives, its lifetime, and its energies (gputext.energy).
+_RECORD = shape.where(shape.record(
+    required={"pid": shape.count, "start": shape.optional(shape.number), "end": shape.optional(shape.number),
+              "active": shape.flag, "name": shape.text, "created": shape.optional(shape.number),
+              "pod": shape.text, "namespace": shape.text, "container": shape.text},
+    optional={"e_start": shape.number, "e_end": shape.number, "attributed": shape.number}),
+    lambda record: record["active"] or record["end"] is not None, "an exited process without an end")
+# GPU UUID -> what the last run left for the next
+SHAPE = shape.mapping(shape.record(optional={
+    "last_sample_us": shape.count, "energy": shape.tuple_of(shape.number, shape.number),
+    "records": shape.mapping(_RECORD), "accounting_pids": shape.list_of(shape.count),
+    "unattributed": shape.number}))
 
 
 class Process:
@@ -59,7 +72,7 @@ def processes_of_run(ctx) -> list[Process]:
 def collect(ctx, samples) -> None:
     scan = _Scan(ctx)
     try:
-        section = ctx.state.section("processes")
+        section = ctx.state.section("processes", SHAPE)
     except StateUnavailable:
         section = None  # this run keeps nothing: a throwaway dict per GPU stands in
     accounting_off = []

@@ -4,9 +4,9 @@ dcgm-exporter's DCGM_FI_DEV_XID_ERRORS is a gauge of the last code only: it neve
 XIDs look like one, and a 62 followed by a 45 shows only the 45. Here every XID in the kernel log is
 counted, per GPU, code and (MIG) GPU/compute instance, with the time of the last one.
 
-The counts live in the state with the boot id and the sequence number of the last record read, so that a
-restart neither resets them nor counts an old record twice; a new boot starts afresh (the kernel's
-sequence numbers do too). They are keyed by the PCI address the record names, not by UUID: a GPU that
+The counts live in the state with the boot id and the sequence numbers counted (gputext.kmsg.Counted: the
+newest, and any holes an out-of-order log left), so that a restart neither resets them nor counts a record
+twice; a new boot starts afresh (the kernel's sequence numbers do too). They are keyed by the PCI address the record names, not by UUID: a GPU that
 fell off the bus (XID 79) may no longer tell NVML its UUID. Each run maps addresses to GPUs with NVML's
 bus ids, and remembers the map for the boot, so such a GPU keeps its labels. An address that is no GPU
 NVML has listed this boot is kept in the state and written once it maps.
@@ -26,8 +26,10 @@ from __future__ import annotations
 import time
 
 from . import LastingFailure, NotApplicable
-from ..kmsg import KmsgReader, KmsgUnreadable, pci_address, pci_text
-from ..state import StateUnavailable, boot_id
+from .. import shape
+from ..kmsg import (MAX_READ_BYTES, MAX_READ_RECORDS, Counted, KmsgReader, KmsgUnreadable, NotAKernelLog,
+                    pci_address, pci_text)
+from ..state import StateUnavailable
 
 # What the driver's codes mean and what to do, for gpu_xid_info (NVIDIA's XID catalogue as NVSentinel
 # maps it; severity "fatal": the GPU or node needs action, "application": the job's own fault, the GPU is
@@ -62,6 +64,33 @@ CODES: dict[int, tuple[str, str, str]] = {
 }
 
 SECTION = "xid"
+_PCI = r"[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}"  # kmsg.pci_text
+_WAITING = shape.list_of(shape.tuple_of(shape.text, shape.count, shape.number))  # [pci, code, time]
+
+
+def _holes_fit(section: dict) -> bool:
+    """kmsg.Counted's holes are ranges in increasing order, apart, below the newest number counted:
+    holes that overlap would let a record be counted twice."""
+    holes = section.get("holes", [])
+    below = -1
+    for first, last in holes:
+        if not below < first <= last:
+            return False
+        below = last + 1
+    return not holes or ("seq" in section and holes[-1][1] < section["seq"])
+
+
+SHAPE = shape.where(shape.record(optional={
+    "boot": shape.text,
+    "seq": shape.count,
+    "holes": shape.list_of(shape.tuple_of(shape.count, shape.count)),
+    # "pci|code|gpu instance|compute instance" -> [count, time of the last one]
+    "counts": shape.mapping(shape.tuple_of(shape.count, shape.optional(shape.number)),
+                            keys=_PCI + r"\|\d{1,5}\|\d{0,3}\|\d{0,3}"),
+    "gpus": shape.mapping(shape.tuple_of(shape.text, shape.text), keys=_PCI),  # pci -> [gpu index, uuid]
+    "unconfirmed": _WAITING,
+    "unpaired": _WAITING,
+}), _holes_fit, "holes that overlap, or are not below seq")
 
 
 # An XID event and the kernel-log record of the same XID (same GPU and code) are paired when they are
@@ -111,35 +140,43 @@ def _count_log(ctx, section: dict[str, object], counts: dict[str, list], watchin
     (`unpaired`). Returns the NotApplicable or LastingFailure to raise where there is no log to read."""
     path = ctx.options.kmsg or ctx.options.host_path("/dev/kmsg")
     reader = ctx.held.get("kmsg")
-    saved = section.get("seq")
+    counted = Counted(section.get("seq"), section.get("holes", ()))
     # A reader kept from the last cycle is positioned after what it read; a state that has not counted
     # that far (moved aside, or written by an older run) needs the log from its start again.
-    if reader is not None and (reader.path != path or saved is None or saved < (reader.last_seq or -1)):
+    if reader is not None and (reader.path != path or counted.newest is None
+                               or (reader.last_seq is not None and counted.newest < reader.last_seq)):
         reader.close()
         reader = None
     if reader is None:
         reader = KmsgReader(path)
     try:
-        xids, lost = reader.new_xids(saved)
+        batch = reader.read(counted)
     except FileNotFoundError:
-        reader.close()
         return NotApplicable(f"no kernel log at {path}")
-    except KmsgUnreadable as err:
-        reader.close()
-        why = (f"cannot read the kernel log ({err}), so XIDs are not counted: with kernel.dmesg_restrict=1 "
-               "opening it needs CAP_SYSLOG, which the systemd units give gputext; see 'gputext doctor'")
+    except (KmsgUnreadable, NotAKernelLog, OSError) as err:
+        if isinstance(err, KmsgUnreadable):
+            why = (f"cannot read the kernel log ({err}), so XIDs are not counted: with kernel.dmesg_restrict=1 "
+                   "opening it needs CAP_SYSLOG, which the systemd units give gputext; see 'gputext doctor'")
+        elif isinstance(err, NotAKernelLog):
+            why = f"{err}: XIDs are not counted; fix: point --kmsg (GPUTEXT_KMSG) at the kernel log"
+        else:
+            why = f"cannot read the kernel log {path}: {err.strerror or err}; XIDs are not counted"
         if "xid" in ctx.options.collectors:
             return LastingFailure(why)  # asked for by name: a failure, said once per boot
         ctx.note_once(f"collector xid: {why}")
         return NotApplicable(why)
     ctx.held["kmsg"] = reader
-    if lost:
-        ctx.warn(f"{lost} kernel log records were overwritten before gputext read them: XIDs among them "
+    if batch.lost:
+        ctx.warn(f"{batch.lost} kernel log records were overwritten before gputext read them: XIDs among them "
                  "are not counted")
+    if batch.cut_short:
+        ctx.note_once(f"the kernel log {path} gave more than {MAX_READ_BYTES >> 20} MiB or {MAX_READ_RECORDS} "
+                      "records in one read, more than any kernel log holds: reading stopped there, and what "
+                      "follows waits for the next run (is it really a kernel log?)")
     boot = _boot_time(ctx)
     unconfirmed = section.setdefault("unconfirmed", [])
     unpaired = section.setdefault("unpaired", [])
-    for xid in xids:
+    for xid in batch.found:
         pci = pci_text(xid.pci)
         when = None if boot is None else boot + xid.usec / 1e6
         if _pair(unconfirmed, pci, xid.code, when):
@@ -147,8 +184,8 @@ def _count_log(ctx, section: dict[str, object], counts: dict[str, list], watchin
         _add(counts, _key(pci, xid.code, xid.gpu_instance, xid.compute_instance), when)
         if watching and when is not None:
             unpaired.append([pci, xid.code, when])
-    if reader.last_seq is not None:
-        section["seq"] = reader.last_seq if saved is None else max(saved, reader.last_seq)
+    if counted.newest is not None:
+        section["seq"], section["holes"] = counted.newest, counted.holes
     return None
 
 
@@ -177,10 +214,10 @@ def _pair(waiting: list, pci: str, code: int, when: float | None) -> bool:
 def _section(ctx) -> dict[str, object]:
     """This boot's counts: from the state, or (without one) kept by this process only."""
     try:
-        section = ctx.state.section(SECTION)
+        section = ctx.state.section(SECTION, SHAPE)
     except StateUnavailable:
         section = ctx.held.setdefault("xid_counts", {})
-    boot = boot_id()
+    boot = ctx.boot_id()
     if section.get("boot") != boot:  # a new boot: its log and sequence numbers start afresh
         section.clear()
         section["boot"] = boot
