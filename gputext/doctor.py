@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .readfile import CONFIG_FILE_LIMIT, PROC_FILE_LIMIT, read_bounded_text
 from .run import Context, Options
 
 OK, FAIL, WARN, INFO = "ok", "FAIL", "warn", "info"
@@ -286,8 +287,8 @@ def check_kmsg(options: Options) -> Check:
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text().strip()
-    except OSError:
+        return read_bounded_text(path, CONFIG_FILE_LIMIT, "replace").strip()
+    except (OSError, ValueError):
         return ""
 
 
@@ -461,8 +462,8 @@ def node_exporters(options: Options) -> list[Exporter]:
     ours = _mount_namespace(Path("/proc/self"))
     for pid in pids:
         try:
-            argv = (proc / str(pid) / "cmdline").read_bytes().decode("utf-8", "replace").split("\0")
-        except OSError:
+            argv = read_bounded_text(proc / str(pid) / "cmdline", PROC_FILE_LIMIT, "replace").split("\0")
+        except (OSError, ValueError):
             continue  # gone
         program = os.path.basename(argv[0])
         if program in NODE_EXPORTER_PROGRAMS:
@@ -500,7 +501,8 @@ def _exporter(pid: int, program: str, args: list[str], status: Path | None) -> E
 
 def _process_reader(status: Path) -> Reader | None:
     try:
-        fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        fields = dict(line.split(":", 1) for line in read_bounded_text(status, PROC_FILE_LIMIT, "replace").splitlines()
+                      if ":" in line)
         uid = int(fields["Uid"].split()[1])  # effective
         gids = {int(fields["Gid"].split()[1])} | {int(g) for g in fields.get("Groups", "").split()}
     except (OSError, KeyError, ValueError, IndexError):
@@ -614,8 +616,8 @@ def debian_defaults(options: Options) -> Exporter | None:
     import shlex
 
     try:
-        text = options.host_path(DEBIAN_DEFAULTS).read_text()
-    except OSError:
+        text = read_bounded_text(options.host_path(DEBIAN_DEFAULTS), CONFIG_FILE_LIMIT, "replace")
+    except (OSError, ValueError):
         return None
     args: list[str] = []
     for line in text.splitlines():

@@ -51,6 +51,9 @@ STANDARD_INPUT = "-"
 # the MIG and process parts are each optional (krcReportXid in open-gpu-kernel-modules).
 _XID_LINE = re.compile(r"NVRM: Xid \(PCI:([0-9a-fA-F]{4,8}):([0-9a-fA-F]{2}):([0-9a-fA-F]{2})(?:\.[0-7])?"
                        r"(?: GPU-I:(\d{1,3}))?(?: GPU-CI:(\d{1,3}))?\): (\d{1,5})(?:,|$)")
+# The sequence number of each line in a read that _header() could accept (a superset: see _read_stream).
+# (A leading newline rather than ^ in MULTILINE mode lets the search skip from one newline to the next.)
+_SEQ = re.compile(rb"\n[^,;\n]*,([0-9]{1,20}),")
 _ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
 _PCI = re.compile(r"([0-9a-fA-F]{4,8}):([0-9a-fA-F]{2}):([0-9a-fA-F]{2})(?:\.[0-7])?")
 
@@ -98,7 +101,8 @@ def _header(line: bytes) -> tuple[int, int, int] | None:
     if semi < 0:
         return None
     parts = line[:semi].split(b",", 3)  # prio, seq, usec, flags[,caller=...]
-    if len(parts) < 4 or not parts[1].isdigit() or not parts[2].isdigit():
+    # the kernel's seq and usec are 64-bit: more digits than that is no record
+    if len(parts) < 4 or not (parts[1].isdigit() and parts[2].isdigit()) or max(map(len, parts[1:3])) > 20:
         return None
     return int(parts[1]), int(parts[2]), semi + 1
 
@@ -143,7 +147,7 @@ class Counted:
     def __contains__(self, seq: int) -> bool:
         if self.newest is None or seq > self.newest:
             return False
-        return not any(first <= seq <= last for first, last in self.holes)
+        return not self.holes or not any(first <= seq <= last for first, last in self.holes)
 
     def add(self, seq: int) -> int:
         """Count a record that is not counted yet; returns how many numbers it skipped past the newest
@@ -173,16 +177,6 @@ class Batch:
         self.found: list[Xid] = []
         self.lost = 0
         self.cut_short = False
-        self._bytes = self._records = 0
-
-    def spend(self, size: int, records: int) -> bool:
-        """Account one read() of `size` bytes holding `records` records; False once the bounds are
-        passed (the read that passes them is still taken)."""
-        self._bytes += size
-        self._records += records
-        if self._bytes > MAX_READ_BYTES or self._records > MAX_READ_RECORDS:
-            self.cut_short = True
-        return not self.cut_short
 
     def take(self, line: bytes) -> int | None:
         """Count one record's line; returns its sequence number (None for a line that is no record)."""
@@ -247,39 +241,46 @@ class KmsgReader:
         """/dev/kmsg: one whole record per read(), each one sequence number after the last unless read()
         failed with EPIPE (the kernel says so whenever it skips any). So a record known to be counted is
         passed over without looking at it: the cost of an old record is its read()."""
+        counted = batch.counted
         seq = None  # the sequence number of the record just read, where known without parsing it
-        while True:
+        newest, holes = counted.newest, bool(counted.holes)  # as of the last record counted
+        reads = size = 0
+        while reads < MAX_READ_RECORDS and size < MAX_READ_BYTES:
+            reads += 1
             try:
                 record = os.read(fd, READ_SIZE)
             except BlockingIOError:  # EAGAIN: the end
-                break
+                return
             except OSError as err:
                 # EPIPE: records overwritten at our position; EINVAL: a record larger than the buffer,
                 # consumed. Either way the next record's own number says where we are.
                 if err.errno in (errno.EPIPE, errno.EINVAL):
                     seq = None
-                    if not batch.spend(0, 1):
-                        break
                     continue
                 raise
             if not record:
-                break
-            if seq is not None and seq + 1 in batch.counted:
+                return
+            size += len(record)
+            # (a known seq was parsed, so newest is set)
+            if seq is not None and seq < newest and (not holes or seq + 1 in counted):
                 seq += 1
             else:
                 seq = batch.take(record.split(b"\n", 1)[0])
-            if not batch.spend(len(record), 1):
-                break
+                newest, holes = counted.newest, bool(counted.holes)
+        batch.cut_short = True
 
     def _read_stream(self, fd: int, batch: Batch) -> None:
         """A regular file or FIFO: read() returns as many lines as fit, the last perhaps cut short."""
-        while True:
+        counted = batch.counted
+        reads = size = 0
+        while reads < MAX_READ_RECORDS and size < MAX_READ_BYTES:
             try:
                 chunk = os.read(fd, READ_SIZE)
             except BlockingIOError:  # a FIFO whose writer has nothing more for now
-                break
+                return
             if not chunk:  # the end of a file, or of a FIFO without writers
-                break
+                return
+            size += len(chunk)
             data = self._pending + chunk
             cut = data.rfind(b"\n") + 1
             self._pending = data[cut:]
@@ -293,11 +294,17 @@ class KmsgReader:
                     self._discarding = False
             if len(self._pending) > MAX_LINE:
                 self._pending, self._discarding = b"", True
+            reads += lines.count(b"\n")
+            # Where every number up to the newest is counted, a read none of whose lines has a number
+            # above it is passed over after one search for the numbers (_SEQ finds every line that
+            # take() could count, and perhaps more): the cost of an old record is small.
+            if counted.newest is not None and not counted.holes and \
+                    max(map(int, _SEQ.findall(b"\n" + lines)), default=-1) <= counted.newest:
+                continue
             for line in lines.split(b"\n"):
                 if line and line[:1] != b" " and len(line) <= MAX_LINE:
                     batch.take(line)
-            if not batch.spend(len(chunk), lines.count(b"\n")):
-                break
+        batch.cut_short = True
 
 
 def _kind(mode: int) -> str:

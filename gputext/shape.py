@@ -36,10 +36,15 @@ def text(value: object, where: str) -> None:
         _fail(where, "not a string")
 
 
-def count(value: object, where: str) -> None:
-    """A non-negative integer, exact as a float64 sample."""
-    if type(value) is not int or not 0 <= value <= MAX_COUNT:
-        _fail(where, "not a count (a non-negative integer below 2^53)")
+def natural(maximum: int) -> Shape:
+    """An integer from 0 to `maximum`."""
+    def check(value: object, where: str) -> None:
+        if type(value) is not int or not 0 <= value <= maximum:
+            _fail(where, f"not an integer from 0 to {maximum}")
+    return check
+
+
+count = natural(MAX_COUNT)  # a count, exact as a float64 sample
 
 
 def number(value: object, where: str) -> None:

@@ -1,13 +1,14 @@
 """What one run leaves for the next: a small versioned JSON file, read and written under a lock.
 
 `state.json` in the state directory holds named sections (per-process records and energy samples, the
-kubelet's answer, ...). A run that needs it takes `state.json.lock` (gputext.locks), reads the file, and at
-the end writes it atomically and releases the lock, so overlapping runs (a timer and a person) never lose
-each other's updates. A file that is not valid JSON or not ours (another version) is moved aside with a
-warning and the run starts afresh; a section whose content does not have the shape its owner declares
-(gputext.shape) is dropped and started afresh, the others kept. A file that cannot be read (EMFILE, EACCES)
-is left as it is: an OS error says nothing about its content. Where the directory cannot be written, or another run holds the lock
-too long, the state is unavailable: the metrics that need it are left out and stderr says why, once.
+kubelet's answer, ...). A run that needs it takes `state.json.lock` (gputext.locks), reads the file, and
+at the end writes it atomically and releases the lock, so overlapping runs (a timer and a person) never
+lose each other's updates. A file that is not valid JSON or not ours (another version) is moved aside with
+a warning and the run starts afresh; a section whose content does not have the shape its owner declares
+(gputext.shape) is dropped and started afresh, the others kept. A file that cannot be read (EMFILE,
+EACCES) is left as it is: an OS error says nothing about its content. Where the directory cannot be
+written, or another run holds the lock too long, the state is unavailable: the metrics that need it are
+left out and stderr says why, once.
 """
 
 from __future__ import annotations

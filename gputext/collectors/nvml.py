@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pynvml
 
+from .. import shape
 from ..devices import CLOCKS, Device, gpu_instances, instance_labels
 from ..exposition import DeviceRows, clean
 from ..nvml import DeviceGone, Nvml
@@ -73,6 +74,7 @@ THRESHOLDS = (("shutdown", pynvml.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN),
               ("slowdown", pynvml.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN),
               ("memory_max", pynvml.NVML_TEMPERATURE_THRESHOLD_MEM_MAX),
               ("gpu_max", pynvml.NVML_TEMPERATURE_THRESHOLD_GPU_MAX))
+THRESHOLDS_SHAPE = shape.mapping(shape.count, keys="|".join(name for name, _ in THRESHOLDS))  # as cached
 # nvmlDeviceGetMarginTemperature (Ada and newer): older nvidia-ml-py releases than gputext allows lack it
 MARGIN = getattr(pynvml, "nvmlDeviceGetMarginTemperature", None)
 
@@ -206,7 +208,8 @@ def _collect_device(ctx, dev: Device, samples, rows: DeviceRows, extra_fields=()
             put((key, fields[at], labels))
 
     if plan.thresholds:
-        thresholds = ctx.static(dev, "temperature_thresholds_celsius", lambda: _read_thresholds(nvml, dev))
+        thresholds = ctx.static(dev, "temperature_thresholds_celsius", lambda: _read_thresholds(nvml, dev),
+                                THRESHOLDS_SHAPE)
         for name, labels in plan.thresholds:
             put(("temperature_threshold_celsius", thresholds.get(name), labels))
     if plan.margin is not None:

@@ -6,10 +6,11 @@ counted, per GPU, code and (MIG) GPU/compute instance, with the time of the last
 
 The counts live in the state with the boot id and the sequence numbers counted (gputext.kmsg.Counted: the
 newest, and any holes an out-of-order log left), so that a restart neither resets them nor counts a record
-twice; a new boot starts afresh (the kernel's sequence numbers do too). They are keyed by the PCI address the record names, not by UUID: a GPU that
-fell off the bus (XID 79) may no longer tell NVML its UUID. Each run maps addresses to GPUs with NVML's
-bus ids, and remembers the map for the boot, so such a GPU keeps its labels. An address that is no GPU
-NVML has listed this boot is kept in the state and written once it maps.
+twice; a new boot starts afresh (the kernel's sequence numbers do too). They are keyed by the PCI address
+the record names, not by UUID: a GPU that fell off the bus (XID 79) may no longer tell NVML its UUID. Each
+run maps addresses to GPUs with NVML's bus ids, and remembers the map for the boot, so such a GPU keeps
+its labels. An address that is no GPU NVML has listed this boot is kept in the state and written once it
+maps.
 
 In the repeating mode NVML's XID events (gputext.events) start a cycle as soon as the driver reports
 one. Each event is counted when it arrives and waits (`unconfirmed`) for the kernel-log record of the same
@@ -65,6 +66,7 @@ CODES: dict[int, tuple[str, str, str]] = {
 
 SECTION = "xid"
 _PCI = r"[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}"  # kmsg.pci_text
+_SEQUENCE = shape.natural((1 << 64) - 1)  # the kernel's record numbers are 64-bit
 _WAITING = shape.list_of(shape.tuple_of(shape.text, shape.count, shape.number))  # [pci, code, time]
 
 
@@ -82,8 +84,8 @@ def _holes_fit(section: dict) -> bool:
 
 SHAPE = shape.where(shape.record(optional={
     "boot": shape.text,
-    "seq": shape.count,
-    "holes": shape.list_of(shape.tuple_of(shape.count, shape.count)),
+    "seq": _SEQUENCE,
+    "holes": shape.list_of(shape.tuple_of(_SEQUENCE, _SEQUENCE)),
     # "pci|code|gpu instance|compute instance" -> [count, time of the last one]
     "counts": shape.mapping(shape.tuple_of(shape.count, shape.optional(shape.number)),
                             keys=_PCI + r"\|\d{1,5}\|\d{0,3}\|\d{0,3}"),

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from common import alternate, fake_gpus, gputext_command, timed
 
-from gputext.kmsg import READ_SIZE, KmsgReader
+from gputext.kmsg import READ_SIZE, Counted, KmsgReader
 
 BUSES = ("18", "2a", "3a", "5d", "9a", "ab", "ba", "db")  # the fake H100s' PCI buses
 
@@ -62,9 +62,9 @@ def median_seconds(fn, runs: int) -> float:
 
 def read_records(path, after, xids: int) -> None:
     reader = KmsgReader(path)
-    found, lost = reader.new_xids(after)
+    batch = reader.read(Counted(after))
     reader.close()
-    assert len(found) == xids and not lost
+    assert len(batch.found) == xids and not batch.lost
 
 
 def device_skip(records: list) -> float:
@@ -93,7 +93,7 @@ def device_skip(records: list) -> float:
     def skip():
         with mock.patch("gputext.kmsg.os.read", reads()):
             reader = KmsgReader(Path("/dev/null"))  # a character device, as /dev/kmsg
-            reader.new_xids(len(records))
+            reader.read(Counted(len(records)))
             reader.close()
     return median_seconds(skip, 15) - median_seconds(nothing, 15)
 
