@@ -244,9 +244,8 @@ class KmsgReader:
         counted = batch.counted
         seq = None  # the sequence number of the record just read, where known without parsing it
         newest, holes = counted.newest, bool(counted.holes)  # as of the last record counted
-        reads = size = 0
-        while reads < MAX_READ_RECORDS and size < MAX_READ_BYTES:
-            reads += 1
+        size = 0
+        for _ in range(MAX_READ_RECORDS):
             try:
                 record = os.read(fd, READ_SIZE)
             except BlockingIOError:  # EAGAIN: the end
@@ -260,13 +259,15 @@ class KmsgReader:
                 raise
             if not record:
                 return
-            size += len(record)
             # (a known seq was parsed, so newest is set)
             if seq is not None and seq < newest and (not holes or seq + 1 in counted):
                 seq += 1
             else:
                 seq = batch.take(record.split(b"\n", 1)[0])
                 newest, holes = counted.newest, bool(counted.holes)
+            size += len(record)
+            if size > MAX_READ_BYTES:
+                break
         batch.cut_short = True
 
     def _read_stream(self, fd: int, batch: Batch) -> None:

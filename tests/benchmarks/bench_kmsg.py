@@ -11,7 +11,8 @@ The log is a file in /dev/kmsg's format (one XID in every 1,000 records, on 8 fa
   boot, for which every record is new.
 
 /dev/kmsg itself gives one record per read(), so there the reading is 100,000 system calls whatever
-gputext does; the file shows what gputext adds to it. Target (issue 10): a few ms beyond reading.
+gputext does; the file shows what gputext adds to it (every read's sequence numbers are searched, so that a
+log in any order counts each record once: issue 28). Target (issue 10): a few ms beyond reading.
 """
 
 from __future__ import annotations
