@@ -417,7 +417,11 @@ def test_what_is_no_kernel_log_is_read_within_a_bound(node, log, source):
             writer.wait()
         stdin is not None and stdin.close()
     assert proc.returncode == 0, proc.stderr
-    assert "in one read, more than any kernel log holds" in proc.stderr and proc.stderr.count("\n") == 1
+    said = "in one read, more than any kernel log holds"
+    if writer is not None:  # a FIFO read empty (its writer not yet scheduled again) ends the read sooner
+        assert proc.stderr == "" or said in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    else:
+        assert said in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert value(parse_exposition(proc.stdout), "gputext_collector_success", collector="xid") == 1
 
 
