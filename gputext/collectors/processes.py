@@ -31,7 +31,8 @@ _RECORD = shape.where(shape.record(
     required={"pid": shape.count, "start": shape.optional(shape.number), "end": shape.optional(shape.number),
               "active": shape.flag, "name": shape.text, "created": shape.optional(shape.number),
               "pod": shape.text, "namespace": shape.text, "container": shape.text},
-    optional={"e_start": shape.number, "e_end": shape.number, "attributed": shape.number}),
+    optional={"e_start": shape.number, "e_end": shape.number, "attributed": shape.number,
+              "slurm": shape.tuple_of(*[shape.text] * len(Job._fields))}),
     lambda record: record["active"] or record["end"] is not None, "an exited process without an end")
 # GPU UUID -> what the last run left for the next
 SHAPE = shape.mapping(shape.record(optional={
