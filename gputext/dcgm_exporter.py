@@ -108,6 +108,9 @@ MAX_LINE = 4096
 # tabs are whitespace; other control characters have no place in a counters line
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 FIELD_LIMIT = 1 << 32  # nvml.h: a field id and a scope are unsigned int
+# node_exporter's own series: a file's family of one of its names replaces node_exporter's (a file's
+# node_textfile_scrape_error hides the real one) or is dropped
+NODE_EXPORTER_PREFIXES = ("node_", "go_", "process_", "promhttp_")
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _NVML_FIELD = re.compile(r"(NVML_FI_[A-Z0-9_]+|\d+)(?::(\d+))?")
 
@@ -248,6 +251,10 @@ def parse_counters(path: Path, prefix: str, naming: str = DCGM_4_8) -> Counters:
         if _stem(name) in written:
             raise CountersError(f"{where}: {name} is a name gputext writes itself ({written[_stem(name)]}): give "
                                 "the field a name of its own in the 4th column")
+        if name.startswith(NODE_EXPORTER_PREFIXES):
+            raise CountersError(f"{where}: {name} is in node_exporter's own namespace "
+                                f"({', '.join(NODE_EXPORTER_PREFIXES)}): give the field a name of its own in the "
+                                "4th column")
         _once(seen, f"{name}:{scope}" if scope is not None else name, where, number)
         entry = Field(field_id, scope, name, kind, help_)
         first_line, first = families.setdefault(_stem(name), (number, entry))

@@ -87,6 +87,10 @@ def test_a_file_that_names_nothing_gputext_writes_is_refused(node, tmp_path, tex
      "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION is a name gputext writes itself (a DCGM field)"),
     # the names in use: with another prefix, nv_up is gputext's
     ("83, gauge, energy, nv_up", ("--prefix", "nv_"), "nv_up is a name gputext writes itself"),
+    # node_exporter's own: a file's node_textfile_scrape_error replaces the real one, which would hide errors
+    ("83, gauge, energy, node_textfile_scrape_error", (),
+     "node_textfile_scrape_error is in node_exporter's own namespace (node_, go_, process_, promhttp_)"),
+    ("83, gauge, energy, go_goroutines", (), "go_goroutines is in node_exporter's own namespace"),
 ])
 def test_a_name_gputext_writes_is_refused(node, tmp_path, line, args, problem):
     two_gpus(node)
@@ -203,7 +207,8 @@ def test_a_field_of_a_collector_that_did_not_run_is_not_blamed_on_the_gpu(node, 
 DCGM_NAMES = sorted(set(known()) | set(LABEL_FIELDS) | NOT_FROM_NVML)
 GPUTEXT_NAMES = sorted(m.name("gpu_") for m in METRICS)
 _name_chars = string.ascii_letters + string.digits + "_:"
-metric_names = st.one_of(st.sampled_from(GPUTEXT_NAMES + ["nvml_a", "nvml_a_total", "nvml_b", "gpu_upp"]),
+metric_names = st.one_of(st.sampled_from(GPUTEXT_NAMES + ["nvml_a", "nvml_a_total", "nvml_b", "gpu_upp",
+                                                          "node_textfile_scrape_error", "go_goroutines"]),
                          st.text(_name_chars, min_size=1, max_size=12), st.text(max_size=6))
 fields = st.one_of(
     st.sampled_from(DCGM_NAMES), st.sampled_from(["DCGM_FI_DEV_GPU_TEMPP", "DCGM_EXP_X", "DCGM_FI_"]),
@@ -245,7 +250,8 @@ def test_any_file_is_read_or_refused_with_one_line(tmp_path, text, prefix):
     families = {}
     for field in counters.fields:
         stem = re.sub("_total$", "", field.name)
-        assert stem not in written  # never a name gputext writes
+        # neither a name gputext writes nor one of node_exporter's own
+        assert stem not in written and not field.name.startswith(("node_", "go_"))
         assert families.setdefault(stem, (field.name, field.type)) == (field.name, field.type)  # one family
         assert 0 <= field.field_id < 2 ** 32 and (field.scope is None or 0 <= field.scope < 2 ** 32)
     assert counters.metrics or counters.labels or counters.fields
