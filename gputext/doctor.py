@@ -26,14 +26,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cli import UNITS_OUT
 from .readfile import CONFIG_FILE_LIMIT, PROC_FILE_LIMIT, read_bounded_text
 from .run import Context, Options
+from .terminal import visible
 
 OK, FAIL, WARN, INFO = "ok", "FAIL", "warn", "info"
 
-# What systemd/gputext.service writes unless /etc/default/gputext says otherwise (its Environment= line;
-# tests/test_systemd.py checks that the two agree).
-UNITS_OUT = Path("/var/lib/node_exporter/textfile_collector/gpu.prom")
 NODE_EXPORTER_PROGRAMS = ("node_exporter", "prometheus-node-exporter", "node-exporter")
 NODE_EXPORTER_USERS = ("prometheus", "node_exporter", "node-exporter")  # Debian's first
 # Debian and Ubuntu build prometheus-node-exporter with this default; upstream's default reads no directory.
@@ -51,7 +50,9 @@ class Check:
     message: str
 
     def line(self) -> str:
-        return f"{self.status:<6}{self.name}: {self.message}"
+        """The check's line; what it quotes from outside (paths, option values) with control characters
+        made visible."""
+        return visible(f"{self.status:<6}{self.name}: {self.message}")
 
 
 def diagnose(options: Options, out: str | None, problems: Sequence[str] = ()) -> list[Check]:
@@ -63,18 +64,31 @@ def diagnose(options: Options, out: str | None, problems: Sequence[str] = ()) ->
         checks.append(Check(INFO, "user", f"running as uid {os.geteuid()}, the units run as root: files, "
                             "sockets and processes may look different to them; run doctor as root"))
     checks += check_nvml(options)
-    kubelet = check_kubelet(options)
-    checks += [check_dcgm(options), kubelet]
+    kubelet = _checked("kubelet", "GPUTEXT_POD_RESOURCES_SOCKET", check_kubelet, options)
+    checks += [_checked("dcgm", "GPUTEXT_DCGM_BINDINGS", check_dcgm, options), kubelet]
     if kubelet.status == OK:
         checks += check_allocations(options)
-    checks.append(check_kmsg(options))
+    checks.append(_checked("kernel log", "GPUTEXT_KMSG", check_kmsg, options))
     named = out or str(UNITS_OUT)
     target = _replaced_file(named)
     exporters = node_exporters(options)
-    checks.append(check_output(named, out is None, reader(exporters, target.parent)))
-    checks.append(check_node_exporter(exporters, target.parent, debian_defaults(options)))
-    checks.append(check_state(options.state_dir))
+    checks.append(_checked("output", "GPUTEXT_OUT", check_output, named, out is None,
+                           reader(exporters, target.parent)))
+    checks.append(_checked("node_exporter", "GPUTEXT_OUT", check_node_exporter, exporters, target.parent,
+                           debian_defaults(options)))
+    checks.append(_checked("state", "GPUTEXT_STATE_DIR", check_state, options.state_dir))
     return checks
+
+
+def _checked(name: str, variable: str, check, *args) -> Check:
+    """`check(*args)`; where the system refuses a path it looks at (a name over 255 bytes, a loop of
+    links), the check fails with that reason instead of ending doctor."""
+    try:
+        return check(*args)
+    except OSError as err:
+        where = f" {err.filename}" if err.filename else ""
+        return Check(FAIL, name, f"cannot look at{where}: {err.strerror or err}; fix: correct the path ({variable} "
+                     "or its option)")
 
 
 def enabled(options: Options, collector: str) -> bool:
@@ -298,6 +312,8 @@ def check_dcgm(options: Options) -> Check:
     missing = FAIL if named(options, "dcgm") else INFO
     why_not = ("" if named(options, "dcgm") else
                "per-process energy comes from NVML alone; ")
+    from .cli import host_port
+
     host, port = host_port(options.dcgm_host, DCGM_PORT)
     try:
         socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_SECONDS).close()
@@ -314,14 +330,6 @@ def check_dcgm(options: Options) -> Check:
                      f"{' or '.join(map(str, candidates))}; {why_not}fix: install DCGM's Python bindings "
                      "(package datacenter-gpu-manager-4), or set GPUTEXT_DCGM_BINDINGS")
     return Check(OK, "dcgm", f"nv-hostengine answers on {options.dcgm_host}; bindings in {found}")
-
-
-def host_port(text: str, default_port: int):
-    """("localhost", 5555) from "localhost:5555", "localhost" or "[::1]:5555"."""
-    host, colon, port = text.rpartition(":")
-    if not colon or "]" in port or (host.count(":") and not host.startswith("[")):  # no port, or bare IPv6
-        return text.strip("[]"), default_port
-    return host.strip("[]"), int(port) if port.isdigit() else default_port
 
 
 def check_kubelet(options: Options) -> Check:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import ctypes
 import math
 import struct
-import sys
 from collections.abc import Callable, Iterable
 
 import pynvml
 
 from .exposition import NOT_AVAILABLE, clean
+from .terminal import complain
 
 # Codes that mean "this value does not exist here": leave it out, say nothing.
 _ABSENT = {
@@ -134,7 +134,7 @@ def _init_advice(err: Exception) -> str:
 class Nvml:
     """An initialised NVML session. Warnings go through `warn` (one line each, once per kind)."""
 
-    def __init__(self, warn: Callable[[str], None] = lambda msg: print(f"gputext: {msg}", file=sys.stderr)):
+    def __init__(self, warn: Callable[[str], None] = complain):
         self._warn = warn
         self._warned: set = set()
         self._requests: dict[tuple[FieldKey, ...], bytes] = {}  # see _request

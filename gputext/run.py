@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 from . import __version__, shape
 from .collectors import REGISTRY, LastingFailure, NotApplicable, load
 from .exposition import Samples
+from .terminal import complain
 
 # The state's sections this module keeps (gputext.state): a lasting condition said this boot -> the
 # boot's id; for --naming dcgm, GPU UUID -> [its NVLink bytes, when]
@@ -65,14 +65,10 @@ class Options:
         return self.host_root / path.lstrip("/")
 
 
-def warn_to_stderr(message: str) -> None:
-    print(f"gputext: {message}", file=sys.stderr)
-
-
 class Context:
     """What collectors share within a run: options, the NVML session and the device list."""
 
-    def __init__(self, options: Options, warn: Callable[[str], None] = warn_to_stderr):
+    def __init__(self, options: Options, warn: Callable[[str], None] = complain):
         from .state import State
 
         self.options = options
@@ -363,13 +359,12 @@ def collect(ctx: Context) -> Result:
             ctx.note_once(str(err), per_boot=False)  # a run that exits 1 always says why
             success = 0
         except Exception as err:  # one failing source must not take the others down
+            ctx.warn(f"collector {name} failed: {type(err).__name__}: {err}")
             if ctx.options.debug:
                 import traceback  # about 4 ms to import (linecache, tokenize, textwrap): only when asked
 
-                detail = traceback.format_exc()
-            else:
-                detail = f"{type(err).__name__}: {err}"
-            ctx.warn(f"collector {name} failed: {detail}")
+                for line in traceback.format_exc().splitlines():  # each line made visible, as one warning
+                    ctx.warn(line)
             success = 0
         finally:
             begin_error = None

@@ -24,6 +24,7 @@ from .catalogue import BY_KEY
 from .exposition import Samples
 from .run import Context, Options, collect
 from .state import State
+from .terminal import visible
 
 WIDTH = 100  # where the output is not a terminal and COLUMNS is not set
 MIN_WIDTH = 40
@@ -286,15 +287,24 @@ class Column:
     title: str
     right: bool = False  # numbers align right
     shrinks: bool = False  # text that may be cut (with …) to fit the width
+    shorter: Callable[[str], str] | None = None  # a cell's shorter form, used before any cell is cut
 
 
 def table(columns: Sequence[Column], rows: Iterable[Sequence[str]], style: Style,
           paint: Callable[[int, int, str], str] = lambda row, column, text: text) -> list[str]:
     """Lines of an aligned table no wider than the style's width where the text columns can give way;
-    `paint(row, column, padded text)` colours a cell."""
-    rows = [list(row) for row in rows]
+    `paint(row, column, padded text)` colours a cell. Cells hold names from outside (GPU, process, pod):
+    their control characters are made visible before anything is measured or cut."""
+    rows = [[visible(cell) for cell in row] for row in rows]
     widths = [max([len(c.title)] + [len(row[i]) for row in rows]) for i, c in enumerate(columns)]
     excess = sum(widths) + 2 * (len(columns) - 1) - style.width
+    for i, column in enumerate(columns):
+        if excess > 0 and column.shorter:
+            for row in rows:
+                row[i] = column.shorter(row[i])
+            narrower = max([len(column.title)] + [len(row[i]) for row in rows])
+            excess -= widths[i] - narrower
+            widths[i] = narrower
     shrinking = sorted((i for i, c in enumerate(columns) if c.shrinks), key=lambda i: -widths[i])
     for floor in (8, 0):  # first down to 8 characters each, then down to their titles
         for i in shrinking:
@@ -339,7 +349,8 @@ def render(s: Sampled, warnings: Sequence[str], style: Style) -> str:
     if processes is not None:
         out.append("")
         out += _process_table(processes, style) if processes else ["No processes on the GPUs."]
-    notes = list(warnings) + [f"collector {name} failed" for name in s.failed if not s.nvml_unavailable]
+    notes = [visible(note) for note in warnings] + [f"collector {name} failed" for name in s.failed
+                                                     if not s.nvml_unavailable]
     if notes:
         out.append("")
         for note in notes:
@@ -352,13 +363,14 @@ def _summary(samples: Samples, rows: list[Row]) -> str:
     """`driver 580.159.04, CUDA 13.0, 8 GPUs` (the info series carry the versions)."""
     info = next(iter(labelled(samples, "info")), None)
     parts = [f"driver {info[0]['driver_version']}", f"CUDA {info[0]['cuda_driver_version']}"] if info else []
-    return ", ".join(parts + [f"{len(rows)} GPU{'s' if len(rows) != 1 else ''}"])
+    return visible(", ".join(parts + [f"{len(rows)} GPU{'s' if len(rows) != 1 else ''}"]))
 
 
 def _device_table(rows: list[Row], style: Style) -> list[str]:
     # SM ACTIVE (GPM) where any GPU has it: a node before Hopper gets no column of dashes
     gpm = any(row.sm_active is not None for row in rows)
-    columns = [Column("GPU", right=True), Column("NAME", shrinks=True), Column("TEMP", right=True),
+    columns = [Column("GPU", right=True), Column("NAME", shrinks=True, shorter=without_vendor),
+               Column("TEMP", right=True),
                Column("POWER W", right=True), Column("MEMORY GiB", right=True), Column("UTIL", right=True),
                *([Column("SM ACTIVE", right=True)] if gpm else []), Column("MEM UTIL", right=True)]
     cells = []
@@ -383,6 +395,12 @@ def _device_table(rows: list[Row], style: Style) -> list[str]:
         return text
 
     return table(columns, cells, style, paint)
+
+
+def without_vendor(name: str) -> str:
+    """`H100 80GB HBM3` for `NVIDIA H100 80GB HBM3`: every GPU here is NVIDIA's, and the end of the
+    name is what tells HBM3 from PCIe or NVL."""
+    return name.removeprefix("NVIDIA ")
 
 
 def _traffic_table(rows: list[Row], seconds: float, style: Style) -> list[str]:

@@ -1,0 +1,35 @@
+"""What gputext prints for a person: text from outside with its control characters made visible.
+
+Process, pod and container names, paths, device IDs and option values are chosen by whoever made them. A
+process named with an ESC would put an escape sequence on the terminal of the admin who runs `gputext
+show`; a path with a newline would make one error two lines in the journal. So everything gputext prints
+goes through visible(): every message on stderr (complain), each line of `show` and `doctor`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def visible(text: str) -> str:
+    """`text` with each character that Python does not count as printable written as its escape, as repr()
+    writes it (ESC as \\x1b, a newline as \\n): control characters (C0, DEL, C1, whose CSI starts an escape
+    sequence on some terminals), the Unicode line separators, the bidirectional overrides that reorder
+    what is shown, lone surrogates (undecodable bytes), spaces other than the space."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(character: str) -> str:
+    code = ord(character)
+    if character in _NAMED:
+        return _NAMED[character]
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def complain(message: str) -> None:
+    """One line on stderr, `gputext: message`, whatever the message quotes."""
+    print(f"gputext: {visible(message)}", file=sys.stderr)
