@@ -114,7 +114,8 @@ METRICS: tuple[Metric, ...] = (
     _device("info", G, "", "GPU identity; the value is always 1.",
             ["name", "pci_bus_id", "serial", "vbios_version", "driver_version", "cuda_driver_version"]),
     _device("up", G, "", "1 when the GPU answered NVML, 0 when it returned an error such as GPU_IS_LOST "
-            "(its other series are then left out)."),
+            "(its other series are then left out); pci_bus_id tells which GPU it is where NVML cannot read "
+            "the UUID of a GPU lost before gputext first saw it.", ["pci_bus_id"]),
     # thermal and power
     _device("temperature_celsius", G, "celsius", "GPU core temperature.",
             dcgm=[_dcgm("DEV_GPU_TEMP", G, "GPU temperature (in C)."),

@@ -26,9 +26,13 @@ from .collectors import REGISTRY
 from .commandline import (DEFAULT, ENVIRONMENT, Answered, Command, Given, Option, UsageError, choose,
                           parse)
 from .runner import EXIT_NO_NVML, EXIT_NOT_WRITTEN
+from .terminal import complain
 
 PROGRAM = "gputext"
 DEFAULT_STATE_DIR = "/var/lib/gputext"
+# What systemd/gputext.service writes unless /etc/default/gputext says otherwise (its Environment= line;
+# tests/test_systemd.py checks that the two agree): what doctor checks without --out.
+UNITS_OUT = Path("/var/lib/node_exporter/textfile_collector/gpu.prom")
 NAMINGS = ("gputext",) + DCGM_NAMINGS
 DCGM_MAPPING_VARIABLE = "DCGM_HPC_JOB_MAPPING_DIR"
 
@@ -54,7 +58,7 @@ class Exit(Exception):
 
 
 def fail(message: str, code: int) -> None:
-    print(f"gputext: {message}", file=sys.stderr)
+    complain(message)
     raise Exit(code)
 
 
@@ -68,8 +72,15 @@ class UsageProblem(Exception):
     """A bad option value; the message names it as the user gave it."""
 
 
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
+_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}
+# The largest values any option takes: far beyond a sensible setting, and far below what the clock,
+# sleep() and gRPC deadlines overflow at (a number of 5,000 digits is also beyond Python's int())
+MOST_SECONDS = 7 * 24 * 3600
+MOST_NUMBER = 1_000_000
+SHOWN_VALUE_CHARACTERS = 100  # of a bad value in its message
+_WHOLE = re.compile(r"[0-9]{1,9}")
+_HOST = re.compile(r"[A-Za-z0-9._:%-]+")  # a name, an IPv4 address, an IPv6 address (with a zone) unbracketed
 _TRUE = ("1", "true", "t", "yes", "y", "on")  # what click took for a flag's variable
 _FALSE = ("0", "false", "f", "no", "n", "off")
 DURATION_FORMS = "a duration such as 5s, 250ms, 5m or 1h (a bare number is seconds)"
@@ -92,9 +103,12 @@ class Values:
     def given(self, name: str) -> str:
         """How the user gave the value: `--interval 'abc'` or `GPUTEXT_INTERVAL='abc' (from the environment)`."""
         option = self.option(name)
+        value = self.raw(name)
+        if isinstance(value, str) and len(value) > SHOWN_VALUE_CHARACTERS:  # a line a person reads
+            value = f"{value[:SHOWN_VALUE_CHARACTERS // 2]}...({len(value)} characters)"
         if self.sources[name] == ENVIRONMENT:
-            return f"{option.envvar}={self.raw(name)!r} (from the environment)"
-        return f"{option.flags[0]} {self.raw(name)!r}"
+            return f"{option.envvar}={value!r} (from the environment)"
+        return f"{option.flags[0]} {value!r}"
 
     def problem(self, message: str) -> None:
         if self.problems is None:
@@ -130,6 +144,8 @@ class Values:
         value = float(match.group(1)) * _UNITS[match.group(2)]
         if positive and value <= 0:
             return self._seconds_default(name, "use a duration above 0, or leave the option out")
+        if value > MOST_SECONDS:
+            return self._seconds_default(name, f"use a duration of at most {MOST_SECONDS // 3600}h (7 days)")
         return value
 
     def _seconds_default(self, name: str, why: str) -> float | None:
@@ -138,9 +154,25 @@ class Values:
 
     def number(self, name: str, *, minimum: int = 0) -> int:
         text = self.raw(name).strip()
-        if not re.fullmatch(r"-?\d+", text) or int(text) < minimum:
-            return int(self.bad(name, f"use a whole number, {minimum} or more"))
+        if not _WHOLE.fullmatch(text) or not minimum <= int(text) <= MOST_NUMBER:
+            return int(self.bad(name, f"use a whole number from {minimum} to {MOST_NUMBER}"))
         return int(text)
+
+    def text(self, name: str, fix: str = "leave the option out for its default") -> str:
+        """A value that cannot be empty (a path, a host): `--out ''` is refused as empty, not looked for."""
+        text = self.raw(name)
+        if not text.strip():
+            return self.bad(name, f"the value is empty; {fix}")
+        return text
+
+    def dcgm_host(self) -> str:
+        """host, host:port, [IPv6]:port: what DCGM's host engine listens on."""
+        given = self.text("dcgm_host")
+        host, port = host_port(given, 0)
+        if not _HOST.fullmatch(host) or not 0 <= port <= 65535:
+            return self.bad("dcgm_host", "use a host name or an IP address, optionally with :PORT (such as "
+                            "localhost:5555, 10.0.0.7 or [::1]:5555)")
+        return given
 
     def collectors(self) -> tuple:
         names = tuple(n.strip() for n in self.raw("collectors").split(",") if n.strip())
@@ -202,6 +234,15 @@ class Values:
         return prefix
 
 
+def host_port(text: str, default_port: int) -> tuple[str, int]:
+    """("localhost", 5555) from "localhost:5555", "localhost" or "[::1]:5555"; the port is -1 where it is
+    not a port number ("host:abc")."""
+    host, colon, port = text.rpartition(":")
+    if not colon or "]" in port or (host.count(":") and not host.startswith("[")):  # no port, or bare IPv6
+        return text.strip("[]"), default_port
+    return host.strip("[]"), int(port) if re.fullmatch(r"[0-9]{1,5}", port) else -1
+
+
 def run_options(values: Values, state_dir: str | None = None):
     """gputext.run.Options from the values of collect's options (shared by collect, show and doctor)."""
     from .run import Options
@@ -213,10 +254,10 @@ def run_options(values: Values, state_dir: str | None = None):
     return Options(
         collectors=values.collectors(), prefix=prefix,
         state_dir=Path(state) if state else None, debug=values.flag("debug"),
-        host_root=Path(names["host_root"]), retention_seconds=values.seconds("retention"),
-        max_processes=values.number("max_processes"), dcgm_host=names["dcgm_host"],
+        host_root=Path(values.text("host_root")), retention_seconds=values.seconds("retention"),
+        max_processes=values.number("max_processes"), dcgm_host=values.dcgm_host(),
         dcgm_bindings=Path(names["dcgm_bindings"]) if names["dcgm_bindings"] else None,
-        pod_resources_socket=Path(names["pod_resources_socket"]),
+        pod_resources_socket=Path(values.text("pod_resources_socket")),
         kubelet_timeout_seconds=values.seconds("kubelet_timeout", positive=True),
         gpu_resource_names=tuple(n.strip() for n in names["gpu_resource_names"].split(",") if n.strip()),
         pod_cache_ttl_seconds=values.seconds("pod_cache_ttl"),
@@ -273,54 +314,57 @@ def usage(command: str) -> Callable[[str], None]:
 # collect's options, in the order its help lists them. Each can also come from GPUTEXT_<OPTION>.
 COLLECT_OPTIONS = [
     Option(("--out", "-o"), "-", "The .prom file to write atomically, a FIFO or character device to write "
-           "through, or - for standard output."),
+           "through, or - for standard output.", value="FILE"),
     Option(("--collectors",), "", "Comma-separated collectors to run; known: " + ", ".join(REGISTRY)
-           + " [default: all that apply]."),
+           + " [default: all that apply].", value="LIST"),
     Option(("--prefix",), "gpu_", "Prefix of the device metric names; the gputext_* self-metrics keep theirs. "
-           "Not empty: the names up and info would clash with Prometheus's up."),
+           "Not empty: the names up and info would clash with Prometheus's up.", value="PREFIX"),
     Option(("--detail",), "standard", "standard: the series operators watch every day (at most 80 per GPU); "
-           "full: every series gputext knows, for debugging a node."),
+           "full: every series gputext knows, for debugging a node.", value="standard|full"),
     Option(("--naming",), "gputext", f"gputext: gputext's metric names; {DCGM_4_8}: dcgm-exporter's as 4.x up to "
            f"4.8 writes them (what Grafana dashboard 12239 queries); {DCGM_4_10}: as 4.9 and 4.10 renamed them "
-           "(DCGM 4.7's names, base units). Both with dcgm-exporter's labels and units, from NVML alone."),
+           "(DCGM 4.7's names, base units). Both with dcgm-exporter's labels and units, from NVML alone.",
+           value="|".join(NAMINGS)),
     Option(("--counters",), None, "dcgm-exporter's counters file (CSV): the DCGM fields to write, by either "
            "generation's names (implies --naming dcgm unless --naming is given), and NVML fields by NVML_FI_* "
-           "name or number [default: dcgm-exporter's default counters]."),
+           "name or number [default: dcgm-exporter's default counters].", value="FILE"),
     Option(("--state-dir",), None, "Where gputext keeps what one run passes to the next [default: "
-           "$STATE_DIRECTORY, else /var/lib/gputext]."),
+           "$STATE_DIRECTORY, else /var/lib/gputext].", value="DIR"),
     Option(("--host-root",), "/", "Where the host's / is mounted (for /proc and /var/log when gputext runs in "
-           "a container), like node_exporter's --path.rootfs."),
-    Option(("--retention",), "5m", "How long an exited process keeps its series."),
+           "a container), like node_exporter's --path.rootfs.", value="DIR"),
+    Option(("--retention",), "5m", "How long an exited process keeps its series.", value="DURATION"),
     Option(("--max-processes",), "1000", "Most process series per GPU; the rest are counted in "
-           "gputext_processes_dropped."),
-    Option(("--dcgm-host",), "localhost:5555", "The DCGM host engine (nv-hostengine) for per-process energy."),
+           "gputext_processes_dropped.", value="N"),
+    Option(("--dcgm-host",), "localhost:5555", "The DCGM host engine (nv-hostengine) for per-process energy.",
+           value="HOST[:PORT]"),
     Option(("--dcgm-bindings",), None, "The directory holding DCGM's Python bindings (pydcgm.py) [default: "
-           "DCGM 4's, then DCGM 3's install path]."),
+           "DCGM 4's, then DCGM 3's install path].", value="DIR"),
     Option(("--pod-resources-socket",), "/var/lib/kubelet/pod-resources/kubelet.sock",
-           "The kubelet's pod-resources socket."),
-    Option(("--kubelet-timeout",), "2s", "How long one call to the kubelet may take."),
+           "The kubelet's pod-resources socket.", value="SOCKET"),
+    Option(("--kubelet-timeout",), "2s", "How long one call to the kubelet may take.", value="DURATION"),
     Option(("--gpu-resource-names",), "", "Comma-separated extra resource names that are GPUs (nvidia.com/gpu "
-           "and nvidia.com/mig-* always are)."),
-    Option(("--pod-cache-ttl",), "30s", "How long the kubelet's answer is reused (0: ask every run)."),
+           "and nvidia.com/mig-* always are).", value="LIST"),
+    Option(("--pod-cache-ttl",), "30s", "How long the kubelet's answer is reused (0: ask every run).",
+           value="DURATION"),
     Option(("--hpc-job-mapping-dir",), None, "dcgm-exporter's job-mapping directory, where a site's Slurm "
            "prolog writes a file per GPU (<index> or <index>.<gpu instance>) of job IDs: GPUs of jobs with no "
-           "process on them [default: $DCGM_HPC_JOB_MAPPING_DIR, else none]."),
+           "process on them [default: $DCGM_HPC_JOB_MAPPING_DIR, else none].", value="DIR"),
     Option(("--gpm-window",), "1s", "Time between the two GPM samples of a one-shot run (above 100ms); the "
-           "repeating mode diffs against its previous cycle instead."),
+           "repeating mode diffs against its previous cycle instead.", value="DURATION"),
     Option(("--pcie-sample-interval",), "15s", "On GPUs without PCIe byte counters, how often the repeating "
            "mode samples the PCIe rate (each sample blocks 20ms per GPU and direction in the driver; a "
-           "one-shot run samples once)."),
+           "one-shot run samples once).", value="DURATION"),
     Option(("--kmsg",), None, "The kernel log the xid collector counts XIDs in: /dev/kmsg, a file of records "
            "in its format, or - for standard input as opened by the caller (the systemd units) [default: "
-           "/dev/kmsg under --host-root]."),
+           "/dev/kmsg under --host-root].", value="FILE"),
     Option(("--debug",), help="Show tracebacks of failing collectors.", is_flag=True),
     Option(("--interval",), None, "Repeat every INTERVAL (e.g. 5s; a bare number is seconds) in one process "
-           "until stopped (SIGTERM/SIGINT), --count or --duration."),
-    Option(("--count",), "0", "With --interval: stop after this many files (0: no limit)."),
+           "until stopped (SIGTERM/SIGINT), --count or --duration.", value="DURATION"),
+    Option(("--count",), "0", "With --interval: stop after this many files (0: no limit).", value="N"),
     Option(("--duration",), None, "With --interval: stop after this long, above 0 (e.g. 55s for cron; leave it "
-           "out for no limit)."),
+           "out for no limit).", value="DURATION"),
     Option(("--lock-timeout",), None, "How long to wait for another gputext run writing the same file before "
-           "leaving it to that run (exit 2) [default: 80% of --interval, else 4s]."),
+           "leaving it to that run (exit 2) [default: 80% of --interval, else 4s].", value="DURATION"),
 ]
 _COLLECT = {option.name: option for option in COLLECT_OPTIONS}
 
@@ -336,7 +380,7 @@ def collect_options(*names) -> list:
 
 
 # --prefix of the commands that print files for a prefix (metrics, rules, dashboard)
-PREFIX_OPTION = Option(("--prefix",), "gpu_", "Prefix of the device metric names.")
+PREFIX_OPTION = Option(("--prefix",), "gpu_", "Prefix of the device metric names.", value="PREFIX")
 
 
 # --- commands ------------------------------------------------------------------------------------------
@@ -348,8 +392,8 @@ def collect(given: Given) -> int:
 
     end = usage("collect")
     values = Values(given)
-    out = given.params["out"]
     try:
+        out = values.text("out", "name the file to write, such as gpu.prom, or - for standard output")
         options = run_options(values)
         when = schedule(values)
         destination = stdout_destination() if out == "-" else resolve_output(out)
@@ -379,15 +423,17 @@ def _warn_about_name(destination) -> None:
         usage("collect")(f"invalid --out {destination.named!r}: gputext's own temp files end in .tmp; name a "
                          "file such as gpu.prom")
     if not name.endswith(".prom"):
-        print(f"gputext: note: node_exporter reads only *.prom files; {name} will be ignored by it",
-              file=sys.stderr)
+        complain(f"note: node_exporter reads only *.prom files; {name} will be ignored by it")
 
 
 def metrics(given: Given) -> int:
     from .catalogue import METRICS, detail_of
 
     values = Values(given)
-    prefix = values.raw("prefix")
+    try:
+        prefix = values.prefix()
+    except UsageProblem as err:
+        usage("metrics")(str(err))
     if values.flag("dcgm"):
         from .dcgm_exporter import markdown_table
 
@@ -457,7 +503,7 @@ def doctor(given: Given) -> int:
     options = run_options(values)
     schedule(values)
     out = given.params["out"]
-    checks = diagnose(options, None if out == "-" else out, problems)
+    checks = diagnose(options, None if out in (None, "-") else values.text("out"), problems)
     say(report(checks))
     return 0 if passed(checks) else 1
 
@@ -475,11 +521,12 @@ COMMANDS = {command.name: command for command in [
             "recording rules, for --prefix. Load the file with rule_files "
             "(docs/dashboards-and-alerts.md).", [
         PREFIX_OPTION,
-        Option(("--only",), "all", "Which group: alerts, recording or all.", env=False),
+        Option(("--only",), "all", "Which group: alerts, recording or all.", value="alerts|recording|all",
+               env=False),
         Option(("--operator",), help="Print a PrometheusRule (Prometheus Operator, kube-prometheus-stack) "
                "holding both groups.", is_flag=True, env=False),
         Option(("--stale-after",), "1m", "Page when gputext's file is older than this (more than 3 collection "
-               "intervals plus the scrape interval).", env=False),
+               "intervals plus the scrape interval).", value="DURATION", env=False),
     ], rules),
     Command("dashboard", "Print a Grafana dashboard (JSON, to import) of gputext's metrics for --prefix.",
             [PREFIX_OPTION], dashboard),
@@ -487,7 +534,7 @@ COMMANDS = {command.name: command for command in [
             "utilisation, NVLink and PCIe rates, and processes with their pods and Slurm jobs. Takes collect's options and "
             "GPUTEXT_* variables; writes no file and no state. Exit code 1 when NVML cannot be read.", [
         Option(("--sample",), "1s", "Time between the two collections that NVLink and PCIe rates are measured "
-               "over (0: one collection, no rates).", env=False),
+               "over (0: one collection, no rates).", value="DURATION", env=False),
         *collect_options(*RUN_OPTIONS),
     ], show),
     Command("doctor", "Check that this node is ready, one line per prerequisite with the fix: collect's "
@@ -496,8 +543,11 @@ COMMANDS = {command.name: command for command in [
             "collect's options and variables, so it checks what the timer uses; without --out it checks the "
             "file the systemd units write by default. Exit code 0 when everything enabled is ready, 1 "
             "otherwise.",
-            collect_options("out", "prefix", "detail", "naming", "counters", "state_dir", *RUN_OPTIONS,
-                            "interval", "count", "duration", "lock_timeout"), doctor),
+            [Option(("--out", "-o"), None, f"The file collect writes, to check [default: the units' file, "
+                    f"{UNITS_OUT}].", value="FILE"),
+             *collect_options("prefix", "detail", "naming", "counters", "state_dir", *RUN_OPTIONS,
+                              "interval", "count", "duration", "lock_timeout")],
+            doctor),
 ]}
 
 
@@ -511,12 +561,12 @@ def execute(argv: list) -> int:
         say(str(answer))
         return 0
     except UsageError as err:
-        print(f"gputext: {err} (see '{err.where} --help')", file=sys.stderr)
+        complain(f"{err} (see '{err.where} --help')")
         return EXIT_NOT_WRITTEN
     except Exit as done:
         return done.code
     except KeyboardInterrupt:  # Ctrl-C in a one-shot run (the repeating mode stops on SIGINT by itself)
-        print("gputext: interrupted", file=sys.stderr)
+        complain("interrupted")
         return 130
 
 

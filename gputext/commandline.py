@@ -33,22 +33,25 @@ def env_name(flag: str) -> str:
 
 
 class Option:
-    """One option: its flags (the first is the one messages name), its default, its help, whether it
+    """One option: its flags (the first is the one messages name), its default, its help, the kind of
+    value it takes as help shows it (DURATION, N, FILE, LIST, or the choices: standard|full), whether it
     is a flag (takes no value) and whether GPUTEXT_<OPTION> sets it too."""
 
-    __slots__ = ("flags", "name", "default", "help", "is_flag", "envvar")
+    __slots__ = ("flags", "name", "default", "help", "value", "is_flag", "envvar")
 
-    def __init__(self, flags: tuple, default=None, help: str = "", *, is_flag: bool = False, env: bool = True):
+    def __init__(self, flags: tuple, default=None, help: str = "", *, value: str = "", is_flag: bool = False,
+                 env: bool = True):
         self.flags = flags
         self.name = flags[0].lstrip("-").replace("-", "_")
         self.default = False if is_flag else default
         self.help = help
+        self.value = value
         self.is_flag = is_flag
         self.envvar = env_name(flags[0]) if env else None
 
     def usage(self) -> str:
         flags = ", ".join(sorted(self.flags, key=len))  # -o, --out
-        return flags if self.is_flag else f"{flags} TEXT"
+        return flags if self.is_flag else f"{flags} {self.value}"
 
     def notes(self) -> str:
         """`[env var: GPUTEXT_OUT; default: -]`, as click's help showed them."""

@@ -243,7 +243,17 @@ class Inventory:
             dev.info = _read_info(self.nvml, dev)
         except DeviceGone as err:
             dev.error = str(err)
+            if dev.handle is not None and not dev.info:  # lost before this run read who it is
+                dev.info = {"pci_bus_id": self._pci_bus_id(dev)}
         return dev
+
+    def _pci_bus_id(self, dev: Device) -> str:
+        """The PCI bus id of a GPU that stopped answering, where NVML still gives it ("" where not)."""
+        try:
+            pci = self.nvml.call(pynvml.nvmlDeviceGetPciInfo, dev.handle, device=dev.name)
+        except DeviceGone:
+            return ""
+        return text(pci.busId) if pci is not None else ""
 
     def _refresh_settings(self, dev: Device) -> None:
         if not dev.up:

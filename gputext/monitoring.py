@@ -97,7 +97,8 @@ def alert_rules(prefix: str = DEFAULT_PREFIX, stale_after: int = DEFAULT_STALE_A
                "Restart the affected job. Reset the GPU when it is idle, so that the row is remapped; "
                "watch for GpuRowRemapFailed."),
         _alert("GpuLost", f"{n('up')} == 0", "1m", "critical", f"{_GPU} is lost",
-               f"{_GPU} no longer answers NVML (GPU_IS_LOST or another error); its metrics are gone.",
+               f"{_GPU}, PCI bus {{{{ $labels.pci_bus_id }}}}, no longer answers NVML (GPU_IS_LOST or another "
+               "error); its metrics are gone.",
                "Drain the node and reboot it; check the kernel log for XID 79. Replace the GPU if it "
                "recurs."),
         _alert("GpuMissing",

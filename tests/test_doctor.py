@@ -16,6 +16,7 @@ from fakegpu import h100, with_gpm
 from fakehost import fake_host, node_exporter
 from fakekubelet import serve
 from gputext import doctor
+from gputext.cli import host_port
 from gputext.doctor import FAIL, OK, Reader
 
 LINE = re.compile(r"^(ok|FAIL|warn|info) {1,4}[\w ]+: \S.*$")
@@ -326,10 +327,10 @@ def test_node_exporter_without_textfile_flag_warns(tmp_path):
 @pytest.mark.parametrize("text, expected", [
     ("localhost:5555", ("localhost", 5555)), ("localhost", ("localhost", 5555)),
     ("10.0.0.1:5556", ("10.0.0.1", 5556)),
-    ("[::1]:5555", ("::1", 5555)), ("::1", ("::1", 5555)),
+    ("[::1]:5555", ("::1", 5555)), ("::1", ("::1", 5555)), ("host:abc", ("host", -1)), ("host:²", ("host", -1)),
 ])
 def test_host_port(text, expected):
-    assert doctor.host_port(text, 5555) == expected
+    assert host_port(text, 5555) == expected
 
 
 def test_report_and_exit_status():

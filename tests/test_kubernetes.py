@@ -204,6 +204,26 @@ def test_unknown_device_ids_are_left_out_with_one_line(node, socket):
         "GPU-00000000-0000-0000-0000-000000000000, nvidia9, MIG-nope, tpu0"]
 
 
+def test_a_device_id_of_5000_digits_is_one_unknown_device(node, socket):
+    """Numbers beyond int()'s 4,300 digits in any form of device ID: that device is left out, said once
+    (shortened), and every other pod keeps its labels."""
+    node.write(gpus())
+    huge = "9" * 5000
+    pods = ONE_POD_PER_GPU + [pod("huge", "ml", {"main": {GPU: [huge, f"nvidia{huge}", f"0:{huge}",
+                                                                f"nvidia0/gi{huge}"]}})]
+    with serve(socket, pods):
+        proc, series = run(node, socket, "--pod-cache-ttl", "0")
+        again, _ = run(node, socket, "--pod-cache-ttl", "0")
+    assert success(series) == 1
+    assert pod_labels(series, "0") == ("train-0", "ml", "trainer")
+    assert pod_labels(series, "1") == ("train-1", "ml", "trainer")
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("gputext: kubernetes: 4 device IDs from the kubelet name no GPU NVML lists here, left "
+                           f"out: {'9' * 64}..., nvidia{'9' * 58}...")
+    assert len(line) < 500
+    assert again.stderr == ""  # said once
+
+
 def test_answer_is_cached_for_the_ttl_and_renewed_after(node, socket):
     node.write(gpus())
     with serve(socket, ONE_POD_PER_GPU) as kubelet:

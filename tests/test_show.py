@@ -180,8 +180,8 @@ def test_show_fits_the_terminal_width(node, columns):
     widest = max(len(line) for line in proc.stdout.splitlines())
     assert widest <= int(columns), proc.stdout
     name = row(proc.stdout.split("\n\n")[0], "0")[1]
-    if int(columns) < len(LONG_NAME) + 40:
-        assert name.endswith("…") and LONG_NAME.startswith(name[:-1])
+    if int(columns) < len(LONG_NAME) + 40:  # the vendor's name goes first, then the end of the name
+        assert name.endswith("…") and LONG_NAME.startswith("NVIDIA " + name[:-1])
     else:
         assert name == LONG_NAME
 

@@ -61,10 +61,13 @@ Target = tuple[str, str, str]
 # The kubelet's last answer in the state: what it was asked with, when, and the allocations
 SHAPE = shape.record(optional={"key": shape.anything, "fetched_at": shape.number, "allocations": shape.list_of(
     shape.tuple_of(*[shape.text] * len(Allocation._fields)))})
-_REPLICA = re.compile(r"::\d+$")
-_GKE = re.compile(r"nvidia(\d+)(?:/gi(\d+))?(?:/vgpu\d+)?")
-_OLD_MIG = re.compile(r"MIG-(GPU-[^/]+)/(\d+)/(\d+)")
-_INDEX = re.compile(r"(\d+)(?::(\d+))?")
+# Numbers in device IDs have at most 9 digits: a longer one names no device (and one of 5,000 digits is
+# beyond what int() reads), so its ID is left out like any other unknown one.
+_REPLICA = re.compile(r"::[0-9]+$")
+_GKE = re.compile(r"nvidia([0-9]{1,9})(?:/gi([0-9]{1,9}))?(?:/vgpu[0-9]+)?")
+_OLD_MIG = re.compile(r"MIG-(GPU-[^/]+)/([0-9]{1,9})/([0-9]{1,9})")
+_INDEX = re.compile(r"([0-9]{1,9})(?::([0-9]{1,9}))?")
+SHOWN_ID_CHARACTERS = 64  # of an unknown device ID in the warning
 
 
 def collect(ctx, samples) -> None:
@@ -77,10 +80,12 @@ def collect(ctx, samples) -> None:
         if misplaced:
             raise LastingFailure(misplaced) from None
         raise NotApplicable(f"no kubelet pod-resources socket at {socket}") from None
-    except PermissionError:
+    except OSError as err:  # no permission; a name over 255 bytes, a loop of links
         from ..kubelet import KubeletError
 
-        raise KubeletError(f"no permission to reach the kubelet's socket {socket}: run gputext as root") from None
+        if isinstance(err, PermissionError):
+            raise KubeletError(f"no permission to reach the kubelet's socket {socket}: run gputext as root") from None
+        raise KubeletError(f"cannot look at the kubelet's socket {socket}: {err.strerror}") from None
     resources = sorted({GPU_RESOURCE, *options.gpu_resource_names})
     key = [str(socket), stat.st_dev, stat.st_ino, stat.st_ctime_ns, resources]
     cache = _cache_section(ctx)
@@ -166,8 +171,9 @@ def _ask_kubelet(ctx, devices: Sequence[Device], resources: Sequence[str]) -> li
         raise LastingFailure(f"no pod labels: {grpc_missing()}") from None
     unknown = found.unknown
     if unknown:
-        ctx.warn(f"kubernetes: {len(unknown)} device IDs from the kubelet name no GPU NVML lists here, left out: "
-                 + ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else ""))
+        shown = [i if len(i) <= SHOWN_ID_CHARACTERS else i[:SHOWN_ID_CHARACTERS] + "..." for i in unknown[:5]]
+        ctx.note_once(f"kubernetes: {len(unknown)} device IDs from the kubelet name no GPU NVML lists here, left "
+                      "out: " + ", ".join(shown) + (", ..." if len(unknown) > 5 else ""))
     for name in found.unreadable:
         ctx.note_once(unreadable_name(name))
     return found.allocations

@@ -129,7 +129,7 @@ def collect(ctx, samples) -> None:
             info = dev.derived("nvml_info", (system.driver_version, system.cuda_driver_version),
                                lambda: rows.get("info", *_info_labels(dev, system)))
             samples.add_row("info", 1, info)
-        samples.add_row("up", 1 if dev.up else 0, rows.get("up"))
+        samples.add_row("up", 1 if dev.up else 0, rows.get("up", dev.info.get("pci_bus_id", "")))
 
 
 def device_rows(dev: Device, level) -> DeviceRows:
