@@ -80,7 +80,9 @@ MOST_SECONDS = 7 * 24 * 3600
 MOST_NUMBER = 1_000_000
 SHOWN_VALUE_CHARACTERS = 100  # of a bad value in its message
 _WHOLE = re.compile(r"[0-9]{1,9}")
-_HOST = re.compile(r"[A-Za-z0-9._:%-]+")  # a name, an IPv4 address, an IPv6 address (with a zone) unbracketed
+# a name or an IPv4 address, or an IPv6 address in brackets, each with an optional port; or a bare IPv6 address
+_IPV6 = r"[0-9A-Fa-f:.]+(?:%[A-Za-z0-9._-]+)?"
+_HOST_PORT = re.compile(rf"(?:[A-Za-z0-9._-]+|\[{_IPV6}\])(?::[0-9]{{1,5}})?|(?=[^%]*:[^%]*:){_IPV6}")
 _TRUE = ("1", "true", "t", "yes", "y", "on")  # what click took for a flag's variable
 _FALSE = ("0", "false", "f", "no", "n", "off")
 DURATION_FORMS = "a duration such as 5s, 250ms, 5m or 1h (a bare number is seconds)"
@@ -168,8 +170,7 @@ class Values:
     def dcgm_host(self) -> str:
         """host, host:port, [IPv6]:port: what DCGM's host engine listens on."""
         given = self.text("dcgm_host")
-        host, port = host_port(given, 0)
-        if not _HOST.fullmatch(host) or not 0 <= port <= 65535:
+        if not _HOST_PORT.fullmatch(given) or not 0 <= host_port(given, 0)[1] <= 65535:
             return self.bad("dcgm_host", "use a host name or an IP address, optionally with :PORT (such as "
                             "localhost:5555, 10.0.0.7 or [::1]:5555)")
         return given

@@ -136,3 +136,18 @@ class Node:
 @pytest.fixture
 def node(fake_libdir, tmp_path) -> Node:
     return Node(fake_libdir, tmp_path)
+
+
+@pytest.fixture
+def nvml_here(node, monkeypatch):
+    """The fake NVML for commands run in this process. The loader resolves LD_LIBRARY_PATH only when a
+    process starts, but dlopen() finds a library already loaded by its soname, so after this pynvml's
+    CDLL("libnvidia-ml.so.1") gets the fake; it reads the scenario named in the environment at each init."""
+    import ctypes
+
+    from fakegpu import LIB_NAME
+
+    ctypes.CDLL(str(node.libdir / LIB_NAME), mode=ctypes.RTLD_GLOBAL)
+    monkeypatch.setenv("FAKE_NVML_SCENARIO", str(node.scenario))
+    monkeypatch.setenv("STATE_DIRECTORY", str(node.state_dir))
+    return node

@@ -2,7 +2,6 @@
 collect's env vars shown, the parser's forms and messages, and show/doctor/metrics/--version against the
 fake NVML."""
 
-import ctypes
 import io
 import os
 import re
@@ -15,7 +14,7 @@ from gputext import __version__, show
 from gputext.catalogue import METRICS
 from gputext.cli import COMMANDS, execute
 from gputext.run import Options
-from fakegpu import LIB_NAME, h100
+from fakegpu import h100
 from fakehost import fake_host, node_exporter
 
 class Result:
@@ -36,17 +35,6 @@ def invoke(capsys, monkeypatch):
             monkeypatch.delenv(name)
         return Result(code, captured.out, captured.err)
     return run
-
-
-@pytest.fixture
-def nvml_here(node, monkeypatch):
-    """The fake NVML for commands run in this process. The loader resolves LD_LIBRARY_PATH only when a
-    process starts, but dlopen() finds a library already loaded by its soname, so after this pynvml's
-    CDLL("libnvidia-ml.so.1") gets the fake; it reads the scenario named in the environment at each init."""
-    ctypes.CDLL(str(node.libdir / LIB_NAME), mode=ctypes.RTLD_GLOBAL)
-    monkeypatch.setenv("FAKE_NVML_SCENARIO", str(node.scenario))
-    monkeypatch.setenv("STATE_DIRECTORY", str(node.state_dir))
-    return node
 
 
 def test_every_command_and_option_has_help(invoke):

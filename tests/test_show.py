@@ -222,7 +222,7 @@ def test_colour_only_on_a_terminal_without_no_color(monkeypatch):
 
 
 def test_render_paints_only_with_colour():
-    s = samples(up=[({}, 1)], temperature_celsius=[({}, 90)])
+    s = samples(up=[({"pci_bus_id": "00000000:18:00.0"}, 1)], temperature_celsius=[({}, 90)])
     sampled = show.Sampled(s, s, 0.0)
     assert "\x1b[31m" in show.render(sampled, ["careful"], show.Style(True))  # hot
     assert "\x1b[" not in show.render(sampled, ["careful"], show.Style(False))
