@@ -77,6 +77,7 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}
 # The largest values any option takes: far beyond a sensible setting, and far below what the clock,
 # sleep() and gRPC deadlines overflow at (a number of 5,000 digits is also beyond Python's int())
 MOST_SECONDS = 7 * 24 * 3600
+MOST_WAIT_SECONDS = 60  # of what every one-shot run may wait (the GPM window, the kubelet's answer)
 MOST_NUMBER = 1_000_000
 SHOWN_VALUE_CHARACTERS = 100  # of a bad value in its message
 _WHOLE = re.compile(r"[0-9]{1,9}")
@@ -135,8 +136,8 @@ class Values:
             return text in _TRUE
         return self.bad(name, "use 1, true, yes or on; or 0, false, no or off")
 
-    def seconds(self, name: str, *, positive: bool = False) -> float | None:
-        """A duration in seconds; None where the option was not given (its default is None)."""
+    def seconds(self, name: str, *, positive: bool = False, most: float = MOST_SECONDS) -> float | None:
+        """A duration in seconds, at most `most`; None where the option was not given (its default is None)."""
         text = self.raw(name)
         if text is None:
             return None
@@ -146,8 +147,8 @@ class Values:
         value = float(match.group(1)) * _UNITS[match.group(2)]
         if positive and value <= 0:
             return self._seconds_default(name, "use a duration above 0, or leave the option out")
-        if value > MOST_SECONDS:
-            return self._seconds_default(name, f"use a duration of at most {MOST_SECONDS // 3600}h (7 days)")
+        if value > most:
+            return self._seconds_default(name, f"use a duration of at most {_duration(most)}")
         return value
 
     def _seconds_default(self, name: str, why: str) -> float | None:
@@ -219,7 +220,7 @@ class Values:
         return counters
 
     def gpm_window(self) -> float:
-        seconds = self.seconds("gpm_window")
+        seconds = self.seconds("gpm_window", most=MOST_WAIT_SECONDS)
         if seconds <= GPM_MIN_WINDOW_SECONDS:
             self.bad("gpm_window", "NVML needs more than 100ms between two GPM samples; use, say, 1s")
             seconds = self.seconds("gpm_window")
@@ -233,6 +234,14 @@ class Values:
                    "or with __ (reserved by Prometheus)")
             return self.bad("prefix", why)
         return prefix
+
+
+def _duration(seconds: int) -> str:
+    """`168h`, `1m`, `90s`: a limit as the user writes durations."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def host_port(text: str, default_port: int) -> tuple[str, int]:
@@ -259,7 +268,7 @@ def run_options(values: Values, state_dir: str | None = None):
         max_processes=values.number("max_processes"), dcgm_host=values.dcgm_host(),
         dcgm_bindings=Path(names["dcgm_bindings"]) if names["dcgm_bindings"] else None,
         pod_resources_socket=Path(values.text("pod_resources_socket")),
-        kubelet_timeout_seconds=values.seconds("kubelet_timeout", positive=True),
+        kubelet_timeout_seconds=values.seconds("kubelet_timeout", positive=True, most=MOST_WAIT_SECONDS),
         gpu_resource_names=tuple(n.strip() for n in names["gpu_resource_names"].split(",") if n.strip()),
         pod_cache_ttl_seconds=values.seconds("pod_cache_ttl"),
         gpm_window_seconds=values.gpm_window(),

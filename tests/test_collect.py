@@ -287,11 +287,14 @@ def test_no_created_series_and_no_timestamps(node):
     (["--interval", "1s", "--count", "9" * 5000], "invalid --count '99999"),
     (["--max-processes", "1000001"], "invalid --max-processes '1000001': use a whole number from 0 to 1000000"),
     (["--interval", "9" * 5000], "invalid --interval '99999"),
-    (["--retention", "169h"], "invalid --retention '169h': use a duration of at most 168h (7 days)"),
+    (["--retention", "169h"], "invalid --retention '169h': use a duration of at most 168h"),
     (["--max-processes", "\u0663"], "invalid --max-processes '\u0663'"),  # an Arabic-Indic 3, which int() reads
     (["--dcgm-host", "\udcff"], "invalid --dcgm-host '\\udcff': use a host name or an IP address"),
     (["--dcgm-host", "host:99999"], "invalid --dcgm-host 'host:99999'"),
     (["--out", ""], "invalid --out '': the value is empty; name the file to write"),
+    # what a one-shot run waits for is at most a minute
+    (["--gpm-window", "61s"], "invalid --gpm-window '61s': use a duration of at most 1m"),
+    (["--kubelet-timeout", "2m"], "invalid --kubelet-timeout '2m': use a duration of at most 1m"),
     (["--duration", "abc"], "invalid --duration 'abc': use a duration such as 5s"),
     (["--interval", "1s", "--duration", "0"], "invalid --duration '0': use a duration above 0"),
     # an empty prefix writes `up` and `info`, which clash with Prometheus's own `up`
