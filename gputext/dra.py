@@ -28,7 +28,9 @@ from collections import namedtuple
 DRIVER = "gpu.nvidia.com"
 CDI_VENDOR = "k8s.gpu.nvidia.com"
 
-_NUMBER = "(0|[1-9][0-9]*)"  # ASCII digits only (\d would take any script's), as Go's %d writes them
+# ASCII digits only (\d would take any script's), as Go's %d writes them; at most 9: a longer number names
+# no device (and one of 5,000 digits is beyond what int() reads)
+_NUMBER = "(0|[1-9][0-9]{0,8})"
 _WHOLE = re.compile(f"gpu-{_NUMBER}")
 _MIG_NUMBERED = re.compile(f"gpu-{_NUMBER}-mig-{_NUMBER}-{_NUMBER}-{_NUMBER}")
 # the profile's name: go-nvlib's "1g.10gb", "1c.2g.20gb", "1g.10gb+me" lowercased, dots removed, any other

@@ -305,7 +305,7 @@ def test_any_interval_with_a_count_of_one_gives_a_documented_exit(collect_here, 
 
 require("grpc", "google.protobuf")  # the test extra has them
 
-from fakekubelet import kubelet_socket, pod, serve  # noqa: E402
+from fakekubelet import claim, claimed, kubelet_socket, pod, serve  # noqa: E402
 
 NAME = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30)
 DEVICE_ID = st.one_of(
@@ -316,7 +316,11 @@ DEVICE_ID = st.one_of(
 CONTAINERS = st.dictionaries(NAME, st.dictionaries(st.sampled_from(["nvidia.com/gpu", "nvidia.com/mig-1g.10gb",
                                                                     "example.com/nic"]),
                                                    st.lists(DEVICE_ID, max_size=4), max_size=2), max_size=3)
-PODS = st.lists(st.tuples(NAME, NAME, CONTAINERS), max_size=4)
+DRA_NAME = st.one_of(NAME, DIGITS.map(lambda n: f"gpu-{n}"), DIGITS.map(lambda n: f"gpu-vfio-{n}"),
+                    st.builds(lambda a, b: f"gpu-0-mig-{a}-{b}-1", DIGITS, DIGITS))
+CLAIM = st.builds(lambda name, namespace, device: claim(name, namespace, claimed(device)), NAME, NAME, DRA_NAME)
+CLAIMS = st.dictionaries(NAME, st.lists(CLAIM, max_size=2), max_size=2)
+PODS = st.lists(st.tuples(NAME, NAME, CONTAINERS, CLAIMS), max_size=4)
 
 
 @pytest.fixture
@@ -330,10 +334,11 @@ def kubelet():
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(pods=PODS)
 def test_any_kubelet_answer_keeps_the_pod_of_a_known_gpu(collect_here, kubelet, pods):
-    """Whatever else the kubelet lists (IDs of any form and length, names with any character), the pod
-    holding GPU 1 by its UUID gets its labels, and the file is written and valid."""
+    """Whatever else the kubelet lists (device-plugin IDs and DRA device names of any form and length, names
+    with any character), the pod holding GPU 1 by its UUID gets its labels, and the file is written and
+    valid."""
     kubelet.pods = [pod("keeper", "ml", {"main": {"nvidia.com/gpu": [h100_uuid(1)]}}),
-                    *(pod(name, namespace, containers) for name, namespace, containers in pods)]
+                    *(pod(name, namespace, containers, claims) for name, namespace, containers, claims in pods)]
     code, stderr = collect_here(["--pod-resources-socket", str(kubelet.socket), "--pod-cache-ttl", "0"], {})
     check_run(collect_here, code, stderr, None)
     assert code == 0

@@ -171,19 +171,23 @@ def _ask_kubelet(ctx, devices: Sequence[Device], resources: Sequence[str]) -> li
         raise LastingFailure(f"no pod labels: {grpc_missing()}") from None
     unknown = found.unknown
     if unknown:
-        shown = [i if len(i) <= SHOWN_ID_CHARACTERS else i[:SHOWN_ID_CHARACTERS] + "..." for i in unknown[:5]]
         ctx.note_once(f"kubernetes: {len(unknown)} device IDs from the kubelet name no GPU NVML lists here, left "
-                      "out: " + ", ".join(shown) + (", ..." if len(unknown) > 5 else ""))
+                      "out: " + ", ".join(map(shown, unknown[:5])) + (", ..." if len(unknown) > 5 else ""))
     for name in found.unreadable:
         ctx.note_once(unreadable_name(name))
     return found.allocations
 
 
+def shown(device_id: str) -> str:
+    """A device ID or name from the kubelet as a message quotes it: cut after SHOWN_ID_CHARACTERS."""
+    return device_id if len(device_id) <= SHOWN_ID_CHARACTERS else device_id[:SHOWN_ID_CHARACTERS] + "..."
+
+
 def unreadable_name(name: str) -> str:
     from .. import dra
 
-    return (f"kubernetes: the DRA driver {dra.DRIVER} allocated a device named {name!r}, a name gputext cannot "
-            f"read (it knows gpu-<minor>, gpu-<minor>-mig-..., gpu-vfio-<n>); its allocations are left out: "
+    return (f"kubernetes: the DRA driver {dra.DRIVER} allocated a device named {shown(name)!r}, a name gputext "
+            f"cannot read (it knows gpu-<minor>, gpu-<minor>-mig-..., gpu-vfio-<n>); its allocations are left out: "
             "a newer gputext may know the driver's new names")
 
 
