@@ -148,7 +148,7 @@ class Values:
         if positive and value <= 0:
             return self._seconds_default(name, "use a duration above 0, or leave the option out")
         if value > most:
-            return self._seconds_default(name, f"use a duration of at most {_duration(most)}")
+            return self._seconds_default(name, f"use a duration of at most {duration_text(most)}")
         return value
 
     def _seconds_default(self, name: str, why: str) -> float | None:
@@ -236,7 +236,7 @@ class Values:
         return prefix
 
 
-def _duration(seconds: int) -> str:
+def duration_text(seconds: int) -> str:
     """`168h`, `1m`, `90s`: a limit as the user writes durations."""
     for unit, size in (("h", 3600), ("m", 60)):
         if seconds % size == 0:

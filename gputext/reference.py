@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from .catalogue import METRICS, detail_of
+from .cli import MOST_NUMBER, MOST_SECONDS, MOST_WAIT_SECONDS, duration_text
 from .commandline import Command, Option
 
 DEFAULT_PREFIX = "gpu_"
@@ -29,7 +30,11 @@ ENVIRONMENT_HELP = (
     "Durations take `ms`, `s`, `m` or `h` (`5s`, `250ms`); a bare number is seconds.",
     "A bad value, from an option or from a `GPUTEXT_*` variable, is one line on stderr naming it as it was "
     "given (`invalid GPUTEXT_INTERVAL='abc' (from the environment): ...`) and exit 2; `gputext doctor` "
-    "reports the same values as `FAIL  options`.",
+    "reports the same values as `FAIL  options`. A value out of range is such a value: a whole number (N) is "
+    f"0 to {MOST_NUMBER}, a DURATION at most `{duration_text(MOST_SECONDS)}`, and what every one-shot run may "
+    f"wait for (`--gpm-window`, `--kubelet-timeout`) at most `{duration_text(MOST_WAIT_SECONDS)}`; "
+    "`--dcgm-host` is a host name or IP address with an optional `:PORT`; an empty `--out`, `--host-root`, "
+    "`--pod-resources-socket` or `--dcgm-host` on the command line is refused as empty.",
 )
 _DEFAULT_IN_HELP = re.compile(r" ?\[default: ([^\]]*)\]")
 
@@ -83,7 +88,8 @@ def options_markdown(commands: dict) -> str:
         out.append(f"## `gputext {command.name}`\n\n{_markdown(command.help)}")
         if own:
             out.append("\n".join(["| option | variable | default | meaning |", "| --- | --- | --- | --- |"] + [
-                f"| {', '.join(f'`{flag}`' for flag in o.flags)} | {f'`{o.envvar}`' if o.envvar else ''} | "
+                f"| {_cell(', '.join(f'`{flag}`' for flag in o.flags) + ('' if o.is_flag else f' {o.value}'))} | "
+                f"{f'`{o.envvar}`' if o.envvar else ''} | "
                 f"{_cell(_default_cell(o))} | {_cell(_markdown(option_help(o)))} |" for o in own]))
         if taken:
             out.append("And `collect`'s " + ", ".join(f"`{o.flags[0]}`" for o in taken)
@@ -119,7 +125,7 @@ def man_page(program: str, help: str, commands: dict) -> str:
         lines += [f'.SS "{program} {command.name}"', _roff(command.help)]
         for option in command.options.values():
             flags = ", ".join(f"\\fB{_roff(flag)}\\fR" for flag in option.flags)
-            lines += [".TP", flags if option.is_flag else f"{flags} \\fIVALUE\\fR",
+            lines += [".TP", flags if option.is_flag else f"{flags} \\fI{_roff(option.value)}\\fR",
                       _roff(option_help(option) + f" Default: {option_default(option)[0]}."
                             + (f" Variable: {option.envvar}." if option.envvar else ""))]
     lines += [".SH ENVIRONMENT", "\n.PP\n".join(_roff(paragraph.replace("`", "")) for paragraph in ENVIRONMENT_HELP)]
