@@ -90,6 +90,14 @@ DURATION_FORMS = "a duration such as 5s, 250ms, 5m or 1h (a bare number is secon
 GPM_MIN_WINDOW_SECONDS = 0.1  # nvml.h: two GPM samples "should be greater than 100ms" apart
 
 
+def quoted(value) -> str:
+    """A value as a message quotes it: repr()'s quotes and escapes, cut where it is long (a message stays a
+    line a person reads)."""
+    if isinstance(value, str) and len(value) > SHOWN_VALUE_CHARACTERS:
+        return repr(value[:SHOWN_VALUE_CHARACTERS // 2]) + f"...({len(value)} characters)"
+    return repr(value)
+
+
 class Values:
     """The option values of one command as given, read into what gputext needs. A bad value raises
     UsageProblem, or, where `problems` is a list (doctor), is recorded there and read as its default."""
@@ -106,12 +114,10 @@ class Values:
     def given(self, name: str) -> str:
         """How the user gave the value: `--interval 'abc'` or `GPUTEXT_INTERVAL='abc' (from the environment)`."""
         option = self.option(name)
-        value = self.raw(name)
-        if isinstance(value, str) and len(value) > SHOWN_VALUE_CHARACTERS:  # a line a person reads
-            value = f"{value[:SHOWN_VALUE_CHARACTERS // 2]}...({len(value)} characters)"
+        value = quoted(self.raw(name))
         if self.sources[name] == ENVIRONMENT:
-            return f"{option.envvar}={value!r} (from the environment)"
-        return f"{option.flags[0]} {value!r}"
+            return f"{option.envvar}={value} (from the environment)"
+        return f"{option.flags[0]} {value}"
 
     def problem(self, message: str) -> None:
         if self.problems is None:
@@ -180,7 +186,7 @@ class Values:
         names = tuple(n.strip() for n in self.raw("collectors").split(",") if n.strip())
         unknown = [n for n in names if n not in REGISTRY]
         if unknown:
-            self.bad("collectors", f"unknown collector {unknown[0]!r}: choose from {', '.join(REGISTRY)}")
+            self.bad("collectors", f"unknown collector {quoted(unknown[0])}: choose from {', '.join(REGISTRY)}")
             return ()
         return names
 
@@ -430,7 +436,7 @@ def _warn_about_name(destination) -> None:
         return
     name = destination.path.name
     if name.endswith(".tmp"):
-        usage("collect")(f"invalid --out {destination.named!r}: gputext's own temp files end in .tmp; name a "
+        usage("collect")(f"invalid --out {quoted(destination.named)}: gputext's own temp files end in .tmp; name a "
                          "file such as gpu.prom")
     if not name.endswith(".prom"):
         complain(f"note: node_exporter reads only *.prom files; {name} will be ignored by it")
@@ -470,7 +476,7 @@ def rules(given: Given) -> int:
         stale = values.seconds("stale_after", positive=True)
         operator = values.flag("operator")
         if only not in ("alerts", "recording", "all"):
-            values.problem(f"invalid --only {only!r}: choose alerts, recording or all")
+            values.problem(f"invalid --only {quoted(only)}: choose alerts, recording or all")
         if operator and only != "all":
             values.problem("--operator holds both groups: leave --only out")
     except UsageProblem as err:

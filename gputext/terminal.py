@@ -30,6 +30,14 @@ def _escape(character: str) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
+MOST_CHARACTERS = 1000  # of a message: past it, its middle (what it quotes from outside) is cut
+
+
 def complain(message: str) -> None:
-    """One line on stderr, `gputext: message`, whatever the message quotes."""
-    print(f"gputext: {visible(message)}", file=sys.stderr)
+    """One line on stderr, `gputext: message`, whatever the message quotes: its control characters made
+    visible, and where something it quotes makes it longer than a person reads (a path or a value of
+    thousands of characters), its middle cut, keeping the start (what is wrong) and the end (the fix)."""
+    line = visible(message)
+    if len(line) > MOST_CHARACTERS:
+        line = f"{line[:MOST_CHARACTERS * 2 // 3]}...({len(line)} characters)...{line[-MOST_CHARACTERS // 4:]}"
+    print(f"gputext: {line}", file=sys.stderr)

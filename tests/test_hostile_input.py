@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from conftest import parse_exposition, require, value
 from fakegpu import GPM_SM_ACTIVE, h100, h100_uuid, with_gpm
 from gputext.cli import COMMANDS, UNITS_OUT, execute
+from gputext.terminal import complain, visible
 from realtools import promtool_check
 
 DOCTOR_LINE = re.compile(r"^(ok|FAIL|warn|info) {1,4}[\w ]+: \S.*$")
@@ -110,6 +111,18 @@ def process_named(tmp_path):
     yield child.pid, name
     child.kill()
     child.wait()
+
+
+def test_visible_escapes_what_a_terminal_would_act_on_and_nothing_else():
+    assert visible("python3 trainer.py – GPU 0 °C") == "python3 trainer.py – GPU 0 °C"
+    assert visible("a\x1b[2Jb\nc\td\x9be\u202ef\udcff\x7f") == "a\\x1b[2Jb\\nc\\td\\x9be\\u202ef\\udcff\\x7f"
+
+
+def test_a_message_quoting_thousands_of_characters_keeps_its_start_and_end(capsys):
+    complain("cannot write " + "a" * 5000 + "/gpu.prom: File name too long; fix: name a shorter path")
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("gputext: cannot write aaa") and line.endswith("; fix: name a shorter path")
+    assert len(line) < 1100 and "characters)..." in line
 
 
 def test_show_prints_a_process_name_with_its_control_characters_made_visible(node, process_named):
@@ -265,6 +278,7 @@ def check_run(collect_here, code: int, stderr: str, previous: bytes | None) -> N
     out = collect_here.out
     if code == 2:
         assert len(stderr.splitlines()) == 1 and stderr.startswith("gputext: "), stderr
+        assert len(stderr) < 1100, stderr  # a line a person reads, whatever the value's length
         if previous is not None:
             assert out.read_bytes() == previous  # the previous good file stays
     else:
