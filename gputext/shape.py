@@ -49,7 +49,8 @@ count = natural(MAX_COUNT)  # a count, exact as a float64 sample
 
 def number(value: object, where: str) -> None:
     """A finite number of a sane size (JSON's NaN and Infinity, and 1e400, are not)."""
-    if type(value) not in (int, float) or not math.isfinite(value) or abs(value) > MAX_NUMBER:
+    # (abs() first: an integer of 400 digits has no float, and math.isfinite would raise OverflowError)
+    if type(value) not in (int, float) or not abs(value) <= MAX_NUMBER or not math.isfinite(value):
         _fail(where, "not a finite number")
 
 

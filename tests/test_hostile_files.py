@@ -43,6 +43,7 @@ WRONG_SECTIONS = {
     "an XID entry of two numbers": ("xid", put("xid", "unconfirmed", value=[[1, 2]])),
     "XID counts as a list": ("xid", put("xid", "counts", value=[1, 2])),
     "an XID count of 10^400": ("xid", put("xid", "counts", f"{GPU0}|79||", value=[10 ** 400, 1.0])),
+    "an XID time of 10^400": ("xid", put("xid", "counts", f"{GPU0}|79||", value=[2, 10 ** 400])),
     "a negative XID count": ("xid", put("xid", "counts", f"{GPU0}|79||", value=[-5, 1.0])),
     "an XID count that is text": ("xid", put("xid", "counts", f"{GPU0}|79||", value=["abc", 1.0])),
     "XID holes that overlap": ("xid", put("xid", "holes", value=[[0, 0], [0, 0]])),

@@ -317,5 +317,8 @@ def test_the_shapes_accept_what_gputext_writes(good_inventory):
 
     CACHE_SHAPE(json.loads(good_inventory), "")
     xid_collector.SHAPE(good_state()["sections"]["xid"], "xid")
-    with pytest.raises(shape.Invalid):
-        shape.count(10 ** 400, "x")
+    for wrong in (10 ** 400, -(10 ** 400), float("nan"), float("inf"), "1", True, None):
+        with pytest.raises(shape.Invalid):
+            shape.number(wrong, "x")
+        with pytest.raises(shape.Invalid):
+            shape.count(wrong, "x")
