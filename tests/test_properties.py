@@ -322,3 +322,16 @@ def test_the_shapes_accept_what_gputext_writes(good_inventory):
             shape.number(wrong, "x")
         with pytest.raises(shape.Invalid):
             shape.count(wrong, "x")
+
+
+@given(message=st.binary(max_size=200) | st.builds(
+    lambda pci, code, rest: f"NVRM: Xid (PCI:{pci}): {code}, {rest}".encode(),
+    st.text("0123456789abcdefABCDEF:.GPU-I ", max_size=24), st.integers(-10, 10 ** 7).map(str) | st.text(max_size=8),
+    st.text(max_size=40)))
+def test_an_xid_line_parses_to_sane_values_or_to_nothing(message):
+    """Any message, near-XID lines included: no exception, and an XID's values are in their ranges."""
+    found = kmsg.parse_xid(7, 8, message)
+    if found is not None:
+        assert found.seq == 7 and 0 <= found.code <= 99999
+        assert all(0 <= part < 1 << 32 for part in found.pci) and kmsg.pci_address(kmsg.pci_text(found.pci))
+        assert all(i is None or 0 <= i <= 999 for i in (found.gpu_instance, found.compute_instance))
