@@ -119,7 +119,8 @@ def _environment(data: bytes) -> dict[str, str]:
 
 class SlurmJobs:
     """The Slurm jobs of one collection, under --host-root: each job's details are read once, whatever
-    its number of processes. `missing` collects what could not be read, for doctor and a note."""
+    its number of processes. environ_unreadable, unresolved_sluids and bad_lines say what could not be
+    read, for doctor and the collector's notes."""
 
     def __init__(self, host_root: Path, mapping_dir: Path | None = None):
         self.host_root = Path(host_root)
