@@ -226,7 +226,9 @@ def parse_counters(path: Path, prefix: str, naming: str = DCGM_4_8) -> Counters:
                 raise CountersError(f"{where}: a DCGM field keeps its own name; the 4th column is for NVML fields")
             if field not in names and field not in LABEL_FIELDS and field not in NOT_FROM_NVML:
                 raise CountersError(f"{where}: {field} is not a DCGM field gputext knows: check its spelling "
-                                    "('gputext metrics --dcgm' lists the fields it writes)")
+                                    "('gputext metrics --dcgm' lists the fields it writes); a field of "
+                                    "dcgm-exporter 4.9 or later that gputext leaves out (docs/dcgm-exporter.md): "
+                                    "comment the line out with #")
             _once(seen, field, where, number)
             if kind == "label":
                 (labels if field in LABEL_FIELDS else skipped).append(field)

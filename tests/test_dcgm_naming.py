@@ -511,3 +511,20 @@ def test_a_name_neither_generation_has_is_exit_2_with_its_line(node, tmp_path, l
     assert proc.returncode == 2
     assert f"{counters}:2: {line.split(',')[0]} is not a DCGM field gputext knows" in proc.stderr
     assert not (tmp_path / "gpu.prom").exists()
+
+
+def test_a_newer_field_gputext_does_not_write_tells_what_to_do_with_its_line(node, tmp_path):
+    """A dcgm-exporter 4.9 or 4.10 counters file may name a field whose new name or unit gputext could not
+    confirm (framebuffer used in bytes): the one line says where those are listed and what to do with the
+    line, not only to check a spelling the user did not get wrong."""
+    two_gpus(node)
+    counters = tmp_path / "counters.csv"
+    counters.write_text("DCGM_FI_DEV_SM_CLOCK_HERTZ, gauge, SM clock (in Hz).\n"
+                        "DCGM_FI_DEV_FB_USED_BYTES, gauge, Framebuffer memory used (in bytes).\n")
+    proc = node.run("collect", "--out", str(tmp_path / "gpu.prom"), "--naming", "dcgm-4.10", "--counters",
+                    str(counters))
+    assert proc.returncode == 2
+    (message,) = proc.stderr.splitlines()
+    assert f"{counters}:2: DCGM_FI_DEV_FB_USED_BYTES is not a DCGM field gputext knows" in message
+    assert "docs/dcgm-exporter.md" in message and "comment the line out with #" in message, message
+    assert not (tmp_path / "gpu.prom").exists()
