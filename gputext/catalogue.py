@@ -94,15 +94,14 @@ def _violation(reason, name, what):
     return _dcgm(f"DEV_{name}_VIOLATION", C, f"Throttling duration due to {what} (in ns).", 1e9, NEITHER,
                  reason=reason)
 
-# The 4.9+ names. Each is DCGM's own, from the DCGM header that go-dcgm vendors (NVIDIA/go-dcgm
-# pkg/dcgm/dcgm_fields.h, DCGM 4.6, commit b7fa3154): "Deprecated: renamed per DCGM Field Naming Standard"
-# aliases (same field id, same unit) and the "base unit field IDs (1600-1799)" (SM_CLOCK_HERTZ 1603,
-# MEMORY_CLOCK_HERTZ 1604, GPU_ENERGY_JOULES_TOTAL 1611; also NVIDIA/go-dcgm
-# pkg/dcgm/base_unit_fields_test.go). That 4.9's default file uses them: its release notes ("rename the
-# 23 default and profiling-preset fields that DCGM 4.7 deprecates to their new DCGM 4.7 names").
-# FB_CAPACITY_BYTES: the 4.9.0 release notes. The ..._BYTES_PER_SECOND rates: the 4.10.0 release notes
-# (NVIDIA/dcgm-exporter releases/tag/4.10.0). Names NVIDIA's material here does not confirm are left
-# out (docs/dcgm-exporter.md lists them).
+# The 4.9+ names, each row with its source beside it. Most are DCGM's own, from the DCGM header that
+# go-dcgm vendors (dcgm_fields.h: NVIDIA/go-dcgm pkg/dcgm/dcgm_fields.h, DCGM 4.6, commit b7fa3154):
+# "Deprecated: renamed per DCGM Field Naming Standard" aliases (same field id, same unit) and the "base
+# unit field IDs (1600-1799)" (also NVIDIA/go-dcgm pkg/dcgm/base_unit_fields_test.go). That 4.9's default
+# file uses them: its release notes ("rename the 23 default and profiling-preset fields that DCGM 4.7
+# deprecates to their new DCGM 4.7 names"). The release notes cited beside rows are NVIDIA/dcgm-exporter's
+# (releases/tag/4.9.0, 4.10.0). Names NVIDIA's material here does not confirm are left out
+# (docs/dcgm-exporter.md lists them).
 
 # dcgm-exporter writes the framebuffer fields of a MIG GPU's GPU instances (GPU_I_ID) beside the
 # GPU's: under one DCGM name, two rows, the GPU's and its instances'
@@ -119,9 +118,11 @@ METRICS: tuple[Metric, ...] = (
     # thermal and power
     _device("temperature_celsius", G, "celsius", "GPU core temperature.",
             dcgm=[_dcgm("DEV_GPU_TEMP", G, "GPU temperature (in C)."),
+                  # new name: dcgm_fields.h: alias of field 150
                   _dcgm("DEV_GPU_TEMP_CELSIUS", G, "GPU temperature (in C).", default=NEW)]),
     _device("memory_temperature_celsius", G, "celsius", "GPU memory (HBM) temperature, where reported.",
             dcgm=[_dcgm("DEV_MEMORY_TEMP", G, "Memory temperature (in C)."),
+                  # new name: dcgm_fields.h: alias of field 140
                   _dcgm("DEV_MEMORY_TEMP_CELSIUS", G, "Memory temperature (in C).", default=NEW)]),
     _device("temperature_threshold_celsius", G, "celsius", "GPU temperature at which the GPU shuts down "
             "(shutdown), slows down in hardware (slowdown) or may be held below its base clock (gpu_max), and "
@@ -134,14 +135,17 @@ METRICS: tuple[Metric, ...] = (
             "threshold when temperature_margin_celsius falls to this value.", ["threshold"]),
     _device("power_watts", G, "watts", "Current power draw of the GPU.",
             dcgm=[_dcgm("DEV_POWER_USAGE", G, "Power draw (in W)."),
+                  # new name: dcgm_fields.h: alias of field 155
                   _dcgm("DEV_BOARD_POWER_WATTS", G, "Power draw (in W).", default=NEW)]),
     _device("power_limit_watts", G, "watts", "Power limit currently enforced on the GPU."),
     _device("energy_joules_total", C, "joules", "Energy used by the GPU since the driver was loaded.",
             dcgm=[_dcgm("DEV_TOTAL_ENERGY_CONSUMPTION", C, "Total energy consumption since boot (in mJ).", 1e3),
+                  # new name: dcgm_fields.h: base-unit field 1611 (and base_unit_fields_test.go)
                   _dcgm("DEV_GPU_ENERGY_JOULES_TOTAL", C, "Total energy consumption since the driver was "
                         "loaded (in J).", default=NEW)]),
     # memory
     _device("memory_total_bytes", G, "bytes", "Total GPU memory.",
+            # DEV_FB_CAPACITY_BYTES: dcgm-exporter 4.9.0 release notes
             dcgm=[FB_TOTAL, _dcgm("DEV_FB_CAPACITY_BYTES", G, "Total GPU memory (in bytes).", default=NEW)]),
     _device("memory_used_bytes", G, "bytes", "GPU memory allocated by processes.", dcgm=[FB_USED]),
     _device("memory_free_bytes", G, "bytes", "GPU memory free for allocation.",
@@ -166,6 +170,7 @@ METRICS: tuple[Metric, ...] = (
     _device("clock_hertz", G, "hertz", "Current clock frequency.", ["clock"],
             dcgm=[_dcgm("DEV_SM_CLOCK", G, "SM clock frequency (in MHz).", 1e-6, clock="sm"),
                   _dcgm("DEV_MEM_CLOCK", G, "Memory clock frequency (in MHz).", 1e-6, clock="memory"),
+                  # new name: dcgm_fields.h: base-unit fields 1603 and 1604 (and base_unit_fields_test.go)
                   _dcgm("DEV_SM_CLOCK_HERTZ", G, "SM clock frequency (in Hz).", default=NEW, clock="sm"),
                   _dcgm("DEV_MEMORY_CLOCK_HERTZ", G, "Memory clock frequency (in Hz).", default=NEW,
                         clock="memory")]),
@@ -211,6 +216,7 @@ METRICS: tuple[Metric, ...] = (
                         default=NEITHER, cause="single_bit_ecc"),
                   _dcgm("DEV_RETIRED_DBE", C, "Total number of retired pages due to double-bit errors.",
                         default=NEITHER, cause="double_bit_ecc"),
+                  # new name: dcgm_fields.h: aliases of fields 390 and 391
                   _dcgm("DEV_PAGE_RETIRED_SBE_TOTAL", C, "Total number of retired pages due to single-bit "
                         "errors.", default=NEITHER, cause="single_bit_ecc"),
                   _dcgm("DEV_PAGE_RETIRED_DBE_TOTAL", C, "Total number of retired pages due to double-bit "
@@ -220,6 +226,7 @@ METRICS: tuple[Metric, ...] = (
                         "Number of remapped rows for uncorrectable errors", cause="uncorrectable"),
                   _dcgm("DEV_CORRECTABLE_REMAPPED_ROWS", C, "Number of remapped rows for correctable errors",
                         cause="correctable"),
+                  # new name: dcgm_fields.h: aliases of fields 393 and 394
                   _dcgm("DEV_ROW_REMAP_UNCORRECTABLE_TOTAL", C, "Number of remapped rows for uncorrectable "
                         "errors", default=NEW, cause="uncorrectable"),
                   _dcgm("DEV_ROW_REMAP_CORRECTABLE_TOTAL", C, "Number of remapped rows for correctable errors",
@@ -228,6 +235,7 @@ METRICS: tuple[Metric, ...] = (
             dcgm=[_dcgm("DEV_ROW_REMAP_PENDING", G, "Whether remapping of rows is pending", default=NEITHER)]),
     _device("remapped_rows_failed", G, "", "1 when a row remapping has failed.",
             dcgm=[_dcgm("DEV_ROW_REMAP_FAILURE", G, "Whether remapping of rows has failed"),
+                  # new name: dcgm_fields.h: alias of field 395
                   _dcgm("DEV_ROW_REMAP_FAILED", G, "Whether remapping of rows has failed", default=NEW)]),
     # NVLink, per link
     _device("nvlink_up", G, "", "1 when the NVLink link is active, else 0.", ["link"], source="nvlink"),
@@ -258,6 +266,7 @@ METRICS: tuple[Metric, ...] = (
             source="pcie"),
     _device("pcie_replays_total", C, "", "PCIe replays (retransmitted packets).", source="pcie",
             dcgm=[_dcgm("DEV_PCIE_REPLAY_COUNTER", C, "Total number of PCIe retries."),
+                  # new name: dcgm_fields.h: alias of field 202
                   _dcgm("DEV_PCIE_REPLAY_TOTAL", C, "Total number of PCIe retries.", default=NEW)]),
     _device("pcie_replay_rollovers_total", C, "", "Times the PCIe replay counter rolled over.", source="pcie"),
     _device("pcie_errors_total", C, "", "PCIe errors by type.", ["type"], source="pcie"),
@@ -316,18 +325,21 @@ METRICS: tuple[Metric, ...] = (
     _device("graphics_active_ratio", G, "ratio", "Fraction of time any graphics or compute engine was "
             "active (GPM).", MIG_LABELS, source="gpm",
             dcgm=[_dcgm("PROF_GR_ENGINE_ACTIVE", G, "Ratio of time the graphics engine is active."),
+                  # new name: dcgm_fields.h: alias of field 1001
                   _dcgm("PROF_GR_ENGINE_UTIL_RATIO", G, "Ratio of time the graphics engine is active.",
                         default=NEW)]),
     _device("sm_active_ratio", G, "ratio", "Fraction of time the SMs were busy, averaged over all SMs: how "
             "much of the GPU the work fills (GPM).", MIG_LABELS, source="gpm",
             dcgm=[_dcgm("PROF_SM_ACTIVE", G,
                   "The ratio of cycles an SM has at least 1 warp assigned.", default=NEITHER),
+                  # new name: dcgm_fields.h: alias of field 1002
                   _dcgm("PROF_SM_UTIL_RATIO", G, "The ratio of cycles an SM has at least 1 warp assigned.",
                         default=NEITHER)]),
     _device("sm_occupancy_ratio", G, "ratio", "Resident warps as a fraction of the SMs' maximum, averaged "
             "over time and SMs (GPM).", MIG_LABELS, source="gpm",
             dcgm=[_dcgm("PROF_SM_OCCUPANCY", G,
                   "The ratio of number of warps resident on an SM.", default=NEITHER),
+                  # new name: dcgm_fields.h: alias of field 1003
                   _dcgm("PROF_SM_OCCUPANCY_RATIO", G, "The ratio of number of warps resident on an SM.",
                         default=NEITHER)]),
     _device("integer_active_ratio", G, "ratio", "Fraction of time the SMs ran integer instructions (GPM).",
@@ -335,6 +347,7 @@ METRICS: tuple[Metric, ...] = (
     _device("tensor_active_ratio", G, "ratio", "Fraction of time the SMs ran any tensor-core instruction "
             "(GPM; DCGM's PIPE_TENSOR_ACTIVE).", MIG_LABELS, source="gpm",
             dcgm=[_dcgm("PROF_PIPE_TENSOR_ACTIVE", G, "Ratio of cycles the tensor (HMMA) pipe is active."),
+                  # new name: dcgm_fields.h: alias of field 1004
                   _dcgm("PROF_TENSOR_UTIL_RATIO", G, "Ratio of cycles the tensor (HMMA) pipe is active.",
                         default=NEW)]),
     _device("tensor_pipe_active_ratio", G, "ratio", "Fraction of time the SMs ran tensor instructions of one "
@@ -345,6 +358,7 @@ METRICS: tuple[Metric, ...] = (
             dcgm=[_dcgm("PROF_DRAM_ACTIVE", G,
                   "Ratio of cycles the device memory interface is active sending or "
                   "receiving data."),
+                  # new name: dcgm_fields.h: alias of field 1005
                   _dcgm("PROF_DRAM_UTIL_RATIO", G, "Ratio of cycles the device memory interface is active "
                         "sending or receiving data.", default=NEW)]),
     _device("fp_pipe_active_ratio", G, "ratio", "Fraction of time the SMs ran non-tensor floating-point "
@@ -355,6 +369,7 @@ METRICS: tuple[Metric, ...] = (
                         "Ratio of cycles the fp32 pipes are active.", default=NEITHER, precision="fp32"),
                   _dcgm("PROF_PIPE_FP16_ACTIVE", G,
                         "Ratio of cycles the fp16 pipes are active.", default=NEITHER, precision="fp16"),
+                  # new name: dcgm_fields.h: aliases of fields 1006-1008
                   _dcgm("PROF_FP64_UTIL_RATIO", G, "Ratio of cycles the fp64 pipes are active.",
                         default=NEITHER, precision="fp64"),
                   _dcgm("PROF_FP32_UTIL_RATIO", G, "Ratio of cycles the fp32 pipes are active.",
@@ -373,6 +388,7 @@ METRICS: tuple[Metric, ...] = (
             dcgm=[_dcgm("PROF_PCIE_TX_BYTES", G,
                   "The rate of data transmitted over the PCIe bus - including both "
                   "protocol headers and data payloads - in bytes per second."),
+                  # 4.10 name: dcgm-exporter 4.10.0 release notes
                   _dcgm("PROF_PCIE_TX_BYTES_PER_SECOND", G, "The rate of data transmitted over the PCIe bus, "
                         "protocol headers and data payloads, in bytes per second.", default=NEW)]),
     _device("gpm_pcie_receive_bytes_per_second", G, "bytes_per_second",
@@ -381,6 +397,7 @@ METRICS: tuple[Metric, ...] = (
             dcgm=[_dcgm("PROF_PCIE_RX_BYTES", G,
                   "The rate of data received over the PCIe bus - including both protocol "
                   "headers and data payloads - in bytes per second."),
+                  # 4.10 name: dcgm-exporter 4.10.0 release notes
                   _dcgm("PROF_PCIE_RX_BYTES_PER_SECOND", G, "The rate of data received over the PCIe bus, "
                         "protocol headers and data payloads, in bytes per second.", default=NEW)]),
     _device("gpm_nvlink_transmit_bytes_per_second", G, "bytes_per_second",
@@ -389,6 +406,7 @@ METRICS: tuple[Metric, ...] = (
             dcgm=[_dcgm("PROF_NVLINK_TX_BYTES", G,
                   "The rate of data transmitted over NVLink, not including protocol "
                   "headers, in bytes per second.", default=NEITHER),
+                  # 4.10 name: dcgm-exporter 4.10.0 release notes
                   _dcgm("PROF_NVLINK_TX_BYTES_PER_SECOND", G, "The rate of data transmitted over NVLink, not "
                         "including protocol headers, in bytes per second.", default=NEITHER)]),
     _device("gpm_nvlink_receive_bytes_per_second", G, "bytes_per_second",
@@ -397,6 +415,7 @@ METRICS: tuple[Metric, ...] = (
             dcgm=[_dcgm("PROF_NVLINK_RX_BYTES", G,
                   "The rate of data received over NVLink, not including protocol headers, "
                   "in bytes per second.", default=NEITHER),
+                  # 4.10 name: dcgm-exporter 4.10.0 release notes
                   _dcgm("PROF_NVLINK_RX_BYTES_PER_SECOND", G, "The rate of data received over NVLink, not "
                         "including protocol headers, in bytes per second.", default=NEITHER)]),
     _device("gpm_nvlink_link_transmit_bytes_per_second", G, "bytes_per_second",
