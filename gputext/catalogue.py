@@ -455,7 +455,8 @@ STANDARD, FULL = "standard", "full"
 DETAILS = (STANDARD, FULL)
 
 FULL_ONLY = frozenset({
-    "temperature_tlimit_offset_celsius", "power_limit_watts", "memory_free_bytes", "memory_reserved_bytes", "memory_utilization_ratio",
+    "temperature_tlimit_offset_celsius", "power_limit_watts", "memory_free_bytes", "memory_reserved_bytes",
+    "memory_utilization_ratio",
     "encoder_utilization_ratio", "decoder_utilization_ratio", "clock_max_hertz",
     "clock_event_duration_seconds_total", "fan_speed_ratio", "performance_state", "persistence_mode",
     "accounting_mode", "compute_mode", "mig_mode", "mig_mode_pending", "ecc_mode", "ecc_lifetime_errors_total",

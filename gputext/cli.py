@@ -547,18 +547,18 @@ COMMANDS = {command.name: command for command in [
     Command("dashboard", "Print a Grafana dashboard (JSON, to import) of gputext's metrics for --prefix.",
             [PREFIX_OPTION], dashboard),
     Command("show", "Print this node's GPUs for a person at a terminal: temperature, power, memory, "
-            "utilisation, NVLink and PCIe rates, and processes with their pods and Slurm jobs. Takes collect's options and "
-            "GPUTEXT_* variables; writes no file and no state. Exit code 1 when NVML cannot be read.", [
+            "utilisation, NVLink and PCIe rates, and processes with their pods and Slurm jobs. Takes collect's "
+            "options and GPUTEXT_* variables; writes no file and no state. Exit code 1 when NVML cannot be read.", [
         Option(("--sample",), "1s", "Time between the two collections that NVLink and PCIe rates are measured "
                "over (0: one collection, no rates).", value="DURATION", env=False),
         *collect_options(*RUN_OPTIONS),
     ], show),
     Command("doctor", "Check that this node is ready, one line per prerequisite with the fix: collect's "
             "options and GPUTEXT_* variables, NVML and the driver, persistence and accounting modes, DCGM, the "
-            "kubelet socket, the Slurm jobs that hold GPUs, the output directory and node_exporter reading it, the state directory. Takes "
-            "collect's options and variables, so it checks what the timer uses; without --out it checks the "
-            "file the systemd units write by default. Exit code 0 when everything enabled is ready, 1 "
-            "otherwise.",
+            "kubelet socket, the Slurm jobs that hold GPUs, the output directory and node_exporter reading it, the "
+            "state directory. Takes collect's options and variables, so it checks what the timer uses; without "
+            "--out it checks the file the systemd units write by default. Exit code 0 when everything enabled is "
+            "ready, 1 otherwise.",
             [Option(("--out", "-o"), None, f"The file collect writes, to check [default: the units' file, "
                     f"{UNITS_OUT}].", value="FILE"),
              *collect_options("prefix", "detail", "naming", "counters", "state_dir", *RUN_OPTIONS,

@@ -64,7 +64,8 @@ CRITICAL_XIDS = (
     ("GpuXidRowRemapFailure", "64", "a memory row remapping failure",
      "Drain the node: the memory cannot be repaired in place. Replace the GPU."),
     ("GpuXidNvlinkError", "74", "an NVLink error",
-     "Check the links (nvidia-smi nvlink -s, GpuNvlinkDown); drain and reset the GPU, and restart the fabric manager on NVSwitch systems. Reseat or replace if it recurs."),
+     "Check the links (nvidia-smi nvlink -s, GpuNvlinkDown); drain and reset the GPU, and restart the fabric "
+     "manager on NVSwitch systems. Reseat or replace if it recurs."),
     ("GpuXidFallenOffBus", "79", "the GPU fell off the bus",
      "Drain and reboot the node; check the GPU's power, cooling and seating if it recurs."),
 )
@@ -333,7 +334,8 @@ def _panels(n: Names) -> list[dict]:
          f"GPUs allocated to each namespace's pods, each GPU once however many containers share it; and "
          f"those of them below {IDLE_BELOW:.0%} SM active (or utilisation, without GPM).",
          [_target(allocated_per(n, "namespace", selector=f"{{{PROCESS}}}"), "{{namespace}}", instant=True),
-          _target(allocated_per(n, "namespace", selector=f"{{{PROCESS}}}", idle=True), "{{namespace}} idle", instant=True)]),
+          _target(allocated_per(n, "namespace", selector=f"{{{PROCESS}}}", idle=True), "{{namespace}} idle",
+                  instant=True)]),
         ("Processes", "table", "bytes", "GPU memory of each process, with its pod.",
          [_target(f"{n('process_memory_used_bytes')}{{{PROCESS}}}", instant=True)]),
         ("Attributed energy per process in the time range", "table", "joule",

@@ -236,7 +236,10 @@ def test_near_slowdown_uses_the_margin_where_the_gpu_gives_one(tmp_path):
     """Ada and newer give a margin to the T.Limit, which decides there; other GPUs compare their
     temperature with the slowdown threshold. An idle GPU of either kind stays silent."""
     gpu1 = {"gpu": "1", "uuid": "GPU-1"}
-    slowdown = lambda **gpu: series("gpu_temperature_threshold_celsius", "89x10", threshold="slowdown", **gpu)[0]  # noqa: E731
+
+    def slowdown(**gpu):
+        return series("gpu_temperature_threshold_celsius", "89x10", threshold="slowdown", **gpu)[0]
+
     hot_margin, hot = series("gpu_temperature_margin_celsius", "3x10")  # an H100 2 °C short of its T.Limit
     cases = [
         # H100s: 3 °C of margin fires whatever the absolute threshold says; 20 °C does not, even where

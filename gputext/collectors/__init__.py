@@ -1,12 +1,12 @@
 """Collectors: one module per source, registered here by name.
 
 A collector module has `collect(ctx, samples)`, and may have `begin(ctx)`, which runs before any
-collector's collect (gpm takes its first samples there, so that its wait overlaps the others' work). It adds samples as it goes, so what it added before an
-error is still written. It raises NotApplicable when its source does not exist on this node (no DCGM,
-no kubelet): that is not a failure unless the user asked for that collector by name; LastingFailure for a
-source that exists but cannot be used until someone acts, which fails the collector quietly after the
-first run of a boot. The framework
-(gputext.run) times every collector and reports its success; modules are imported only when they run.
+collector's collect (gpm takes its first samples there, so that its wait overlaps the others' work). It
+adds samples as it goes, so what it added before an error is still written. It raises NotApplicable when
+its source does not exist on this node (no DCGM, no kubelet): that is not a failure unless the user asked
+for that collector by name; LastingFailure for a source that exists but cannot be used until someone
+acts, which fails the collector quietly after the first run of a boot. The framework (gputext.run) times
+every collector and reports its success; modules are imported only when they run.
 """
 
 from __future__ import annotations
