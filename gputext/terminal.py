@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import sys
 
-_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
-
 
 def visible(text: str) -> str:
     """`text` with each character that Python does not count as printable written as its escape, as repr()
@@ -20,14 +18,7 @@ def visible(text: str) -> str:
     what is shown, lone surrogates (undecodable bytes), spaces other than the space."""
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else _escape(c) for c in text)
-
-
-def _escape(character: str) -> str:
-    code = ord(character)
-    if character in _NAMED:
-        return _NAMED[character]
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 MOST_CHARACTERS = 1000  # of a message: past it, its middle (what it quotes from outside) is cut
