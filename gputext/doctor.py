@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli import UNITS_OUT
+from .cli import UNITS_OUT, host_port
 from .readfile import CONFIG_FILE_LIMIT, PROC_FILE_LIMIT, read_bounded_text
 from .run import Context, Options
 from .terminal import visible
@@ -158,7 +158,7 @@ def check_slurm(ctx: Context) -> Check:
     by_uuid = {dev.uuid: dev.index for dev in ctx.devices()[1]}
     gpus = sorted({by_uuid[uuid] for uuid, _ in found.held})
     ids = sorted(found.jobs, key=int)
-    parts = [f"{len(ids)} job{'s' if len(ids) != 1 else ''} ({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''}) "
+    parts = [f"{_count(len(ids), 'job')} ({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''}) "
              f"on GPU {', '.join(map(str, gpus))}, found from {', '.join(found.how)}"]
     if mapping is None:
         unified = ctx.options.host_path("/sys/fs/cgroup/cgroup.controllers").exists()
@@ -312,8 +312,6 @@ def check_dcgm(options: Options) -> Check:
     missing = FAIL if named(options, "dcgm") else INFO
     why_not = ("" if named(options, "dcgm") else
                "per-process energy comes from NVML alone; ")
-    from .cli import host_port
-
     host, port = host_port(options.dcgm_host, DCGM_PORT)
     try:
         socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_SECONDS).close()
