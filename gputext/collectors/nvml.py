@@ -75,7 +75,8 @@ THRESHOLDS = (("shutdown", pynvml.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN),
               ("memory_max", pynvml.NVML_TEMPERATURE_THRESHOLD_MEM_MAX),
               ("gpu_max", pynvml.NVML_TEMPERATURE_THRESHOLD_GPU_MAX))
 THRESHOLDS_SHAPE = shape.mapping(shape.count, keys="|".join(name for name, _ in THRESHOLDS))  # as cached
-# nvmlDeviceGetMarginTemperature (Ada and newer): older nvidia-ml-py releases than gputext allows lack it
+# nvmlDeviceGetMarginTemperature (Ada and newer): the oldest nvidia-ml-py releases that gputext allows (12.535)
+# lack it
 MARGIN = getattr(pynvml, "nvmlDeviceGetMarginTemperature", None)
 
 # nvmlComputeMode_t values (nvml.h NVML_COMPUTEMODE_*)
