@@ -369,14 +369,14 @@ def check_allocations(options: Options) -> list[Check]:
     """What the kubelet's answer holds (one List call, as a run whose pod cache is old makes): the
     device-plugin and DRA allocations of this node's GPUs, and what could not be placed."""
     from . import dra
-    from .collectors.kubernetes import GPU_RESOURCE, ask_kubelet, unreadable_name
+    from .collectors.kubernetes import ask_kubelet, unreadable_name
     from .kubelet import KubeletError
     from .nvml import NvmlUnavailable
 
     ctx = Context(options.replace(state_dir=None), lambda message: None)
     try:
         _, devices = ctx.devices()
-        found = ask_kubelet(ctx, devices, sorted({GPU_RESOURCE, *options.gpu_resource_names}))
+        found = ask_kubelet(ctx, devices)
     except (NvmlUnavailable, ImportError):
         return []  # the nvml and kubelet checks say why
     except KubeletError as err:

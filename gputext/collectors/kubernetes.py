@@ -86,7 +86,7 @@ def collect(ctx, samples) -> None:
         if isinstance(err, PermissionError):
             raise KubeletError(f"no permission to reach the kubelet's socket {socket}: run gputext as root") from None
         raise KubeletError(f"cannot look at the kubelet's socket {socket}: {err.strerror}") from None
-    resources = sorted({GPU_RESOURCE, *options.gpu_resource_names})
+    resources = resource_names(options)
     key = [str(socket), stat.st_dev, stat.st_ino, stat.st_ctime_ns, resources]
     cache = _cache_section(ctx)
     allocations = _cached(cache, key, ctx.now, options.pod_cache_ttl_seconds)
@@ -94,7 +94,7 @@ def collect(ctx, samples) -> None:
     if allocations is None:
         if cache is not None:
             cache.clear()  # an answer that could not be renewed is not used again
-        allocations = _ask_kubelet(ctx, devices, resources)
+        allocations = _ask_kubelet(ctx, devices)
         if cache is not None:
             cache.update(key=key, fetched_at=ctx.now, allocations=[list(a) for a in allocations])
 
@@ -164,9 +164,9 @@ def grpc_missing() -> str | None:
     return None
 
 
-def _ask_kubelet(ctx, devices: Sequence[Device], resources: Sequence[str]) -> list[Allocation]:
+def _ask_kubelet(ctx, devices: Sequence[Device]) -> list[Allocation]:
     try:
-        found = ask_kubelet(ctx, devices, resources)
+        found = ask_kubelet(ctx, devices)
     except ImportError:
         raise LastingFailure(f"no pod labels: {grpc_missing()}") from None
     unknown = found.unknown
@@ -203,11 +203,17 @@ class Found:
         self.named_by_cdi = 0  # of those, without a device name (a kubelet before 1.31)
 
 
-def ask_kubelet(ctx, devices: Sequence[Device], resources: Sequence[str]) -> Found:
+def resource_names(options) -> list[str]:
+    """The extended resources whose device-plugin devices are GPUs (beyond nvidia.com/mig-*)."""
+    return sorted({GPU_RESOURCE, *options.gpu_resource_names})
+
+
+def ask_kubelet(ctx, devices: Sequence[Device]) -> Found:
     """One `List` call, resolved to this node's GPUs. Raises ImportError without grpcio and KubeletError."""
     from .. import dra  # like the client, only for runs that ask the kubelet
     from ..kubelet import list_devices  # only runs that ask the kubelet load the client
 
+    resources = resource_names(ctx.options)
     plugged, claimed = list_devices(ctx.options.pod_resources_socket, ctx.options.kubelet_timeout_seconds,
                                     lambda name: name in resources or name.startswith(MIG_RESOURCE_PREFIX))
     finder = DeviceFinder(ctx, devices)
