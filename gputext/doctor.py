@@ -369,7 +369,7 @@ def check_allocations(options: Options) -> list[Check]:
     """What the kubelet's answer holds (one List call, as a run whose pod cache is old makes): the
     device-plugin and DRA allocations of this node's GPUs, and what could not be placed."""
     from . import dra
-    from .collectors.kubernetes import ask_kubelet, unreadable_name
+    from .collectors.kubernetes import ask_kubelet, shown, unreadable_name
     from .kubelet import KubeletError
     from .nvml import NvmlUnavailable
 
@@ -397,7 +397,7 @@ def check_allocations(options: Options) -> list[Check]:
     if found.unknown:
         status = WARN
         parts.append(f"{_count(len(found.unknown), 'device')} name no GPU NVML lists here "
-                     f"({', '.join(found.unknown[:5])})")
+                     f"({', '.join(map(shown, found.unknown[:5]))})")
     checks = [Check(status, "allocations", "; ".join(parts))]
     checks += [Check(WARN, "dra", unreadable_name(name)) for name in found.unreadable]
     prepared = _prepared_claims(options)

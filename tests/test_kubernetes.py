@@ -224,6 +224,15 @@ def test_a_device_id_of_5000_digits_is_one_unknown_device(node, socket):
     assert again.stderr == ""  # said once
 
 
+def test_doctor_shortens_unknown_device_ids_as_the_collector_does(node, socket):
+    node.write(gpus())
+    huge = "9" * 5000
+    with serve(socket, ONE_POD_PER_GPU + [pod("huge", "ml", {"main": {GPU: [huge]}})]):
+        proc = node.run("doctor", "--collectors", "kubernetes", "--pod-resources-socket", str(socket))
+    (line,) = [line for line in proc.stdout.splitlines() if " allocations: " in line]
+    assert line.endswith(f"; 1 device name no GPU NVML lists here ({'9' * 64}...)"), line[:300]
+
+
 def test_answer_is_cached_for_the_ttl_and_renewed_after(node, socket):
     node.write(gpus())
     with serve(socket, ONE_POD_PER_GPU) as kubelet:
