@@ -30,6 +30,8 @@ import stat
 from collections import namedtuple
 from pathlib import Path
 
+from .readfile import kernel_count
+
 # At least CONSOLE_EXT_LOG_MAX (8192): below a record's size read() fails with EINVAL and the record is gone.
 # Larger only makes a regular file cheaper to read (many records per read).
 READ_SIZE = 1 << 16
@@ -101,10 +103,12 @@ def _header(line: bytes) -> tuple[int, int, int] | None:
     if semi < 0:
         return None
     parts = line[:semi].split(b",", 3)  # prio, seq, usec, flags[,caller=...]
-    # the kernel's seq and usec are 64-bit: more digits than that is no record
-    if len(parts) < 4 or not (parts[1].isdigit() and parts[2].isdigit()) or max(map(len, parts[1:3])) > 20:
+    if len(parts) < 4:
         return None
-    return int(parts[1]), int(parts[2]), semi + 1
+    try:  # the kernel's seq and usec are 64-bit: a larger number is no record
+        return kernel_count(parts[1]), kernel_count(parts[2]), semi + 1
+    except ValueError:
+        return None
 
 
 def _open_path(path: Path) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .readfile import PROC_FILE_LIMIT, read_bounded
+from .readfile import PROC_FILE_LIMIT, kernel_count, read_bounded
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 COMM_LENGTH = 15  # TASK_COMM_LEN - 1: the kernel cuts longer names
@@ -29,7 +29,7 @@ class ProcessTable:
             # /proc/stat has a line per CPU: thousands of CPUs stay far below the limit
             for line in read_bounded(self.proc / "stat", STAT_LIMIT).splitlines():
                 if line.startswith(b"btime "):
-                    self._boot_time = float(_ticks(line.split(b" ", 1)[1].strip()))
+                    self._boot_time = float(kernel_count(line.split(b" ", 1)[1].strip()))
                     break
             else:
                 raise OSError(f"{self.proc / 'stat'} has no btime line")
@@ -43,7 +43,7 @@ class ProcessTable:
             # the name is between the first "(" and the last ")": it may hold either
             name = stat[stat.index(b"(") + 1:stat.rindex(b")")]
             fields = stat[stat.rindex(b")") + 2:].split()
-            started = self.boot_time() + _ticks(fields[START_TIME]) / CLOCK_TICKS
+            started = self.boot_time() + kernel_count(fields[START_TIME]) / CLOCK_TICKS
             if len(name) >= COMM_LENGTH:
                 name = self._full_name(pid, name)
         except (OSError, ValueError, IndexError):
@@ -57,11 +57,3 @@ class ProcessTable:
             return comm
         program = os.path.basename(argv0)
         return program if program.startswith(comm) else comm
-
-
-def _ticks(field: bytes) -> int:
-    """A count the kernel writes in decimal (seconds, clock ticks): digits only, and no more of them than
-    a 64-bit counter has, so that a file under --host-root that is no /proc gives no absurd time."""
-    if not field.isdigit() or len(field) > 20:
-        raise ValueError(f"not a count: {field[:30]!r}")
-    return int(field)

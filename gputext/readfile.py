@@ -20,6 +20,8 @@ import stat
 PROC_FILE_LIMIT = 64 * 1024  # /proc/<pid>/stat, cmdline, cgroup, environ; a cgroup path is at most 4 KiB
 STATE_FILE_LIMIT = 64 * 1024 * 1024  # state.json and inventory.json of a large node (thousands of processes)
 CONFIG_FILE_LIMIT = 1024 * 1024  # a counters file: a few hundred lines
+# The largest count the kernel writes (sequence numbers, microseconds, clock ticks are 64-bit unsigned).
+MAX_KERNEL_COUNT = (1 << 64) - 1
 
 
 class NotARegularFile(ValueError):
@@ -56,3 +58,12 @@ def read_bounded_text(path: str | os.PathLike, limit: int, errors: str = "strict
     """`read_bounded` decoded as UTF-8 (a UnicodeDecodeError is a ValueError too, unless `errors` says
     otherwise)."""
     return read_bounded(path, limit).decode("utf-8", errors)
+
+
+def kernel_count(field: bytes) -> int:
+    """A count the kernel writes in decimal (a log record's sequence number or time, clock ticks): ASCII
+    digits of at most MAX_KERNEL_COUNT, so that a file that is no kernel file gives no absurd number.
+    Raises ValueError."""
+    if not field.isdigit() or len(field) > 20 or int(field) > MAX_KERNEL_COUNT:
+        raise ValueError(f"not a count: {field[:30]!r}")
+    return int(field)

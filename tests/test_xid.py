@@ -442,3 +442,18 @@ def test_a_directory_as_the_log_is_said_and_leaks_no_descriptor(tmp_path):
     assert said == [f"collector xid: {tmp_path} is a directory, not a kernel log (the character device /dev/kmsg, "
                     "a file or a FIFO of its records): XIDs are not counted; fix: point --kmsg (GPUTEXT_KMSG) at "
                     "the kernel log"]
+
+
+def test_a_sequence_number_beyond_64_bits_is_no_record(node, log):
+    """The kernel's sequence numbers are 64-bit: a line with a larger one (20 digits, but above 2^64 - 1) is
+    skipped like any malformed line. Counted, it was saved in the state beyond what the state's shape
+    allows, and every next run dropped the XID counts and said so."""
+    node.write([h100(0)])
+    log.add(xid_515(GPU0, 79))
+    with open(log.path, "a") as f:
+        f.write(record(1 << 64, xid_515(GPU0, 48), usec=2_000_000))
+    for _ in range(2):
+        proc, series = node.collect(*log.args())
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        assert xids(series) == {("0", "79", "", ""): 1}
+    assert state_section(node)["seq"] == 0

@@ -30,6 +30,7 @@ from . import LastingFailure, NotApplicable
 from .. import shape
 from ..kmsg import (MAX_READ_BYTES, MAX_READ_RECORDS, Counted, KmsgReader, KmsgUnreadable, NotAKernelLog,
                     pci_address, pci_text)
+from ..readfile import MAX_KERNEL_COUNT
 from ..state import StateUnavailable
 
 # What the driver's codes mean and what to do, for gpu_xid_info (NVIDIA's XID catalogue as NVSentinel
@@ -66,7 +67,7 @@ CODES: dict[int, tuple[str, str, str]] = {
 
 SECTION = "xid"
 _PCI = r"[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}"  # kmsg.pci_text
-_SEQUENCE = shape.natural((1 << 64) - 1)  # the kernel's record numbers are 64-bit
+_SEQUENCE = shape.natural(MAX_KERNEL_COUNT)  # the kernel's record numbers
 _WAITING = shape.list_of(shape.tuple_of(shape.text, shape.count, shape.number))  # [pci, code, time]
 
 
