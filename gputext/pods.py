@@ -24,7 +24,7 @@ import re
 from collections import namedtuple
 from pathlib import Path
 
-from .readfile import PROC_FILE_LIMIT, read_bounded
+from .readfile import PROC_FILE_LIMIT, read_bounded_text
 
 _POD_UID = re.compile(r"(?:^|-)pod([0-9a-f]{8}[-_]?[0-9a-f]{4}[-_]?[0-9a-f]{4}[-_]?[0-9a-f]{4}[-_]?[0-9a-f]{12})"
                       r"(?:\.slice)?$")
@@ -116,7 +116,7 @@ def read_cgroup(host_root: Path, pid: int) -> str:
     """The text of a host process's /proc/<pid>/cgroup, "" where it is gone or not ours to read. It names
     the process's pod and its Slurm job (gputext.slurm): read once for both."""
     try:
-        return read_bounded(Path(host_root) / "proc" / str(pid) / "cgroup", PROC_FILE_LIMIT).decode("utf-8", "replace")
+        return read_bounded_text(Path(host_root) / "proc" / str(pid) / "cgroup", PROC_FILE_LIMIT, "replace")
     except (OSError, ValueError):
         return ""
 

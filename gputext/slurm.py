@@ -35,7 +35,7 @@ import re
 from collections import namedtuple
 from pathlib import Path
 
-from .readfile import CONFIG_FILE_LIMIT, PROC_FILE_LIMIT, read_bounded
+from .readfile import CONFIG_FILE_LIMIT, PROC_FILE_LIMIT, read_bounded, read_bounded_text
 
 # Slurm prints step ids this way (src/common/log.c); anything else in a step_ directory name is kept as is.
 _V1 = re.compile(r"/uid_(\d+)/job_(\d+)(?:/step_([^/]+))?")
@@ -212,7 +212,7 @@ class SlurmJobs:
         if self._users is None:
             self._users = {}
             try:
-                text = read_bounded(self._path("/etc/passwd"), CONFIG_FILE_LIMIT).decode("utf-8", "replace")
+                text = read_bounded_text(self._path("/etc/passwd"), CONFIG_FILE_LIMIT, "replace")
             except (OSError, ValueError):
                 text = ""
             for line in text.splitlines():
@@ -236,7 +236,7 @@ class SlurmJobs:
             if gpu is None:
                 continue
             try:
-                text = read_bounded(entry.path, CONFIG_FILE_LIMIT).decode("utf-8", "replace")
+                text = read_bounded_text(entry.path, CONFIG_FILE_LIMIT, "replace")
             except (OSError, ValueError):
                 continue  # a directory, a FIFO, a file removed by the epilog since the listing
             jobs, bad = parse_mapping_file(text)
