@@ -67,12 +67,9 @@ class PodResolver:
         self._containers: dict[str, tuple[str, str, str]] | None = None  # id -> (pod, namespace, name)
         self.unnamed_pods: set[str] = set()  # UIDs of pods that processes run in but the log layout lacks
 
-    def for_pid(self, pid: int) -> PodRef:
-        """The pod of a host PID, or NOT_IN_A_POD (a process outside Kubernetes keeps its series)."""
-        return self.for_cgroup(read_cgroup(self.host_root, pid))
-
     def for_cgroup(self, cgroup: str) -> PodRef:
-        """The pod of a process whose /proc/<pid>/cgroup says `cgroup` ("" where it could not be read)."""
+        """The pod of a process whose /proc/<pid>/cgroup says `cgroup` (read_cgroup; "" where it could not
+        be read), or NOT_IN_A_POD (a process outside Kubernetes keeps its series)."""
         uid, container_id = pod_ids(cgroup)
         if uid is None:
             return NOT_IN_A_POD

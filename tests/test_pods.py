@@ -8,7 +8,7 @@ import pytest
 
 from conftest import require, value
 from fakegpu import h100, h100_uuid
-from gputext.pods import NOT_IN_A_POD, PodRef, PodResolver, pod_ids
+from gputext.pods import NOT_IN_A_POD, PodRef, PodResolver, pod_ids, read_cgroup
 
 CGROUPS = Path(__file__).resolve().parent / "data" / "cgroups"
 
@@ -72,22 +72,24 @@ def test_cgroup_outside_kubernetes_names_nothing(fixture):
 @pytest.mark.parametrize("fixture", sorted(PODS))
 def test_pid_to_pod_through_the_log_layout(host, fixture):
     pid, namespace, pod, _, container, _, _ = PODS[fixture]
-    assert PodResolver(host).for_pid(pid) == PodRef(pod, namespace, container)
+    assert PodResolver(host).for_cgroup(read_cgroup(host, pid)) == PodRef(pod, namespace, container)
 
 
 def test_outside_kubernetes_gone_and_unnamed_processes(host):
     resolver = PodResolver(host)
-    assert resolver.for_pid(OUTSIDE["not-in-a-pod"]) == NOT_IN_A_POD
-    assert resolver.for_pid(OUTSIDE["docker-not-kubernetes"]) == NOT_IN_A_POD
-    assert resolver.for_pid(99999) == NOT_IN_A_POD  # exited between NVML's list and the read
+    assert resolver.for_cgroup(read_cgroup(host, OUTSIDE["not-in-a-pod"])) == NOT_IN_A_POD
+    assert resolver.for_cgroup(read_cgroup(host, OUTSIDE["docker-not-kubernetes"])) == NOT_IN_A_POD
+    assert resolver.for_cgroup(read_cgroup(host, 99999)) == NOT_IN_A_POD  # exited since NVML's list
     assert NOT_IN_A_POD.labels() == {"pod": "", "namespace": "", "container": ""}
-    # without the kubelet's logs (not mounted) a pod cannot be named
-    assert PodResolver(host.parent / "empty-root").for_pid(101) == NOT_IN_A_POD
+    # without the kubelet's logs (not mounted) a pod cannot be named, and that is noted
+    without_logs = PodResolver(host.parent / "empty-root")
+    assert without_logs.for_cgroup(read_cgroup(host, 101)) == NOT_IN_A_POD
+    assert without_logs.unnamed_pods == {pod_ids(read_cgroup(host, 101))[0]}
 
 
 def test_container_without_log_link_in_a_pod_of_several_keeps_the_pod(host):
     (next((host / "var/log/containers").glob("train-a-0_ml_trainer-*.log"))).unlink()
-    assert PodResolver(host).for_pid(101) == PodRef("train-a-0", "ml", "")
+    assert PodResolver(host).for_cgroup(read_cgroup(host, 101)) == PodRef("train-a-0", "ml", "")
 
 
 def test_time_sliced_pods_get_their_own_process_labels(node, tmp_path, host):

@@ -237,14 +237,14 @@ def fake_proc(root: Path, files) -> None:
 
 @given(files=proc_files())
 def test_any_proc_files_give_a_name_and_time_or_nothing(files):
-    from gputext.pods import PodResolver
+    from gputext.pods import PodResolver, read_cgroup
     from gputext.procinfo import ProcessTable
 
     with tempfile.TemporaryDirectory() as temp:
         root = Path(temp)
         fake_proc(root, files)
         described = ProcessTable(root / "proc").describe(4242)
-        pod = PodResolver(root).for_pid(4242)
+        pod = PodResolver(root).for_cgroup(read_cgroup(root, 4242))
     if described is not None:
         name, started = described
         assert isinstance(name, str) and isinstance(started, float) and 0 <= started < 1e21
