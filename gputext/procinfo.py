@@ -9,6 +9,7 @@ start time is the boot time (/proc/stat btime) plus the stat's start time in clo
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from .readfile import PROC_FILE_LIMIT, kernel_count, read_bounded
@@ -25,11 +26,17 @@ class ProcessTable:
         self._boot_time: float | None = None
 
     def boot_time(self) -> float:
+        """When the host booted (Unix time), from /proc/stat's btime; shared with the xid collector's
+        record times. A boot after now is no kernel's: ValueError (every time read from it would be absurd,
+        and the state refuses such times)."""
         if self._boot_time is None:
             # /proc/stat has a line per CPU: thousands of CPUs stay far below the limit
             for line in read_bounded(self.proc / "stat", STAT_LIMIT).splitlines():
                 if line.startswith(b"btime "):
-                    self._boot_time = float(kernel_count(line.split(b" ", 1)[1].strip()))
+                    btime = kernel_count(line.split(b" ", 1)[1].strip())
+                    if btime > time.time():
+                        raise ValueError(f"{self.proc / 'stat'} says the host booted after now")
+                    self._boot_time = float(btime)
                     break
             else:
                 raise OSError(f"{self.proc / 'stat'} has no btime line")

@@ -56,3 +56,18 @@ def test_this_process_and_a_gone_one():
 def test_another_proc_root(tmp_path):
     """Under --host-root the table reads the host's /proc as mounted there; a missing one gives None."""
     assert ProcessTable(tmp_path).describe(1) is None
+
+
+@pytest.mark.parametrize("btime", [b"1760000000", b"18446744073709551615", str(int(time.time()) + 86400).encode()])
+def test_a_boot_time_after_now_is_no_boot_time(tmp_path, btime):
+    """/proc/stat under --host-root that says the host booted in the future is not the kernel's: the boot time
+    is unreadable and a process's start time absent (a btime of 2^64 - 1 gave start times of 1.8e19, which
+    the state refuses: every next run dropped the processes section)."""
+    (tmp_path / "4242").mkdir()
+    (tmp_path / "4242" / "stat").write_bytes(b"4242 (python) S " + b" ".join([b"1"] * 18 + [b"500"] + [b"1"] * 5))
+    (tmp_path / "stat").write_bytes(b"cpu  1 2 3 4\nbtime " + btime + b"\n")
+    described = ProcessTable(tmp_path).describe(4242)
+    if btime == b"1760000000":
+        assert described == ("python", 1760000000 + 500 / os.sysconf("SC_CLK_TCK"))
+    else:
+        assert described is None

@@ -247,7 +247,7 @@ def test_any_proc_files_give_a_name_and_time_or_nothing(files):
         pod = PodResolver(root).for_cgroup(read_cgroup(root, 4242))
     if described is not None:
         name, started = described
-        assert isinstance(name, str) and isinstance(started, float) and 0 <= started < 1e21
+        assert isinstance(name, str) and isinstance(started, float) and 0 <= started <= shape.MAX_NUMBER
     assert all(isinstance(part, str) for part in pod)
 
 
