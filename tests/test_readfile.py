@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from gputext.readfile import NotARegularFile, TooLarge, read_bounded, read_bounded_text
+from gputext.readfile import MAX_KERNEL_COUNT, NotARegularFile, TooLarge, kernel_count, read_bounded, read_bounded_text
 
 
 def test_reads_a_regular_file_whole(tmp_path):
@@ -46,3 +46,11 @@ def test_an_os_error_stays_an_os_error(tmp_path):
 
 def test_a_proc_file_of_unknown_size_is_read_whole():
     assert read_bounded("/proc/self/stat", 64 * 1024).startswith(str(os.getpid()).encode() + b" (")
+
+
+def test_a_kernel_count_is_ascii_digits_up_to_64_bits():
+    assert kernel_count(b"0") == 0 and kernel_count(b"18446744073709551615") == MAX_KERNEL_COUNT == 2 ** 64 - 1
+    for field in (b"18446744073709551616", b"99999999999999999999", b"1" * 21, b"", b"-1", b"+1", b"1 ",
+                  "\u0661".encode()):
+        with pytest.raises(ValueError):
+            kernel_count(field)
