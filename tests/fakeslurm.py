@@ -45,7 +45,8 @@ class SlurmHost:
         elif cgroup is None and self.layout == V1:
             path = f"{self.job_directory(job, uid)}/step_{step}"
             cgroup = "".join(f"{n}:{c}:{path}/task_0\n" if c != "freezer" else f"{n}:{c}:{path}\n"
-                             for n, c in enumerate(V1_CONTROLLERS, start=3)) + "1:name=systemd:/system.slice/slurmd.service\n"
+                             for n, c in enumerate(V1_CONTROLLERS, start=3))
+            cgroup += "1:name=systemd:/system.slice/slurmd.service\n"
         elif cgroup is None:
             cgroup = f"0::{self.job_directory(job, uid)}/step_{step}/user/task_0\n"
         (directory / "cgroup").write_text(cgroup)
