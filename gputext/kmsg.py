@@ -30,7 +30,7 @@ import stat
 from collections import namedtuple
 from pathlib import Path
 
-from .readfile import kernel_count
+from .readfile import file_kind, kernel_count
 
 # At least CONSOLE_EXT_LOG_MAX (8192): below a record's size read() fails with EINVAL and the record is gone.
 # Larger only makes a regular file cheaper to read (many records per read).
@@ -220,7 +220,7 @@ class KmsgReader:
             mode = os.fstat(fd).st_mode
             if not (stat.S_ISCHR(mode) or stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
                 os.close(fd)
-                raise NotAKernelLog(f"{self.path} is {_kind(mode)}, not a kernel log (the character device "
+                raise NotAKernelLog(f"{self.path} is {file_kind(mode)}, not a kernel log (the character device "
                                     "/dev/kmsg, a file or a FIFO of its records)")
             self._fd, self._device = fd, stat.S_ISCHR(mode)
         return self._fd
@@ -311,10 +311,3 @@ class KmsgReader:
                     batch.take(line)
         batch.cut_short = True
 
-
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a block device" if stat.S_ISBLK(mode) else "not a file"

@@ -32,6 +32,15 @@ class TooLarge(ValueError):
     """The file holds more than the reader's limit."""
 
 
+def file_kind(mode: int) -> str:
+    """What a file that is not the regular file, FIFO or character device wanted is, for a message."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a block device" if stat.S_ISBLK(mode) else "not a regular file"
+
+
 def read_bounded(path: str | os.PathLike, limit: int) -> bytes:
     """The whole content of the regular file at `path`, at most `limit` bytes; see the module's doc."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)

@@ -28,6 +28,8 @@ from contextlib import contextmanager
 from itertools import count
 from pathlib import Path
 
+from .readfile import file_kind
+
 _HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 TEMP_SUFFIX = ".tmp"
 # A repeating process writes the same files every few seconds: it looks for other writers' stale temp
@@ -203,9 +205,8 @@ def resolve_output(named: str) -> Destination:
     if stat.S_ISREG(st.st_mode):
         _check_directory(Path(current).parent, named)
         return Destination("file", named, Path(current))
-    what = "a directory" if stat.S_ISDIR(st.st_mode) else _kind(st.st_mode)
     raise OutputRefused(f"cannot write {named}: {current if current != os.path.abspath(named) else 'it'} is "
-                        f"{what}; name a file (such as gpu.prom), a FIFO, a character device or - for "
+                        f"{file_kind(st.st_mode)}; name a file (such as gpu.prom), a FIFO, a character device or - for "
                         "standard output")
 
 
@@ -228,14 +229,6 @@ def _checked_fd(named: str, fd: int) -> Destination:
     if stat.S_ISDIR(st.st_mode):
         raise OutputRefused(f"cannot write {named}: descriptor {fd} is a directory")
     return Destination("fd", named, fd=fd)
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    return "not a regular file"
 
 
 def _first_non_directory(path: str) -> str:
