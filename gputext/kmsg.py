@@ -153,6 +153,11 @@ class Counted:
             return False
         return not self.holes or not any(first <= seq <= last for first, last in self.holes)
 
+    def covers(self, lowest: int, highest: int) -> bool:
+        """Whether every number from `lowest` to `highest` is counted."""
+        return self.newest is not None and highest <= self.newest and not any(
+            first <= highest and lowest <= last for first, last in self.holes)
+
     def add(self, seq: int) -> int:
         """Count a record that is not counted yet; returns how many numbers it skipped past the newest
         (records overwritten before they were read, where the log is the kernel's)."""
@@ -300,11 +305,13 @@ class KmsgReader:
             if len(self._pending) > MAX_LINE:
                 self._pending, self._discarding = b"", True
             reads += lines.count(b"\n")
-            # Where every number up to the newest is counted, a read none of whose lines has a number
-            # above it is passed over after one search for the numbers (_SEQ finds every line that
-            # take() could count, and perhaps more): the cost of an old record is small.
-            if counted.newest is not None and not counted.holes and \
-                    max(map(int, _SEQ.findall(b"\n" + lines)), default=-1) <= counted.newest:
+            # A read whose numbers all lie in a counted range is passed over after one search for them
+            # (_SEQ finds every line that take() could count, and perhaps more): the cost of an old record
+            # is small. (Only the range between the lowest and the highest is looked at: a hole that no
+            # number of the log will fill, such as the records a wrapped ring buffer lost before the first
+            # read, then costs nothing.)
+            numbers = [int(number) for number in _SEQ.findall(b"\n" + lines)]
+            if not numbers or counted.covers(min(numbers), max(numbers)):
                 continue
             for line in lines.split(b"\n"):
                 if line and line[:1] != b" " and len(line) <= MAX_LINE:

@@ -457,3 +457,19 @@ def test_a_sequence_number_beyond_64_bits_is_no_record(node, log):
         assert proc.returncode == 0 and proc.stderr == "", proc.stderr
         assert xids(series) == {("0", "79", "", ""): 1}
     assert state_section(node)["seq"] == 0
+
+
+def test_a_wrapped_log_keeps_its_lost_numbers_open_and_counts_them_if_they_come(node, log):
+    """A log whose first record is not 0 (a ring buffer that wrapped before the first read) leaves the
+    lost numbers as a hole: old records around it are passed over, and one that fills it counts once."""
+    node.write([h100(0)])
+    log.path.write_text("".join(record(seq, xid_515(GPU0, 79) if seq == 150 else f"record {seq}")
+                                for seq in range(100, 200)))
+    assert xids(node.collect(*log.args())[1]) == {("0", "79", "", ""): 1}
+    assert state_section(node)["holes"] == [[0, 99]]
+    with open(log.path, "a") as f:
+        f.writelines(record(seq, f"record {seq}") for seq in range(100, 200))  # the same records again
+        f.write(record(50, xid_515(GPU0, 79)))  # one the ring had lost, from a saved log
+    assert xids(node.collect(*log.args())[1]) == {("0", "79", "", ""): 2}
+    assert xids(node.collect(*log.args())[1]) == {("0", "79", "", ""): 2}
+    assert state_section(node)["holes"] == [[0, 49], [51, 99]]
