@@ -252,9 +252,10 @@ def ask_kubelet(ctx, devices: Sequence[Device]) -> Found:
 
 
 class DeviceFinder:
-    """Finds the GPU (and MIG device) a kubelet device ID names. Minor numbers are static and kept in
-    the inventory cache; MIG devices can be re-created at any time, so they are read afresh whenever the
-    kubelet is asked, and only if one of its IDs needs them."""
+    """Finds the GPU (and MIG device) a kubelet device ID (find) or a gpu.nvidia.com device name
+    (find_claimed) names. Minor numbers are static and kept in the inventory cache; MIG devices and GPU
+    instances can be re-created at any time, so they are read afresh whenever the kubelet is asked, and
+    only if one of its IDs or names needs them."""
 
     def __init__(self, ctx, devices: Sequence[Device]):
         self.ctx = ctx
