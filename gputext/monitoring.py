@@ -196,8 +196,7 @@ def recording_rules(prefix: str = DEFAULT_PREFIX) -> list[dict]:
         return f"rate({n(counter)}[5m]) or {n(gauge)}"
 
     energy = f"increase({n('process_attributed_energy_joules_total')}[1h])"
-    job_energy = f"sum by (instance, slurm_job) (increase({n('process_attributed_energy_joules_total')}" \
-                 '{slurm_job!=""}[1h]))'
+    job_energy = energy_per_job(f'{n("process_attributed_energy_joules_total")}{{slurm_job!=""}}', "1h")
     power = n("power_watts")
     rules = {
         f"instance:{power}:sum": f"sum by (instance) ({power})",
@@ -225,6 +224,12 @@ def recording_rules(prefix: str = DEFAULT_PREFIX) -> list[dict]:
             allocated_per(n, "slurm_account", "slurm_allocation_info", idle=True),
     }
     return [{"record": name, "expr": expr} for name, expr in rules.items()]
+
+
+def energy_per_job(energy: str, window: str) -> str:
+    """The attributed energy of each Slurm job's processes over `window`, per node; `energy`: the series
+    with its selector, which keeps the processes of jobs (slurm_job!="")."""
+    return f"sum by (instance, slurm_job) (increase({energy}[{window}]))"
 
 
 def slurm_account_of(n: Names, per_job: str, window: str) -> str:
@@ -281,8 +286,7 @@ def _panels(n: Names) -> list[dict]:
     def per_gpu_rate(key: str) -> str:
         return f"sum by (instance, gpu) (rate({series(key)}{rate}))"
 
-    job_energy = (f"sum by (instance, slurm_job) (increase({series('process_attributed_energy_joules_total')[:-1]}"
-                  ', slurm_job!=""}[$__range]))')
+    job_energy = energy_per_job(series("process_attributed_energy_joules_total", ', slurm_job!=""'), "$__range")
 
     return [
         ("Temperature", "timeseries", "celsius", "Core temperature and the temperature at which it slows down.",
