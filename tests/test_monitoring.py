@@ -201,6 +201,14 @@ def rules_without_annotations(tmp_path) -> Path:
     return path
 
 
+def passes_promtool_test(tmp_path, rule_file: Path, tests: list) -> None:
+    """`promtool test rules` of `tests` (a unit-test file's tests, evaluated every minute) on `rule_file`."""
+    unit = tmp_path / "rules_test.yaml"
+    unit.write_text(yaml.safe_dump({"rule_files": [str(rule_file)], "evaluation_interval": "1m", "tests": tests}))
+    proc = promtool("test", "rules", str(unit))
+    assert proc.returncode == 0 and "SUCCESS" in proc.stdout, proc.stdout + proc.stderr
+
+
 def alert_test(name, severity, inputs, silent_at, fires_at, labels, healthy):
     def expect(at, alerts):
         return {"eval_time": at, "alertname": name,
@@ -225,11 +233,7 @@ def test_every_alert_fires_after_its_for_and_not_on_healthy_input(tmp_path):
     tests = []
     for name, case in cases.items():
         tests += alert_test(name, rules[name]["labels"]["severity"], *case)
-    unit = tmp_path / "alerts_test.yaml"
-    unit.write_text(yaml.safe_dump({"rule_files": [str(rules_without_annotations(tmp_path))],
-                                    "evaluation_interval": "1m", "tests": tests}))
-    proc = promtool("test", "rules", str(unit))
-    assert proc.returncode == 0 and "SUCCESS" in proc.stdout, proc.stdout + proc.stderr
+    passes_promtool_test(tmp_path, rules_without_annotations(tmp_path), tests)
 
 
 def test_near_slowdown_uses_the_margin_where_the_gpu_gives_one(tmp_path):
@@ -258,11 +262,7 @@ def test_near_slowdown_uses_the_margin_where_the_gpu_gives_one(tmp_path):
         {"eval_time": "6m", "alertname": "GpuTemperatureNearSlowdown",
          "exp_alerts": [{"exp_labels": {**labels, "severity": "warning"}} for labels in firing]}]}
         for inputs, firing in cases]
-    unit = tmp_path / "near_slowdown_test.yaml"
-    unit.write_text(yaml.safe_dump({"rule_files": [str(rules_without_annotations(tmp_path))],
-                                    "evaluation_interval": "1m", "tests": tests}))
-    proc = promtool("test", "rules", str(unit))
-    assert proc.returncode == 0 and "SUCCESS" in proc.stdout, proc.stdout + proc.stderr
+    passes_promtool_test(tmp_path, rules_without_annotations(tmp_path), tests)
 
 
 # --- queries on metrics not merged yet (GPM, XID): promtool with synthetic series --------------------
@@ -319,11 +319,7 @@ def test_queries_on_gpm_and_xid_metrics_with_synthetic_series(tmp_path):
          "exp_samples": [{"labels": 'namespace:gpu_allocated_idle:count{namespace="ml"}', "value": 2}]},
         {"expr": "namespace:gpu_allocated:count", "eval_time": "2m",
          "exp_samples": [{"labels": 'namespace:gpu_allocated:count{namespace="ml"}', "value": 3}]}]})
-    unit = tmp_path / "queries_test.yaml"
-    unit.write_text(yaml.safe_dump({"rule_files": [str(MONITORING / "recording.yaml")],
-                                    "evaluation_interval": "1m", "tests": tests}))
-    proc = promtool("test", "rules", str(unit))
-    assert proc.returncode == 0 and "SUCCESS" in proc.stdout, proc.stdout + proc.stderr
+    passes_promtool_test(tmp_path, MONITORING / "recording.yaml", tests)
 
 
 # --- a real Prometheus: every dashboard query and recording rule, on gputext's file from the fake NVML ----
