@@ -12,7 +12,6 @@ hertz, celsius; ratios are 0..1; counters end in `_total`.
 from __future__ import annotations
 
 from collections import namedtuple
-from collections.abc import Iterable
 
 DEVICE_LABELS = ("gpu", "uuid")
 # slurm_job: the process's Slurm job ("" outside Slurm); its user and account are on slurm_allocation_info
@@ -498,8 +497,3 @@ def detail_of(metric: Metric) -> str:
         label, values = STANDARD_SUBSET[metric.key]
         return f"{STANDARD}: {label}={'|'.join(sorted(values))}"
     return STANDARD
-
-
-def metrics_for(sources: Iterable[str]) -> tuple[Metric, ...]:
-    wanted = set(sources)
-    return tuple(m for m in METRICS if m.source in wanted)
