@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .catalogue import METRICS, detail_of
 from .cli import MOST_NUMBER, MOST_SECONDS, MOST_WAIT_SECONDS, duration_text
-from .commandline import Command, Option
+from .commandline import Option
 
 DEFAULT_PREFIX = "gpu_"
 MAN_PAGE = "man/gputext.1"

@@ -7,8 +7,6 @@ node_exporter) for fewer of them."""
 import os
 import re
 import string
-import subprocess
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings

@@ -10,7 +10,7 @@ import sys
 import psutil
 import pytest
 
-from fakegpu import GPM_SM_ACTIVE, Field, h100, step, with_gpm
+from fakegpu import GPM_SM_ACTIVE, h100, step, with_gpm
 from gputext import show
 from gputext.exposition import Samples
 
