@@ -188,7 +188,7 @@ DEFAULT_ORDER = (
 def default_counters(naming: str = DCGM_4_8) -> Counters:
     """dcgm-exporter's default counters file of the naming's generation, as far as NVML gives it (and as
     far as its names are confirmed, for dcgm-4.10), in that file's order."""
-    # a name two rows share (a GPU's and its MIG instances') once
+    # known() holds a name that two rows share (a GPU's and its MIG instances') once
     defaults = [dcgm for dcgm in known().values() if naming in dcgm.default]
     rank = {"DCGM_FI_" + name: i for i, name in enumerate(DEFAULT_ORDER)}
     defaults.sort(key=lambda d: rank.get(d.name, len(rank)))
