@@ -37,20 +37,23 @@ from pathlib import Path
 
 from .readfile import CONFIG_FILE_LIMIT, PROC_FILE_LIMIT, read_bounded, read_bounded_text
 
+# Job ids and uids are 32-bit (Slurm's uint32_t job_id, the kernel's uid_t): ASCII digits, at most 10 of them.
+MAX_ID = (1 << 32) - 1
+_ID = "[0-9]{1,10}"
 # Slurm prints step ids this way (src/common/log.c); anything else in a step_ directory name is kept as is.
-_V1 = re.compile(r"/uid_(\d+)/job_(\d+)(?:/step_([^/]+))?")
+_V1 = re.compile(rf"/uid_({_ID})/job_({_ID})(?![^/])(?:/step_([^/]+))?")
 SLUID = "s[0-9A-HJKMNP-TV-Z]{13}"  # sluid2str(): "s" and 13 of Crockford's base-32 digits
-_V2 = re.compile(rf"/(?:[^/]+_)?slurmstepd\.scope/(?:job_(\d+)|({SLUID}))(?:/step_([^/]+))?")
+_V2 = re.compile(rf"/(?:[^/]+_)?slurmstepd\.scope/(?:job_({_ID})|({SLUID}))(?![^/])(?:/step_([^/]+))?")
 _SLUID = re.compile(SLUID)
-_STEPD_TITLE = re.compile(rb"slurmstepd: \[(\d+)\.[^\]]+\]")
+_STEPD_TITLE = re.compile(rb"slurmstepd: \[([0-9]{1,10})\.[^\]]+\]")
 # dcgm-exporter's mapping files: <gpu> or <gpu>.<gpu instance>, ASCII digits only (its getGPUFiles
 # rejects signs, exponents and a second dot; NVIDIA/dcgm-exporter internal/pkg/transformation/hpc.go and
 # hpc_test.go). It compares the name with its gpu and GPU_I_ID label values as text, so a leading zero
 # ("03") matches no GPU there, and none here.
 _MAPPING_FILE = re.compile(r"(0|[1-9][0-9]*)(?:\.(0|[1-9][0-9]*))?")
-_JOB_ID = re.compile(r"[0-9]+")
+_ID_TEXT = re.compile(_ID)
 NVIDIA_MAJOR = 195  # the character-device major of /dev/nvidia<minor> (nvidiactl is 255 of it)
-_DEVICE_RULE = re.compile(rb"c 195:(\d+) [rwm]+")
+_DEVICE_RULE = re.compile(rb"c 195:([0-9]{1,7}) [rwm]+")  # minor numbers are 20-bit
 
 
 class CgroupJob(namedtuple("CgroupJob", "job sluid step uid scope")):
@@ -73,29 +76,36 @@ class Job(namedtuple("Job", "id user account partition", defaults=("", "", "")))
         return Job(self.id, *(mine or theirs for mine, theirs in zip(self[1:], other[1:])))
 
 
+def slurm_id(text: str) -> int | None:
+    """The number of a job id or uid as Slurm and the kernel write it, or None for anything else (a line
+    of a file under --host-root or of the mapping directory may hold any text)."""
+    return int(text) if _ID_TEXT.fullmatch(text) and int(text) <= MAX_ID else None
+
+
 def job_of_cgroup(cgroup: str) -> CgroupJob | None:
     """The Slurm job named by the text of /proc/<pid>/cgroup, or None for a process outside Slurm."""
     for line in cgroup.splitlines():
         path = line.split(":", 2)[-1]
         match = _V2.search(path)
-        if match:
+        if match and (match.group(2) or slurm_id(match.group(1)) is not None):
             return CgroupJob(match.group(1) or "", match.group(2) or "", match.group(3) or "", None,
                              path[:match.end()])
         match = _V1.search(path)
-        if match:
-            return CgroupJob(match.group(2), "", match.group(3) or "", int(match.group(1)), path[:match.end()])
+        uid = slurm_id(match.group(1)) if match else None
+        if uid is not None and slurm_id(match.group(2)) is not None:
+            return CgroupJob(match.group(2), "", match.group(3) or "", uid, path[:match.end()])
     return None
 
 
 def parse_mapping_file(text: str) -> tuple[list[str], list[str]]:
     """(job ids, lines that are not one) of a mapping file: one job id per line, as dcgm-exporter reads it,
-    which takes every line verbatim. A Slurm job id is a number; blank lines are skipped, anything else
-    is returned to be reported, not written as a label."""
+    which takes every line verbatim. A Slurm job id is a 32-bit number (slurm_id); blank lines are skipped,
+    anything else is returned to be reported, not written as a label."""
     jobs: dict[str, None] = {}
     bad = []
     for line in text.splitlines():
         job = line.strip()
-        if _JOB_ID.fullmatch(job):
+        if slurm_id(job) is not None:
             jobs[job] = None
         elif job:
             bad.append(line)
@@ -151,7 +161,7 @@ class SlurmJobs:
         environment = self._environ(pid)
         if not job_id:
             job_id = environment.get("SLURM_JOB_ID", "")
-            if not _JOB_ID.fullmatch(job_id):
+            if slurm_id(job_id) is None:
                 self.unresolved_sluids.add(found.sluid)
                 return None
         if environment.get("SLURM_JOB_ID") != job_id:
@@ -176,8 +186,9 @@ class SlurmJobs:
             except (OSError, ValueError):
                 continue
             match = _STEPD_TITLE.match(title.replace(b"\0", b" "))
-            if match:
-                return match.group(1).decode()
+            job = match.group(1).decode() if match else ""
+            if slurm_id(job) is not None:
+                return job
         return ""
 
     def _sluid_job(self, job: str) -> str:
@@ -217,8 +228,9 @@ class SlurmJobs:
                 text = ""
             for line in text.splitlines():
                 fields = line.split(":")
-                if len(fields) >= 3 and fields[2].isdigit():
-                    self._users.setdefault(int(fields[2]), fields[0])
+                number = slurm_id(fields[2]) if len(fields) >= 3 else None
+                if number is not None:
+                    self._users.setdefault(number, fields[0])
         return self._users.get(uid, "")
 
     def mapping(self) -> dict[tuple[int, str], list[str]] | None:
@@ -254,10 +266,11 @@ class SlurmJobs:
             if not prefix.startswith("slurm"):
                 continue
             for user in _subdirectories(devices / prefix):
-                if not user.startswith("uid_") or not user[4:].isdigit():
+                uid = slurm_id(user[4:]) if user.startswith("uid_") else None
+                if uid is None:
                     continue
                 for job in _subdirectories(devices / prefix / user):
-                    if not job.startswith("job_") or not _JOB_ID.fullmatch(job[4:]):
+                    if not job.startswith("job_") or slurm_id(job[4:]) is None:
                         continue
                     try:
                         rules = read_bounded(devices / prefix / user / job / "devices.list", PROC_FILE_LIMIT)
@@ -265,7 +278,7 @@ class SlurmJobs:
                         continue
                     # `a *:* rwm` (no ConstrainDevices) allows every device: no GPU is the job's own
                     minors = {int(m) for m in _DEVICE_RULE.findall(rules)} if b"a *:*" not in rules else set()
-                    jobs[job[4:]] = (int(user[4:]), minors)
+                    jobs[job[4:]] = (uid, minors)
         return jobs
 
     def running(self) -> set[str] | None:

@@ -48,6 +48,10 @@ def test_cgroup_paths_name_the_job_and_step(text, expected):
     "0::/system.slice/slurmstepd.scope/system\n",  # slurmstepd's own part of the scope
     "0::/system.slice/slurmstepd.scope/sSHORT/step_0\n",  # not a SLUID
     "",  # unreadable
+    # no Slurm writes these: job ids and uids are 32-bit (a uid of 5,000 digits was an int() ValueError)
+    "7:memory:/slurm/uid_" + "1" * 5000 + "/job_4711/step_0/task_0\n",
+    "7:memory:/slurm/uid_1000/job_" + "9" * 5000 + "/step_0/task_0\n",
+    "0::/system.slice/slurmstepd.scope/job_12345678901/step_0/user/task_0\n",
 ])
 def test_processes_outside_slurm_have_no_job(text):
     assert job_of_cgroup(text) is None
@@ -352,3 +356,30 @@ def test_running_jobs_are_unknown_while_a_sluid_directory_has_no_readable_stepd(
     host.cgroup_job("4711")
     host.cgroup_job(SLUID)
     assert SlurmJobs(tmp_path).running() is None
+
+
+def test_a_mapping_line_of_a_number_too_large_for_a_job_id_is_skipped(node, tmp_path):
+    """Slurm's job ids are 32-bit: a line of 5,000 digits is no job id (doctor sorted job ids with int(),
+    which such a line made raise)."""
+    directory = tmp_path / "dcgm-job-map"
+    directory.mkdir()
+    (directory / "0").write_text("4711\n" + "9" * 5000 + "\n12345678901\n")
+    node.write([h100(0)])
+    proc, series = node.collect("--host-root", str(tmp_path / "host"), "--hpc-job-mapping-dir", str(directory))
+    assert proc.returncode == 0, proc.stderr
+    assert [dict(labels)["slurm_job"] for name, labels in series if name == "gpu_slurm_allocation_info"] == ["4711"]
+    assert proc.stderr.count("2 line(s)") == 1 and "not Slurm job IDs" in proc.stderr, proc.stderr
+    doctor = node.run("doctor", "--host-root", str(tmp_path / "host"), "--hpc-job-mapping-dir", str(directory),
+                      "--state-dir", str(tmp_path / "doctor-state"))
+    line = next(line for line in doctor.stdout.splitlines() if line.split()[1:2] == ["slurm:"])
+    assert line.startswith("ok") and "1 job (4711) on GPU 0" in line and "2 lines" in line, line
+
+
+def test_passwd_lines_that_name_no_uid_are_passed_over(tmp_path):
+    """The host's /etc/passwd under --host-root may hold anything: a uid of digits that are not ASCII
+    ('²'.isdigit() is true, int('²') fails) or of 5,000 digits made the user lookup raise."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").write_text("odd:x:\u00b2:0::/:/bin/sh\nlong:x:" + "7" * 5000 + ":0::/:/bin/sh\n"
+                                         "big:x:4294967296:0::/:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/bash\n")
+    jobs = SlurmJobs(tmp_path)
+    assert jobs.user_name(1000) == "alice" and jobs.user_name(2) == "" and jobs.user_name(4294967296) == ""
