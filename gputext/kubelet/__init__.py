@@ -2,8 +2,8 @@
 
 `api.proto` is the kubelet's pod-resources v1 API reduced to `List`; `api_pb2.py` and `api_pb2_grpc.py`
 are generated from it (docs/kubernetes.md, "The gRPC modules", gives the command). grpcio and protobuf
-come with the `gputext[kubernetes]` extra and are imported only when the kubelet is asked: importing them costs about
-60 ms, more than a whole run, which is why the kubernetes collector keeps the answer in the state file.
+are dependencies of gputext, but imported only when the kubelet is asked: importing them costs about 60 ms,
+more than a whole run, which is why the kubernetes collector keeps the answer in the state file.
 """
 
 from __future__ import annotations
