@@ -153,6 +153,10 @@ class Counted:
             return False
         return not self.holes or not any(first <= seq <= last for first, last in self.holes)
 
+    def counted_from(self) -> int:
+        """The lowest number from which every one up to `newest` is counted: above the highest hole."""
+        return self.holes[-1][1] + 1 if self.holes else 0
+
     def covers(self, lowest: int, highest: int) -> bool:
         """Whether every number from `lowest` to `highest` is counted."""
         return self.newest is not None and highest <= self.newest and not any(
@@ -252,7 +256,9 @@ class KmsgReader:
         passed over without looking at it: the cost of an old record is its read()."""
         counted = batch.counted
         seq = None  # the sequence number of the record just read, where known without parsing it
-        newest, holes = counted.newest, bool(counted.holes)  # as of the last record counted
+        # as of the last record counted; a hole below where the log is read (the records a wrapped ring
+        # lost before the boot's first read) then costs nothing
+        newest, counted_from = counted.newest, counted.counted_from()
         size = 0
         for _ in range(MAX_READ_RECORDS):
             try:
@@ -269,11 +275,11 @@ class KmsgReader:
             if not record:
                 return
             # (a known seq was parsed, so newest is set)
-            if seq is not None and seq < newest and (not holes or seq + 1 in counted):
+            if seq is not None and seq < newest and (seq + 1 >= counted_from or seq + 1 in counted):
                 seq += 1
             else:
                 seq = batch.take(record.split(b"\n", 1)[0])
-                newest, holes = counted.newest, bool(counted.holes)
+                newest, counted_from = counted.newest, counted.counted_from()
             size += len(record)
             if size > MAX_READ_BYTES:
                 break

@@ -216,6 +216,26 @@ def test_old_device_records_are_skipped_by_counting_them(monkeypatch):
     assert reader.last_seq == 10
 
 
+def test_device_records_in_a_hole_are_counted_and_the_others_passed_over(monkeypatch):
+    """Numbers a file left open (holes) are counted when the device gives them; the records around them,
+    and those above the highest hole, are passed over as counted."""
+    answers = [record(seq, xid_515(GPU0, seq)).encode() for seq in range(3, 13)] + [OSError(errno.EAGAIN, "")]
+
+    def read(fd, size):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(kmsg.os, "read", read)
+    reader = kmsg.KmsgReader(Path("/dev/null"))
+    counted = kmsg.Counted(10, [[0, 2], [6, 6]])
+    batch = reader.read(counted)
+    reader.close()
+    assert [(x.seq, x.code) for x in batch.found] == [(6, 6), (11, 11), (12, 12)] and batch.lost == 0
+    assert counted.holes == [[0, 2]] and counted.newest == 12
+
+
 def test_both_driver_formats_parse_with_their_values():
     cases = {
         xid_515("0000:3b:00", 79): kmsg.Xid(1, 2, (0, 0x3b, 0), 79),
