@@ -63,11 +63,18 @@ def diagnose(options: Options, out: str | None, problems: Sequence[str] = ()) ->
     if os.geteuid() != 0:
         checks.append(Check(INFO, "user", f"running as uid {os.geteuid()}, the units run as root: files, "
                             "sockets and processes may look different to them; run doctor as root"))
-    checks += check_nvml(options)
-    kubelet = _checked("kubelet", "GPUTEXT_POD_RESOURCES_SOCKET", check_kubelet, options)
-    checks += [_checked("dcgm", "GPUTEXT_DCGM_BINDINGS", check_dcgm, options), kubelet]
-    if kubelet.status == OK:
-        checks += check_allocations(options)
+    warnings: list[str] = []
+    # one NVML session for every check that reads the GPUs: where persistence mode is off, each nvmlInit
+    # initialises every GPU again (1-3 s a GPU). No state: doctor changes nothing.
+    ctx = Context(options.replace(state_dir=None), warnings.append)
+    try:
+        checks += check_nvml(ctx, warnings)
+        kubelet = _checked("kubelet", "GPUTEXT_POD_RESOURCES_SOCKET", check_kubelet, options)
+        checks += [_checked("dcgm", "GPUTEXT_DCGM_BINDINGS", check_dcgm, options), kubelet]
+        if kubelet.status == OK:
+            checks += check_allocations(ctx)
+    finally:
+        ctx.close()
     checks.append(_checked("kernel log", "GPUTEXT_KMSG", check_kmsg, options))
     named = out or str(UNITS_OUT)
     target = _replaced_file(named)
@@ -101,19 +108,17 @@ def named(options: Options, collector: str) -> bool:
 
 # --- NVML ----------------------------------------------------------------------------------------------
 
-def check_nvml(options: Options) -> list[Check]:
+def check_nvml(ctx: Context, warnings: list[str]) -> list[Check]:
+    """The GPUs as `ctx`'s NVML session finds them; `warnings`: what the session said to ctx's warn."""
     from .nvml import NvmlUnavailable
 
-    warnings: list[str] = []
-    ctx = Context(options.replace(state_dir=None), warnings.append)  # no state: doctor changes nothing
+    options = ctx.options
     try:
         system, devices = ctx.devices()
         gpm = check_gpm(ctx, system, [dev for dev in devices if dev.up])
         slurm = check_slurm(ctx)
     except NvmlUnavailable as err:
         return [Check(FAIL, "nvml", str(err))]
-    finally:
-        ctx.close()
     loaded = f"{_loaded_library()} loaded, driver {system.driver_version or '?'}"
     if devices:
         checks = [Check(OK, "nvml", f"{loaded}, {len(devices)} GPU{'s' if len(devices) != 1 else ''}")]
@@ -365,15 +370,15 @@ def _count(n: int, thing: str) -> str:
     return f"{n} {thing}{'' if n == 1 else 's'}"
 
 
-def check_allocations(options: Options) -> list[Check]:
+def check_allocations(ctx: Context) -> list[Check]:
     """What the kubelet's answer holds (one List call, as a run whose pod cache is old makes): the
-    device-plugin and DRA allocations of this node's GPUs, and what could not be placed."""
+    device-plugin and DRA allocations of the GPUs `ctx` found, and what could not be placed."""
     from . import dra
     from .collectors.kubernetes import ask_kubelet, shown, unreadable_name
     from .kubelet import KubeletError
     from .nvml import NvmlUnavailable
 
-    ctx = Context(options.replace(state_dir=None), lambda message: None)
+    options = ctx.options
     try:
         _, devices = ctx.devices()
         found = ask_kubelet(ctx, devices)
@@ -381,8 +386,6 @@ def check_allocations(options: Options) -> list[Check]:
         return []  # the nvml and kubelet checks say why
     except KubeletError as err:
         return [Check(FAIL, "allocations", f"{err}")]
-    finally:
-        ctx.close()
     claimed = sum(1 for allocation in found.allocations if allocation.device)
     parts = [f"the kubelet reports {_count(len(found.allocations) - claimed, 'device-plugin allocation')} and "
              f"{_count(claimed, 'DRA allocation')} ({dra.DRIVER}) of this node's GPUs (one per container and GPU "

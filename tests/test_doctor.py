@@ -251,6 +251,10 @@ def test_reachable_dcgm_and_kubelet_are_ok(node, tmp_path, shared_dir):
     assert by_name["allocations"] == ("ok    allocations: the kubelet reports 0 device-plugin allocations and 0 "
                                       "DRA allocations (gpu.nvidia.com) of this node's GPUs (one per container "
                                       "and GPU or MIG device)")
+    # one NVML session for the GPU checks and the kubelet's allocations: where persistence mode is off,
+    # each nvmlInit initialises every GPU again (1-3 s a GPU)
+    system = node.call_counts()["system"]
+    assert sum(count for call, count in system.items() if call.startswith("nvmlInit")) == 1, system
 
 
 def test_a_kubelet_that_accepts_but_does_not_answer_fails(node, tmp_path, shared_dir):
