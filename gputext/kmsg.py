@@ -315,10 +315,11 @@ class KmsgReader:
             # (_SEQ finds every line that take() could count, and perhaps more): the cost of an old record
             # is small. (Only the range between the lowest and the highest is looked at: a hole that no
             # number of the log will fill, such as the records a wrapped ring buffer lost before the first
-            # read, then costs nothing.)
-            numbers = [int(number) for number in _SEQ.findall(b"\n" + lines)]
-            if not numbers or counted.covers(min(numbers), max(numbers)):
-                continue
+            # read, then costs nothing.) Before anything is counted there is nothing to pass over.
+            if counted.newest is not None:
+                numbers = [int(number) for number in _SEQ.findall(b"\n" + lines)]
+                if not numbers or counted.covers(min(numbers), max(numbers)):
+                    continue
             for line in lines.split(b"\n"):
                 if line and line[:1] != b" " and len(line) <= MAX_LINE:
                     batch.take(line)
