@@ -163,8 +163,9 @@ class Counted:
             first <= highest and lowest <= last for first, last in self.holes)
 
     def add(self, seq: int) -> int:
-        """Count a record that is not counted yet; returns how many numbers it skipped past the newest
-        (records overwritten before they were read, where the log is the kernel's)."""
+        """Count a record that is not counted yet; returns how many more numbers are missing below the
+        newest: those it skipped past the newest (records overwritten before they were read, where the
+        log is the kernel's), or -1 where it fills a hole."""
         if self.newest is None or seq > self.newest:
             first = 0 if self.newest is None else self.newest + 1
             self.newest = seq
@@ -177,7 +178,7 @@ class Counted:
                 self.holes[index:index + 1] = [hole for hole in ([first, seq - 1], [seq + 1, last])
                                                if hole[0] <= hole[1]]
                 del self.holes[:-MAX_HOLES]
-                break
+                return -1
         return 0
 
 
@@ -188,8 +189,13 @@ class Batch:
     def __init__(self, counted: Counted):
         self.counted = counted
         self.found: list[Xid] = []
-        self.lost = 0
+        self._missing = 0  # numbers this read skipped, less the holes it filled
         self.cut_short = False
+
+    @property
+    def lost(self) -> int:
+        """The numbers skipped, less those the same read filled in later (as a rotated log does)."""
+        return max(self._missing, 0)
 
     def take(self, line: bytes) -> int | None:
         """Count one record's line; returns its sequence number (None for a line that is no record)."""
@@ -198,7 +204,7 @@ class Batch:
             return None
         seq, usec, start = header
         if seq not in self.counted:
-            self.lost += self.counted.add(seq)
+            self._missing += self.counted.add(seq)
             if MARKER in line:
                 xid = parse_xid(seq, usec, line[start:])
                 if xid is not None:
