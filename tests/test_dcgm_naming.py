@@ -376,7 +376,7 @@ def test_mig_framebuffer_per_gpu_instance(node, tmp_path):
 # --- dcgm-exporter 4.9 and 4.10: DCGM 4.7's names, base units, and the cumulative XID counter -----------
 
 DATA = Path(__file__).parent / "data" / "dcgm-exporter"
-# (family as the file names it, gpu) -> value the fake GPUs hold, in the unit the name means
+# family as the file names it -> the value GPU 0 of xid_node holds, in the unit the name means
 OLD_SERIES = {
     "DCGM_FI_DEV_SM_CLOCK": 1980, "DCGM_FI_DEV_MEM_CLOCK": 2619, "DCGM_FI_DEV_MEMORY_TEMP": 52,
     "DCGM_FI_DEV_GPU_TEMP": 45, "DCGM_FI_DEV_POWER_USAGE": pytest.approx(412.345),
