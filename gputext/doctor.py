@@ -121,7 +121,7 @@ def check_nvml(ctx: Context, warnings: list[str]) -> list[Check]:
         return [Check(FAIL, "nvml", str(err))]
     loaded = f"{_loaded_library()} loaded, driver {system.driver_version or '?'}"
     if devices:
-        checks = [Check(OK, "nvml", f"{loaded}, {len(devices)} GPU{'s' if len(devices) != 1 else ''}")]
+        checks = [Check(OK, "nvml", f"{loaded}, {_count(len(devices), 'GPU')}")]
     else:
         checks = [Check(FAIL, "nvml", f"{loaded}, but it finds no GPU; fix: check 'nvidia-smi' and that "
                         "/dev/nvidia0.. exist")]
