@@ -85,10 +85,21 @@ class State:
             try:
                 shape(self._sections.get(name, {}), name)
             except Invalid as err:
-                del self._sections[name]
+                kept = self._keep_aside(name, self._sections.pop(name, {}))
                 self._warn(f"state file {self.path}: {err}; its section {name!r} is not what this version "
-                           "writes: started afresh, the other sections are kept")
+                           f"writes: {kept}, started afresh, the other sections are kept")
         return self._sections.setdefault(name, {})
+
+    def _keep_aside(self, name: str, content: object) -> str:
+        """Write a section that does not fit to state.json.bad-<section>-<time>, for a person to look at,
+        as a whole file that does not fit is moved aside; what became of it, for the warning."""
+        aside = self.path.with_name(f"{STATE_FILE}.bad-{name}-{int(time.time())}")
+        try:
+            payload = json.dumps(content, separators=(",", ":")).encode()
+            write_atomically(aside, payload, mode=0o600, durable=False)
+        except (OSError, ValueError, RecursionError) as err:
+            return f"not kept ({getattr(err, 'strerror', None) or type(err).__name__})"
+        return f"kept in {aside.name}"
 
     def _open(self) -> None:
         if self._error is not None:

@@ -78,6 +78,10 @@ def test_a_section_of_the_wrong_shape_is_started_afresh_and_said_once(node, log,
     said = [line for line in first.stderr.splitlines() if "state file" in line]
     assert len(said) == 1 and f"its section {section!r} is not what this version writes" in said[0], first.stderr
     assert second == ""
+    # the section that did not fit is kept for a person to look at, as a whole file would be
+    aside = list(node.state_dir.glob(f"state.json.bad-{section}-*"))
+    assert len(aside) == 1 and f"kept in {aside[0].name}" in said[0]
+    assert json.loads(aside[0].read_text()) == document["sections"][section]
     assert xids(series) == {("0", "79", "", ""): 1}  # the log's one XID, counted afresh where the counts were dropped
     assert value(series, "gpu_up", gpu="1") == 1
     assert value(series, "gpu_process_active", gpu="0", pid="4242") == 1
