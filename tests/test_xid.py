@@ -176,11 +176,9 @@ def test_overwritten_records_are_counted_and_said(node, log):
     assert "3 kernel log records were overwritten" in proc.stderr
 
 
-def test_epipe_from_the_device_goes_on_with_the_next_record(monkeypatch):
-    """/dev/kmsg's read() fails with EPIPE once where records were overwritten, then gives the next one."""
-    answers = [record(0, "a").encode(), OSError(errno.EPIPE, "Broken pipe"), record(3, xid_515(GPU0, 79)).encode(),
-               OSError(errno.EAGAIN, "Resource temporarily unavailable")]
-
+def device_answers(monkeypatch, answers: list) -> None:
+    """Make os.read in kmsg answer as /dev/kmsg would: one record per read, in turn, or raise the OSError
+    given in its place."""
     def read(fd, size):
         assert size >= 8192  # a smaller buffer loses records larger than it (EINVAL)
         answer = answers.pop(0)
@@ -189,6 +187,13 @@ def test_epipe_from_the_device_goes_on_with_the_next_record(monkeypatch):
         return answer
 
     monkeypatch.setattr(kmsg.os, "read", read)
+
+
+def test_epipe_from_the_device_goes_on_with_the_next_record(monkeypatch):
+    """/dev/kmsg's read() fails with EPIPE once where records were overwritten, then gives the next one."""
+    device_answers(monkeypatch, [record(0, "a").encode(), OSError(errno.EPIPE, "Broken pipe"),
+                                 record(3, xid_515(GPU0, 79)).encode(),
+                                 OSError(errno.EAGAIN, "Resource temporarily unavailable")])
     reader = kmsg.KmsgReader(Path("/dev/null"))  # a character device, as /dev/kmsg: one record per read
     batch = reader.read(kmsg.Counted())
     reader.close()
@@ -199,16 +204,9 @@ def test_epipe_from_the_device_goes_on_with_the_next_record(monkeypatch):
 def test_old_device_records_are_skipped_by_counting_them(monkeypatch):
     """On /dev/kmsg each read is the next record, so old ones need no parsing, until EPIPE says a gap."""
     records = [record(seq, xid_515(GPU0, 79)).encode() for seq in range(5)]
-    answers = records[:3] + [OSError(errno.EPIPE, "Broken pipe"), record(9, xid_515(GPU0, 13)).encode(),
-                             record(10, xid_515(GPU0, 31)).encode(), OSError(errno.EAGAIN, "again")]
-
-    def read(fd, size):
-        answer = answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    monkeypatch.setattr(kmsg.os, "read", read)
+    device_answers(monkeypatch, records[:3] + [OSError(errno.EPIPE, "Broken pipe"),
+                                               record(9, xid_515(GPU0, 13)).encode(),
+                                               record(10, xid_515(GPU0, 31)).encode(), OSError(errno.EAGAIN, "again")])
     reader = kmsg.KmsgReader(Path("/dev/null"))
     batch = reader.read(kmsg.Counted(8))
     reader.close()
@@ -219,15 +217,8 @@ def test_old_device_records_are_skipped_by_counting_them(monkeypatch):
 def test_device_records_in_a_hole_are_counted_and_the_others_passed_over(monkeypatch):
     """Numbers a file left open (holes) are counted when the device gives them; the records around them,
     and those above the highest hole, are passed over as counted."""
-    answers = [record(seq, xid_515(GPU0, seq)).encode() for seq in range(3, 13)] + [OSError(errno.EAGAIN, "")]
-
-    def read(fd, size):
-        answer = answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    monkeypatch.setattr(kmsg.os, "read", read)
+    device_answers(monkeypatch, [record(seq, xid_515(GPU0, seq)).encode() for seq in range(3, 13)]
+                   + [OSError(errno.EAGAIN, "")])
     reader = kmsg.KmsgReader(Path("/dev/null"))
     counted = kmsg.Counted(10, [[0, 2], [6, 6]])
     batch = reader.read(counted)
