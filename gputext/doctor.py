@@ -399,7 +399,8 @@ def check_allocations(ctx: Context) -> list[Check]:
     status = OK
     if found.unknown:
         status = WARN
-        parts.append(f"{_count(len(found.unknown), 'device')} name no GPU NVML lists here "
+        parts.append(f"{_count(len(found.unknown), 'device')} {'names' if len(found.unknown) == 1 else 'name'} "
+                     "no GPU NVML lists here "
                      f"({', '.join(map(shown, found.unknown[:5]))})")
     checks = [Check(status, "allocations", "; ".join(parts))]
     checks += [Check(WARN, "dra", unreadable_name(name)) for name in found.unreadable]

@@ -204,6 +204,15 @@ def test_unknown_device_ids_are_left_out_with_one_line(node, socket):
         "GPU-00000000-0000-0000-0000-000000000000, nvidia9, MIG-nope, tpu0"]
 
 
+def test_one_unknown_device_id_is_said_in_the_singular(node, socket):
+    node.write(gpus())
+    with serve(socket, ONE_POD_PER_GPU + [pod("ghost", "ml", {"main": {GPU: ["tpu0"]}})]):
+        proc, series = run(node, socket)
+    assert success(series) == 1
+    assert proc.stderr.splitlines() == [
+        "gputext: kubernetes: 1 device ID from the kubelet names no GPU NVML lists here, left out: tpu0"]
+
+
 def test_a_device_id_of_5000_digits_is_one_unknown_device(node, socket):
     """Numbers beyond int()'s 4,300 digits in any form of device ID: that device is left out, said once
     (shortened), and every other pod keeps its labels."""
@@ -230,7 +239,7 @@ def test_doctor_shortens_unknown_device_ids_as_the_collector_does(node, socket):
     with serve(socket, ONE_POD_PER_GPU + [pod("huge", "ml", {"main": {GPU: [huge]}})]):
         proc = node.run("doctor", "--collectors", "kubernetes", "--pod-resources-socket", str(socket))
     (line,) = [line for line in proc.stdout.splitlines() if " allocations: " in line]
-    assert line.endswith(f"; 1 device name no GPU NVML lists here ({'9' * 64}...)"), line[:300]
+    assert line.endswith(f"; 1 device names no GPU NVML lists here ({'9' * 64}...)"), line[:300]
 
 
 def test_answer_is_cached_for_the_ttl_and_renewed_after(node, socket):

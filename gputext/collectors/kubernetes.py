@@ -171,8 +171,10 @@ def _ask_kubelet(ctx, devices: Sequence[Device]) -> list[Allocation]:
         raise LastingFailure(f"no pod labels: {grpc_missing()}") from None
     unknown = found.unknown
     if unknown:
-        ctx.note_once(f"kubernetes: {len(unknown)} device IDs from the kubelet name no GPU NVML lists here, left "
-                      "out: " + ", ".join(map(shown, unknown[:5])) + (", ..." if len(unknown) > 5 else ""))
+        ids = "1 device ID from the kubelet names" if len(unknown) == 1 else \
+            f"{len(unknown)} device IDs from the kubelet name"
+        ctx.note_once(f"kubernetes: {ids} no GPU NVML lists here, left out: "
+                      + ", ".join(map(shown, unknown[:5])) + (", ..." if len(unknown) > 5 else ""))
     for name in found.unreadable:
         ctx.note_once(unreadable_name(name))
     return found.allocations
