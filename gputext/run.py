@@ -209,6 +209,10 @@ class Context:
             return None
         return None if number is None else int(number)
 
+    def devices_by_minor(self, devices) -> dict:
+        """{minor number: device} of the `devices` NVML gives a minor number for (see minor_number)."""
+        numbers = ((self.minor_number(dev), dev) for dev in devices)
+        return {number: dev for number, dev in numbers if number is not None}
     def kept(self, name: str, make: Callable[[], object]) -> object:
         """An object a collector keeps for the life of this process, across the cycles of the repeating
         mode (GPM's samples, which live inside NVML and cannot be saved in the state); made on first

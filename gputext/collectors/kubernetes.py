@@ -365,6 +365,5 @@ class DeviceFinder:
 
     def _minor(self, minor: int) -> Device | None:
         if self._by_minor is None:
-            numbers = ((self.ctx.minor_number(dev), dev) for dev in self.devices)
-            self._by_minor = {number: dev for number, dev in numbers if number is not None}
+            self._by_minor = self.ctx.devices_by_minor(self.devices)
         return self._by_minor.get(minor)

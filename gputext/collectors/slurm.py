@@ -46,11 +46,7 @@ def find(ctx) -> Found:
     up = [dev for dev in ctx.devices()[1] if dev.up]
     by_job = jobs.device_jobs()
     if by_job:
-        by_minor = {}
-        for dev in up:
-            number = ctx.minor_number(dev)
-            if number is not None:
-                by_minor[number] = dev
+        by_minor = ctx.devices_by_minor(up)
         for job_id, (uid, minors) in by_job.items():
             for minor in sorted(minors):
                 if minor in by_minor:
